@@ -1,0 +1,179 @@
+"""The one interface everything model-facing goes through, and its TransformerLens implementation.
+
+Layers are numbered as TransformerLens numbers blocks: layer ``l`` means the residual stream
+*before* block ``l`` (``blocks.{l}.hook_resid_pre``), valid for ``0 <= l < n_layers``.
+Token ids are ``LongTensor [batch, pos]``; activations ``[batch, pos, d_model]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from .errors import StitchplugError
+
+Patch = Callable[[torch.Tensor], torch.Tensor]
+"""A function ``resid [batch, pos, d] -> resid`` applied at a layer's ``resid_pre`` hook."""
+
+
+@dataclass
+class Encoded:
+    """One text tokenised: ids, character end offsets (``-1`` for specials), special mask."""
+
+    ids: torch.Tensor
+    ends: torch.Tensor
+    special: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+
+class ModelAdapter(ABC):
+    """What stitchplug needs from a model. Subclass this to support a non-TransformerLens model."""
+
+    name: str
+    d_model: int
+    n_layers: int
+    tokenizer: object
+
+    def hook_name(self, layer: int) -> str:
+        self.check_layer(layer)
+        return f"blocks.{layer}.hook_resid_pre"
+
+    def check_layer(self, layer: int) -> None:
+        if not isinstance(layer, int) or not 0 <= layer < self.n_layers:
+            raise StitchplugError(
+                f"layer {layer} is out of range for model {self.name!r} (valid: 0..{self.n_layers - 1})"
+            )
+
+    @property
+    @abstractmethod
+    def special_ids(self) -> frozenset[int]:
+        """Ids masked out everywhere (BOS/EOS/pad/chat markers)."""
+
+    @abstractmethod
+    def encode(self, text: str) -> Encoded:
+        """Tokenise ``text`` (with BOS if the model expects one) and give character end offsets."""
+
+    @abstractmethod
+    def capture(self, ids: torch.Tensor, layers: Sequence[int]) -> dict[int, torch.Tensor]:
+        """Residual stream before each of ``layers``, running only as far as needed."""
+
+    @abstractmethod
+    def logits(self, ids: torch.Tensor, patches: dict[int, Patch] | None = None) -> torch.Tensor:
+        """Full forward pass, with ``patches[layer]`` applied at that layer's ``resid_pre``."""
+
+    @abstractmethod
+    def unembed(self) -> torch.Tensor:
+        """The unembedding matrix ``W_U [d_model, d_vocab]``."""
+
+    @abstractmethod
+    def generate(self, prompt: str, max_new_tokens: int = 64, patches: dict[int, Patch] | None = None,
+                 temperature: float = 0.0, seed: int = 0) -> str:
+        """Generate a continuation of ``prompt`` (greedy when ``temperature == 0``)."""
+
+    def token_losses(self, ids: torch.Tensor, patches: dict[int, Patch] | None = None) -> torch.Tensor:
+        """Next-token cross-entropy ``[batch, pos - 1]`` (position t predicts token t + 1)."""
+        logits = self.logits(ids, patches).float()
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)
+        return -logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
+
+    def tokenizer_fingerprint(self) -> str:
+        """A hash of the vocabulary; two adapters with the same fingerprint tokenise identically."""
+        vocab = self.tokenizer.get_vocab()
+        blob = json.dumps(sorted(vocab.items()), ensure_ascii=False).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class TLAdapter(ModelAdapter):
+    """A :class:`ModelAdapter` over a TransformerLens ``HookedTransformer`` and an HF fast tokenizer."""
+
+    def __init__(self, name: str, model, tokenizer, prepend_bos: bool = True, bos_id: int | None = None):
+        self.name = name
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.d_model = int(model.cfg.d_model)
+        self.n_layers = int(model.cfg.n_layers)
+        self.prepend_bos = prepend_bos
+        self.bos_id = bos_id if bos_id is not None else tokenizer.bos_token_id
+        self.source = ""
+        if prepend_bos and self.bos_id is None:
+            raise StitchplugError(f"model {name!r}: prepend_bos is set but the tokenizer has no BOS token")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def special_ids(self) -> frozenset[int]:
+        ids = set(self.tokenizer.all_special_ids)
+        if self.bos_id is not None:
+            ids.add(int(self.bos_id))
+        return frozenset(int(i) for i in ids)
+
+    def encode(self, text: str) -> Encoded:
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = list(enc["input_ids"])
+        ends = [int(e) for _, e in enc["offset_mapping"]]
+        if self.prepend_bos:
+            ids = [int(self.bos_id)] + ids
+            ends = [-1] + ends
+        special = self.special_ids
+        spec = [i in special for i in ids]
+        ends = [-1 if s else e for s, e in zip(spec, ends)]
+        return Encoded(torch.tensor(ids, dtype=torch.long), torch.tensor(ends, dtype=torch.long),
+                       torch.tensor(spec, dtype=torch.bool))
+
+    @torch.inference_mode()
+    def capture(self, ids: torch.Tensor, layers: Sequence[int]) -> dict[int, torch.Tensor]:
+        layers = sorted(set(int(l) for l in layers))
+        for layer in layers:
+            self.check_layer(layer)
+        out: dict[int, torch.Tensor] = {}
+        top = layers[-1]
+
+        def save(act, hook):
+            out[int(hook.name.split(".")[1])] = act.detach()
+
+        hooks = [(self.hook_name(l), save) for l in layers if l != top]
+        resid = self.model.run_with_hooks(ids.to(self.device), fwd_hooks=hooks, stop_at_layer=top)
+        out[top] = resid.detach()
+        return out
+
+    def _hooks(self, patches: dict[int, Patch] | None):
+        hooks = []
+        for layer, fn in (patches or {}).items():
+            hooks.append((self.hook_name(layer), lambda act, hook, fn=fn: fn(act)))
+        return hooks
+
+    @torch.inference_mode()
+    def logits(self, ids: torch.Tensor, patches: dict[int, Patch] | None = None) -> torch.Tensor:
+        return self.model.run_with_hooks(ids.to(self.device), fwd_hooks=self._hooks(patches))
+
+    def unembed(self) -> torch.Tensor:
+        return self.model.W_U.detach()
+
+    @torch.inference_mode()
+    def generate(self, prompt: str, max_new_tokens: int = 64, patches: dict[int, Patch] | None = None,
+                 temperature: float = 0.0, seed: int = 0) -> str:
+        torch.manual_seed(seed)
+        ids = self.encode(prompt).ids[None].to(self.device)
+        with self.model.hooks(fwd_hooks=self._hooks(patches)):
+            out = self.model.generate(ids, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+                                      temperature=max(temperature, 1e-5), verbose=False,
+                                      stop_at_eos=True, return_type="tokens")
+        return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def load_model(name: str, device: str = "cpu", dtype: str = "float32", cache_dir: str | None = None,
+               **kwargs) -> ModelAdapter:
+    """Build the adapter registered under ``name`` by some plugin."""
+    from .plugins import registry
+
+    entry = registry().get("models", name)
+    return entry.factory(device=device, dtype=dtype, cache_dir=cache_dir, **kwargs)

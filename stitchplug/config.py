@@ -1,0 +1,195 @@
+"""Run configuration: pydantic models whose attribute docstrings become ``--help`` text.
+
+A config comes from (lowest to highest precedence) the field defaults, a ``--preset``, a YAML or
+TOML file, and CLI flags. Invalid values raise :class:`ConfigError` with one line per bad field.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+class ModelsConfig(_Section):
+    source: str = "smollm2-135m"
+    """Model A, the smaller model the artifact comes from (a registered model name)."""
+    target: str = "gemma-3-270m"
+    """Model B, the larger model the artifact is transferred to."""
+    cache_dir: str | None = None
+    """Where dequantised offline models are cached (default: $STITCHPLUG_CACHE or ~/.cache/stitchplug)."""
+
+
+class CacheConfig(_Section):
+    corpus: str = "wiki-en"
+    """Registered corpus name (wiki-en, wiki-fr, wiki-es, file:PATH, hub:NAME)."""
+    doc_start: int = 0
+    """First document of the corpus slice."""
+    max_docs: int | None = None
+    """Number of documents in the slice (None: until `tokens` is reached)."""
+    tokens: int = 200_000
+    """Aligned token positions to cache (training plus held-out)."""
+    context_size: int = 128
+    """Tokens per context window (counted on the source model); longer documents are split."""
+    eval_fraction: float = 0.1
+    """Share of documents held out for evaluation (split by document, deterministic)."""
+    source_layers: list[int] | None = None
+    """Source layers to cache (None: just the stitch's source layer)."""
+    target_layers: list[int] | None = None
+    """Target layers to cache (None: every layer, so the stitch layer can be chosen by SVCCA)."""
+    dtype: Literal["float32", "float16"] = "float32"
+    """Storage dtype; float16 refuses values it cannot represent."""
+    batch_size: int = 8
+    """Context windows per forward pass while caching."""
+
+
+class StitchConfig(_Section):
+    source_layer: int | None = None
+    """Layer lA of model A (None: the middle layer)."""
+    target_layer: int | Literal["auto"] = "auto"
+    """Layer lB of model B, or 'auto' to take the argmax of mean SVCCA correlation with A at lA."""
+    solver: Literal["lstsq", "adam", "lstsq+adam"] = "lstsq"
+    """How to fit: closed-form least squares, the paper's Adam recipe, or Adam started from lstsq."""
+    alpha: float = 1.0
+    """Weight of the two round-trip terms in the loss (paper Eq. 3)."""
+    lr: float = 1e-4
+    """Adam learning rate (cosine decay)."""
+    epochs: int = 2
+    """Adam epochs over the cached training tokens."""
+    batch_size: int = 5120
+    """Tokens per Adam step."""
+    ridge: float = 1e-6
+    """Relative ridge term of the closed-form solver (times the mean diagonal of X^T X)."""
+    svcca_tokens: int = 10_000
+    """Tokens used for SVCCA layer selection."""
+
+
+class SAEConfig(_Section):
+    source: str = "train"
+    """'train' to train a TopK SAE on A, a SAELens-format folder, or 'release:ID' from the hub."""
+    width: int = 4608
+    """Number of latents of the source SAE."""
+    k: int = 32
+    """TopK sparsity."""
+    lr: float = 1e-4
+    """SAE learning rate."""
+    train_tokens: int = 2_000_000
+    """Tokens of SAE training (cached activations are reused across epochs)."""
+    batch_size: int = 1024
+    """Tokens per SAE training step."""
+
+
+class RunConfig(_Section):
+    """A whole `stitchplug run`."""
+
+    artifact: str = "sae"
+    """Artifact kind to transfer (a registered artifact: sae, probe, steering)."""
+    output_dir: str = "runs/default"
+    """Run folder; finished stages in it are reused."""
+    seed: int = 0
+    """Seed for data order, initialisation and sampling."""
+    device: Literal["cpu", "cuda"] = "cpu"
+    """Device for models and training."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Compute dtype of the models."""
+    models: ModelsConfig = ModelsConfig()
+    cache: CacheConfig = CacheConfig()
+    stitch: StitchConfig = StitchConfig()
+    sae: SAEConfig = SAEConfig()
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {
+        "cache": {"tokens": 40_000, "context_size": 128},
+        "stitch": {"solver": "lstsq", "svcca_tokens": 4_000},
+        "sae": {"width": 2304, "k": 32, "train_tokens": 300_000, "lr": 4e-4},
+    },
+    "default": {},
+}
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "config"
+        lines.append(f"invalid config: {where}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def read_file(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        text = path.read_text()
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text) or {}
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError(f"config file {path} must end in .yaml, .yml, .toml or .json")
+    except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        first = str(exc).splitlines()[0]
+        raise ConfigError(f"cannot parse config file {path}: {first}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def build_config(preset: str | None = None, file: str | Path | None = None,
+                 overrides: dict[str, Any] | None = None, cls: type[BaseModel] = RunConfig) -> BaseModel:
+    """Layer defaults < preset < file < overrides (dotted keys such as ``stitch.solver``)."""
+    data: dict = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
+        data = _merge(data, PRESETS[preset])
+    if file is not None:
+        data = _merge(data, read_file(file))
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    try:
+        return cls.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err)) from None
+
+
+def leaf_fields(cls: type[BaseModel], prefix: str = ""):
+    """Yield ``(dotted_name, FieldInfo)`` for every non-section field, for building CLI flags."""
+    for name, info in cls.model_fields.items():
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            yield from leaf_fields(ann, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", info
+
+
+def snapshot(cfg: BaseModel, path: str | Path) -> None:
+    """Write the resolved config next to a run's outputs (YAML)."""
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

@@ -1,0 +1,168 @@
+"""Plugin discovery through the ``stitchplug`` entry-point group, and the registries it fills.
+
+First-party plugins (``plugins/``) are found exactly like third-party ones: through entry points.
+``STITCHPLUG_LOAD_PLUGINS=a,b`` restricts loading to the named entry points. A plugin that fails to
+import or register is recorded in :data:`FAILED` and the others keep working.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Callable
+
+import pluggy
+
+from . import hookspecs
+from .errors import PluginError
+
+GROUP = "stitchplug"
+KINDS = ("models", "corpora", "artifacts", "evaluators", "aligners")
+
+
+@dataclass
+class Entry:
+    """One registered thing: ``factory`` builds it on demand."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    description: str = ""
+    source: str = ""
+    plugin: str = ""
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    version: str | None
+    registered: dict[str, list[str]] = field(default_factory=dict)
+    error: str | None = None
+
+
+class Registry:
+    """Name -> :class:`Entry` for each kind, built by calling every ``register_*`` hook."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, dict[str, Entry]] = {k: {} for k in KINDS}
+
+    def add(self, entry: Entry) -> None:
+        table = self.entries[entry.kind]
+        if entry.name in table:
+            other = table[entry.name].plugin
+            raise PluginError(
+                f"{entry.kind[:-1] if entry.kind != 'corpora' else 'corpus'} name {entry.name!r} "
+                f"is registered by both plugin {other!r} and plugin {entry.plugin!r}"
+            )
+        table[entry.name] = entry
+
+    def get(self, kind: str, name: str) -> Entry:
+        table = self.entries[kind]
+        if name not in table:
+            known = ", ".join(sorted(table)) or "none"
+            raise PluginError(f"unknown {kind[:-1] if kind != 'corpora' else 'corpus'} {name!r} (known: {known})")
+        return table[name]
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.entries[kind])
+
+
+pm = pluggy.PluginManager(GROUP)
+pm.add_hookspecs(hookspecs)
+FAILED: dict[str, str] = {}
+_loaded = False
+_registry: Registry | None = None
+
+
+def _allowed() -> set[str] | None:
+    raw = os.environ.get("STITCHPLUG_LOAD_PLUGINS")
+    if raw is None:
+        return None
+    return {p.strip() for p in raw.split(",") if p.strip()}
+
+
+def load_plugins() -> None:
+    """Import every entry point in the group once; failures are recorded, not raised."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    allowed = _allowed()
+    for ep in metadata.entry_points(group=GROUP):
+        if allowed is not None and ep.name not in allowed:
+            continue
+        if pm.has_plugin(ep.name):
+            continue
+        try:
+            module = ep.load()
+            pm.register(module, name=ep.name)
+        except Exception as exc:  # a broken plugin must not take the tool down
+            FAILED[ep.name] = f"{type(exc).__name__}: {exc}"
+
+
+def _plugin_version(name: str) -> str | None:
+    for dist in metadata.distributions():
+        for ep in dist.entry_points:
+            if ep.group == GROUP and ep.name == name:
+                return dist.version
+    return None
+
+
+def registry() -> Registry:
+    """The registry of everything the loaded plugins registered (built once, then cached)."""
+    global _registry
+    if _registry is None:
+        load_plugins()
+        reg = Registry()
+        for plugin_name, plugin in list(pm.list_name_plugin()):
+            if plugin_name in FAILED:
+                continue
+            for kind in KINDS:
+                hook = getattr(plugin, f"register_{kind}", None)
+                if hook is None:
+                    continue
+
+                def register(name, factory, description="", source="", _k=kind, _p=plugin_name):
+                    reg.add(Entry(_k, name, factory, description, source, _p))
+
+                try:
+                    hook(register=register)
+                except PluginError:
+                    raise
+                except Exception as exc:
+                    FAILED[plugin_name] = f"{type(exc).__name__} in register_{kind}: {exc}"
+        _registry = reg
+    return _registry
+
+
+def get(kind: str, name: str) -> Entry:
+    return registry().get(kind, name)
+
+
+def plugin_infos() -> list[PluginInfo]:
+    """Each plugin with its version, what it registered, and its error if it failed."""
+    reg = registry()
+    infos: dict[str, PluginInfo] = {}
+    for plugin_name, _ in pm.list_name_plugin():
+        infos[plugin_name] = PluginInfo(plugin_name, _plugin_version(plugin_name))
+    for name, err in FAILED.items():
+        infos.setdefault(name, PluginInfo(name, _plugin_version(name))).error = err
+    for kind, table in reg.entries.items():
+        for entry in table.values():
+            if entry.plugin in infos:
+                infos[entry.plugin].registered.setdefault(kind, []).append(entry.name)
+    for info in infos.values():
+        for names in info.registered.values():
+            names.sort()
+    return sorted(infos.values(), key=lambda i: i.name)
+
+
+def reset() -> None:
+    """Forget loaded plugins (tests use this after changing ``STITCHPLUG_LOAD_PLUGINS``)."""
+    global _loaded, _registry
+    for name, plugin in list(pm.list_name_plugin()):
+        pm.unregister(plugin, name=name)
+    FAILED.clear()
+    _loaded = False
+    _registry = None
