@@ -127,7 +127,9 @@ def main(argv=None) -> None:
     try:
         _add_core_commands()
         _add_plugin_commands()
-        cli.main(args=argv, prog_name="stitchplug", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="stitchplug", standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except StitchplugError as err:
         for line in str(err).splitlines() or [type(err).__name__]:
             click.echo(f"Error: {line}", err=True)
