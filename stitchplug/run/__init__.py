@@ -1,0 +1,1 @@
+"""`stitchplug run`: the staged pipeline cache -> stitch -> artifact -> transfer -> evaluate -> report."""
