@@ -1,0 +1,100 @@
+"""Open a corpus by name: a registered corpus, ``file:PATH`` (local .jsonl/.json/.txt/.parquet) or
+``hub:NAME`` (a Hugging Face hub dataset, when the hub is reachable).
+
+Every corpus is an iterable of dicts with at least ``text`` (str) and ``doc_id`` (str, stable),
+plus any extra fields (``title``, ``topic`` ...), in a deterministic order.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from ..errors import StitchplugError
+
+FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".txt": "text", ".parquet": "parquet"}
+OFFLINE_CORPORA = "wiki-en, wiki-fr, wiki-es or file:PATH"
+
+
+def _default_cache_dir() -> str:
+    return os.path.join(tempfile.gettempdir(), "stitchplug-datasets")
+
+
+def _records(rows: Iterable[dict], label: str, text_field: str = "text") -> Iterator[dict]:
+    for i, row in enumerate(rows):
+        if text_field not in row:
+            raise StitchplugError(f"corpus {label!r} has no {text_field!r} field (fields: {', '.join(sorted(row))})")
+        rec = dict(row)
+        rec["text"] = str(rec.pop(text_field))
+        doc_id = rec.get("doc_id", rec.get("id"))
+        rec["doc_id"] = str(doc_id) if doc_id is not None else f"{label}:{i}"
+        yield rec
+
+
+def file_corpus(path: str, cache_dir: str | None = None, text_field: str = "text") -> Iterator[dict]:
+    """Documents from a local file through ``datasets`` (offline). ``.txt``: one document per
+    paragraph (blank-line separated); ``.jsonl``/``.json``/``.parquet``: one per row."""
+    p = Path(path)
+    builder = FILE_BUILDERS.get(p.suffix.lower())
+    if builder is None:
+        raise StitchplugError(f"corpus file {path} must end in {', '.join(FILE_BUILDERS)}")
+    if not p.is_file():
+        raise StitchplugError(f"corpus file not found: {path}")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    import datasets
+
+    kwargs = {"sample_by": "paragraph"} if builder == "text" else {}
+    try:
+        ds = datasets.load_dataset(builder, data_files=str(p.resolve()), split="train",
+                                   cache_dir=cache_dir or _default_cache_dir(), **kwargs)
+    except Exception as exc:  # malformed JSON / parquet: one line
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise StitchplugError(f"cannot read corpus file {path}: {first}") from None
+    yield from _records(ds, p.name, text_field)
+
+
+def hub_corpus(name: str, split: str = "train", text_field: str = "text") -> Iterator[dict]:
+    """Documents of a hub dataset, streamed. Offline (or hub unreachable): a one-line error."""
+    offline = any(os.environ.get(v, "").lower() in ("1", "true", "yes")
+                  for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
+    msg = (f"corpus 'hub:{name}' needs the Hugging Face hub, which is not reachable (offline); "
+           f"use {OFFLINE_CORPORA}")
+    if offline:
+        raise StitchplugError(msg)
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, split=split, streaming=True)
+        rows = iter(ds)
+        first = next(rows)
+    except Exception as exc:
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise StitchplugError(f"{msg} ({type(exc).__name__}: {detail})") from None
+    yield from _records(itertools.chain([first], rows), f"hub:{name}", text_field)
+
+
+def open_corpus(name: str, start: int = 0, limit: int | None = None, cache_dir: str | None = None,
+                **kwargs) -> Iterator[dict]:
+    """Documents ``start .. start+limit`` of corpus ``name`` as dicts with ``text`` and ``doc_id``.
+
+    Errors (unknown name, missing file, unreachable hub) are raised as :class:`StitchplugError`
+    before the first document is returned.
+    """
+    if name.startswith("file:"):
+        docs = file_corpus(name[len("file:"):], cache_dir=cache_dir, **kwargs)
+    elif name.startswith("hub:"):
+        docs = hub_corpus(name[len("hub:"):], **kwargs)
+    else:
+        from ..plugins import registry
+
+        docs = iter(registry().get("corpora", name).factory(**kwargs))
+    docs = iter(docs)
+    try:  # run the generator up to its first document so set-up errors surface here
+        first = next(docs)
+    except StopIteration:
+        return iter(())
+    stop = None if limit is None else start + limit
+    return itertools.islice(itertools.chain([first], docs), start, stop)

@@ -1,0 +1,71 @@
+"""On-disk format constants and validation shared by the writer and the reader (see docs/cache.md)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+
+from ..errors import CacheError
+
+FORMAT = "stitchplug-paired-cache"
+FORMAT_VERSION = 1
+SIDES = ("source", "target")
+FLOAT16_MAX = 65504.0
+
+CONTENT_FIELDS = ("format_version", "source_model", "target_model", "source_layers", "target_layers",
+                  "source_fingerprint", "target_fingerprint", "corpus", "doc_start", "max_docs", "tokens",
+                  "context_size", "dtype", "alignment_method", "shard_rows")
+"""Config fields that determine a cache's content; a cache is reused only if all of them match."""
+
+
+def layer_key(layer: int) -> str:
+    return f"resid_pre_{int(layer)}"
+
+
+def shard_dir(path: str | Path) -> Path:
+    """Folder holding the shards behind an entry file ``path``."""
+    path = Path(path)
+    return path.with_name(path.name + ".shards")
+
+
+def open_h5(path: str | Path, what: str = "activation cache") -> h5py.File:
+    """Open read-only, turning any HDF5 failure into a one-line :class:`CacheError`."""
+    try:
+        return h5py.File(path, "r")
+    except FileNotFoundError:
+        raise CacheError(f"{what} not found: {path}") from None
+    except (OSError, ValueError) as exc:
+        first = (str(exc).splitlines() or ["unreadable"])[0]
+        raise CacheError(f"{path} is not a readable HDF5 {what} (corrupt or truncated?): {first}") from None
+
+
+def stored_config(f: h5py.File, path: str | Path) -> dict:
+    """The content config of a stitchplug cache or shard file; :class:`CacheError` if foreign."""
+    if f.attrs.get("format") != FORMAT:
+        raise CacheError(f"{path} is an HDF5 file but not a stitchplug paired activation cache")
+    version = int(f.attrs.get("format_version", -1))
+    if version != FORMAT_VERSION:
+        raise CacheError(f"{path} has cache format version {version}; this stitchplug reads version "
+                         f"{FORMAT_VERSION} (rebuild the cache)")
+    try:
+        return json.loads(f.attrs["config"])
+    except (KeyError, TypeError, ValueError):
+        raise CacheError(f"{path} is a stitchplug cache with a missing or corrupt 'config' attribute") from None
+
+
+def config_diff(stored: dict, wanted: dict) -> list[str]:
+    """``'field (cached X, requested Y)'`` for every content field that differs."""
+    out = []
+    for key in CONTENT_FIELDS:
+        if key in wanted and stored.get(key) != wanted[key]:
+            out.append(f"{key} (cached {stored.get(key)!r}, requested {wanted[key]!r})")
+    return out
+
+
+def refuse_mismatch(path: str | Path, stored: dict, wanted: dict) -> None:
+    diff = config_diff(stored, wanted)
+    if diff:
+        raise CacheError(f"cache {path} was built with a different configuration: {'; '.join(diff)}. "
+                         f"Delete it or write to another output path")

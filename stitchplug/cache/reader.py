@@ -1,0 +1,219 @@
+"""Read a paired activation cache: metadata, a document-level train/eval split, small array reads
+and a streaming, deterministically shuffled batch iterator that never loads the whole cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import CacheError
+from .format import SIDES, layer_key, open_h5, stored_config
+
+Key = tuple[str, "int | str"]
+
+
+class PairedCache:
+    """An open, complete cache. Use :func:`open_cache` to get one; close it (or use ``with``)."""
+
+    def __init__(self, path: str | Path, eval_fraction: float | None = None, split_seed: int | None = None):
+        self.path = Path(path)
+        self.file = open_h5(self.path)
+        try:
+            self.config = stored_config(self.file, self.path)
+            if not bool(self.file.attrs.get("complete", False)):
+                raise CacheError(f"{self.path} is an incomplete stitchplug cache (its build did not finish); "
+                                 f"re-run `stitchplug cache` to complete it")
+            self.attrs = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in self.file.attrs.items()}
+            docs = self.file["docs"]
+            self.doc_index = docs["index"][()]
+            self.doc_rows = docs["n_rows"][()]
+            self.doc_start_row = docs["row_start"][()]
+            for name in self.dataset_names():
+                ds = self.file[name]
+                if ds.shape[0] != self.n_tokens:
+                    raise CacheError(f"{self.path}: dataset {name} has {ds.shape[0]} rows, expected {self.n_tokens}")
+                if ds.is_virtual:
+                    for vs in ds.virtual_sources():
+                        src = (self.path.parent / vs.file_name)
+                        if not src.exists():
+                            raise CacheError(f"{self.path}: shard {src} is missing (move the .shards folder "
+                                             f"together with the cache file)")
+        except CacheError:
+            self.file.close()
+            raise
+        except KeyError as exc:
+            self.file.close()
+            raise CacheError(f"{self.path} is a corrupt stitchplug cache (missing {exc})") from None
+        self.eval_fraction = float(self.attrs.get("eval_fraction", 0.1) if eval_fraction is None else eval_fraction)
+        self.split_seed = int(self.attrs.get("split_seed", 0) if split_seed is None else split_seed)
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise CacheError(f"eval_fraction must be in [0, 1), not {self.eval_fraction}")
+
+    # -- metadata -------------------------------------------------------------------------
+    def dataset_names(self) -> list[str]:
+        names = [f"{s}/{layer_key(l)}" for s in SIDES for l in self.layers(s)]
+        return names + ["source/token_ids", "target/token_ids", "source/ends", "target/ends", "doc_ids"]
+
+    def layers(self, side: str) -> list[int]:
+        return list(self.config[f"{self._side(side)}_layers"])
+
+    @property
+    def source_layers(self) -> list[int]:
+        return self.layers("source")
+
+    @property
+    def target_layers(self) -> list[int]:
+        return self.layers("target")
+
+    @property
+    def d_source(self) -> int:
+        return int(self.attrs["d_source"])
+
+    @property
+    def d_target(self) -> int:
+        return int(self.attrs["d_target"])
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.attrs["n_tokens"])
+
+    @property
+    def source_model(self) -> str:
+        return str(self.attrs["source_model"])
+
+    @property
+    def target_model(self) -> str:
+        return str(self.attrs["target_model"])
+
+    @property
+    def alignment_rate(self) -> tuple[float, float]:
+        """Share of each side's non-special tokens that were kept (source, target)."""
+        return float(self.attrs["alignment_rate_source"]), float(self.attrs["alignment_rate_target"])
+
+    def hook_names(self, side: str) -> list[str]:
+        return json.loads(self.attrs[f"{self._side(side)}_hooks"])
+
+    # -- split ----------------------------------------------------------------------------
+    def eval_docs(self) -> np.ndarray:
+        """Corpus indices of the held-out documents: a seeded random ``eval_fraction`` of the
+        cache's documents (at least one when the fraction is positive and there are >= 2 documents)."""
+        n = len(self.doc_index)
+        n_eval = int(round(self.eval_fraction * n))
+        if self.eval_fraction > 0 and n >= 2:
+            n_eval = min(max(n_eval, 1), n - 1)
+        perm = np.random.default_rng(self.split_seed).permutation(n)
+        return np.sort(self.doc_index[perm[:n_eval]])
+
+    def ranges(self, split: str | None = None) -> list[tuple[int, int]]:
+        """Row ranges ``[start, stop)`` of ``split`` ('train', 'eval' or None for all), merged."""
+        if split is None:
+            return [(0, self.n_tokens)] if self.n_tokens else []
+        if split not in ("train", "eval"):
+            raise CacheError(f"split must be 'train', 'eval' or None, not {split!r}")
+        is_eval = np.isin(self.doc_index, self.eval_docs())
+        pick = is_eval if split == "eval" else ~is_eval
+        out: list[list[int]] = []
+        for start, n in zip(self.doc_start_row[pick], self.doc_rows[pick]):
+            if n == 0:
+                continue
+            if out and out[-1][1] == start:
+                out[-1][1] = int(start + n)
+            else:
+                out.append([int(start), int(start + n)])
+        return [tuple(r) for r in out]
+
+    def rows(self, split: str | None = None) -> np.ndarray:
+        """Row indices of ``split`` (int64)."""
+        return np.concatenate([np.arange(a, b) for a, b in self.ranges(split)] or [np.zeros(0, np.int64)])
+
+    # -- reads ----------------------------------------------------------------------------
+    @staticmethod
+    def _side(side: str) -> str:
+        if side not in SIDES:
+            raise CacheError(f"side must be 'source' or 'target', not {side!r}")
+        return side
+
+    def dataset_name(self, side: str, layer: int | str) -> str:
+        """``/source/resid_pre_{l}`` for an int layer; ``/source/token_ids`` etc. for a name;
+        ``doc_ids`` for ``side == 'doc_ids'``."""
+        if side == "doc_ids":
+            return "doc_ids"
+        self._side(side)
+        if isinstance(layer, (int, np.integer)):
+            if int(layer) not in self.layers(side):
+                raise CacheError(f"layer {layer} of the {side} model is not in the cache "
+                                 f"(cached: {self.layers(side)})")
+            return f"{side}/{layer_key(layer)}"
+        name = f"{side}/{layer}"
+        if name not in self.file:
+            raise CacheError(f"the cache has no dataset {name!r}")
+        return name
+
+    def array(self, side: str, layer: int | str, split: str | None = None) -> np.ndarray:
+        """All rows of one dataset for ``split`` as a numpy array (for small caches / samples)."""
+        ds = self.file[self.dataset_name(side, layer)]
+        parts = [ds[a:b] for a, b in self.ranges(split)]
+        return np.concatenate(parts) if parts else np.zeros((0,) + ds.shape[1:], ds.dtype)
+
+    def batches(self, keys: Sequence[Key] = (("source", None), ("target", None)), batch_size: int = 1024,
+                split: str | None = "train", seed: int = 0, shuffle: bool = True, epochs: int = 1,
+                dtype: torch.dtype = torch.float32, chunk_rows: int = 4096, buffer_chunks: int = 8,
+                drop_last: bool = False) -> Iterator[tuple[torch.Tensor, ...]]:
+        """Stream ``(tensor_per_key, ...)`` batches of aligned rows.
+
+        ``keys`` are ``(side, layer)`` pairs (``layer=None``: the side's first cached layer; a string
+        such as ``"token_ids"`` reads that dataset). Shuffling is deterministic in ``seed`` and the
+        epoch: contiguous chunks of ``chunk_rows`` rows are read in a permuted order, ``buffer_chunks``
+        at a time, and rows are permuted inside that buffer. Memory holds one buffer, never the cache.
+        The last batch of an epoch may be smaller unless ``drop_last``.
+        """
+        if batch_size < 1:
+            raise CacheError(f"batch_size must be positive, not {batch_size}")
+        names = [self.dataset_name(side, self.layers(side)[0] if layer is None and side != "doc_ids" else layer)
+                 for side, layer in keys]
+        dsets = [self.file[n] for n in names]
+        chunks = [(s, min(s + chunk_rows, b)) for a, b in self.ranges(split) for s in range(a, b, chunk_rows)]
+        for epoch in range(epochs):
+            rng = np.random.default_rng([seed, epoch])
+            order = rng.permutation(len(chunks)) if shuffle else np.arange(len(chunks))
+            carry = None
+            for g in range(0, len(order), buffer_chunks):
+                group = sorted(int(i) for i in order[g:g + buffer_chunks])  # sorted: sequential disk reads
+                cols = [np.concatenate([ds[chunks[i][0]:chunks[i][1]] for i in group]) for ds in dsets]
+                if carry is not None:
+                    cols = [np.concatenate([c0, c]) for c0, c in zip(carry, cols)]
+                n = len(cols[0])
+                perm = rng.permutation(n) if shuffle else np.arange(n)
+                full = n - n % batch_size
+                for s in range(0, full, batch_size):
+                    idx = perm[s:s + batch_size]
+                    yield tuple(self._tensor(c[idx] if shuffle else c[s:s + batch_size], dtype) for c in cols)
+                carry = [c[perm[full:]] for c in cols] if full < n else None
+            if carry is not None and not drop_last:
+                yield tuple(self._tensor(c, dtype) for c in carry)
+
+    @staticmethod
+    def _tensor(x: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(x))
+        return t.to(dtype) if t.is_floating_point() else t
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> "PairedCache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_cache(path: str | Path, eval_fraction: float | None = None, split_seed: int | None = None) -> PairedCache:
+    """Open and validate a complete cache (:class:`CacheError` on foreign, corrupt or incomplete files).
+
+    ``eval_fraction``/``split_seed`` override the document split stored at build time.
+    """
+    return PairedCache(path, eval_fraction=eval_fraction, split_seed=split_seed)

@@ -1,0 +1,104 @@
+"""Split a document into context windows consistently for two models, and align each window.
+
+Windows are cut on the *source* tokenisation (before whitespace where possible, so no word is split):
+every window holds at most ``context_size`` source tokens (special tokens included), covers a character span of the document, and both models
+tokenise exactly that span (each adds its own BOS as its adapter decides). The target side is
+truncated only if it exceeds the target model's own context length. End offsets in the returned
+:class:`Window` are relative to the whole document (``-1`` for special tokens).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..adapter import Encoded, ModelAdapter
+from .align import Aligner, get_aligner
+
+
+@dataclass
+class Window:
+    """One context window: both tokenisations and the aligned position pairs."""
+
+    source: Encoded
+    target: Encoded
+    idx_source: np.ndarray
+    idx_target: np.ndarray
+    start: int
+    """Character span ``text[start:end]`` this window covers."""
+    end: int
+
+    def __iter__(self):  # unpacks as (enc_a, enc_b, idx_a, idx_b)
+        return iter((self.source, self.target, self.idx_source, self.idx_target))
+
+
+def fingerprint(adapter: ModelAdapter) -> str:
+    """``adapter.tokenizer_fingerprint()``, memoised on the adapter (hashing a big vocab is slow)."""
+    fp = getattr(adapter, "_stitchplug_fingerprint", None)
+    if fp is None:
+        fp = adapter.tokenizer_fingerprint()
+        try:
+            adapter._stitchplug_fingerprint = fp
+        except AttributeError:
+            pass
+    return fp
+
+
+def max_context(adapter: ModelAdapter) -> int | None:
+    """The model's maximum sequence length, if the adapter exposes one."""
+    n = getattr(adapter, "n_ctx", None)
+    if n is None:
+        cfg = getattr(getattr(adapter, "model", None), "cfg", None)
+        n = getattr(cfg, "n_ctx", None)
+    return int(n) if n else None
+
+
+def _cut(enc: Encoded, n: int | None, offset: int) -> Encoded:
+    ids, ends, special = enc.ids, enc.ends, enc.special
+    if n is not None and len(ids) > n:
+        ids, ends, special = ids[:n], ends[:n], special[:n]
+    ends = torch.where(ends >= 0, ends + offset, ends)
+    return Encoded(ids, ends, special)
+
+
+def paired_windows(text: str, source: ModelAdapter, target: ModelAdapter, context_size: int,
+                   aligner: Aligner | None = None) -> list[Window]:
+    """``text`` as context windows for both models, with aligned index pairs per window.
+
+    ``aligner`` defaults to :func:`~stitchplug.cache.align.get_aligner` ``("auto")`` for the pair
+    (identity for the same tokenizer, end offsets otherwise). Returns ``[]`` for text without tokens.
+    Each window unpacks as ``(enc_source, enc_target, idx_source, idx_target)``.
+    """
+    if aligner is None:
+        same = fingerprint(source) == fingerprint(target)
+        aligner = get_aligner("identity" if same else "end-offsets")[1]
+    full = source.encode(text)
+    ends = full.ends.numpy()
+    real = np.flatnonzero(ends >= 0)
+    if len(real) == 0:
+        return []
+    n_prefix = int(np.argmax(ends >= 0))  # BOS and other specials the adapter prepends
+    per = max(1, context_size - n_prefix)
+    target_ctx = max_context(target)
+    windows = []
+    k = 0
+    while k < len(real):
+        j = min(k + per, len(real)) - 1  # last source token of this window
+        if j < len(real) - 1:  # prefer cutting before whitespace, so no word is split between windows
+            lo = k + per // 2
+            while j > lo and not text[int(ends[real[j]]):int(ends[real[j]]) + 1].isspace():
+                j -= 1
+            if not text[int(ends[real[j]]):int(ends[real[j]]) + 1].isspace():
+                j = min(k + per, len(real)) - 1
+        start = 0 if k == 0 else int(ends[real[k - 1]])
+        end = len(text) if j == len(real) - 1 else int(ends[real[j]])
+        span = text[start:end]
+        enc_a = _cut(source.encode(span), context_size, start)
+        enc_b = _cut(target.encode(span), target_ctx, start)
+        ia, ib = aligner(enc_a.ends.numpy(), enc_b.ends.numpy())
+        windows.append(Window(enc_a, enc_b, np.asarray(ia, dtype=np.int64), np.asarray(ib, dtype=np.int64),
+                              start, end))
+        k = j + 1
+    return windows

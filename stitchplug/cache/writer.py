@@ -1,0 +1,346 @@
+"""Write (or resume) a paired activation cache.
+
+Crash safety: the work is cut into shards of whole documents. Each shard is written to
+``shard_NNNNN.h5.tmp``, flushed, fsynced and atomically renamed, so a shard file with its final
+name is always complete. The entry file (virtual datasets over the shards, plus the document
+table and attributes) is written last, the same way, with ``complete = True``. A re-run skips
+finished shards; shard boundaries and batch composition depend only on the configuration and the
+corpus, so a resumed cache is bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import h5py
+import numpy as np
+import torch
+
+from .. import __version__
+from ..adapter import ModelAdapter
+from ..errors import CacheError
+from .align import get_aligner
+from .format import (FLOAT16_MAX, FORMAT, FORMAT_VERSION, SIDES, layer_key, open_h5, refuse_mismatch,
+                     shard_dir, stored_config)
+from .windows import Window, fingerprint, paired_windows
+
+SHARD_BYTES = 64 * 2**20
+
+
+@dataclass
+class _Doc:
+    index: int
+    key: str
+    windows: list[Window]
+    rows: int  # aligned rows kept (after a final truncation to the token budget)
+    real: tuple[int, int] = (0, 0)  # non-special tokens per side, for the alignment rate
+    aligned: int = 0  # aligned pairs before truncation
+
+
+@dataclass
+class _Shard:
+    docs: list[_Doc] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return sum(d.rows for d in self.docs)
+
+
+def _fsync_replace(tmp: Path, final: Path) -> None:
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, final)
+    dfd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _forward(adapter: ModelAdapter, encs: list, layers: list[int], batch_size: int, tick: Callable[[float], None]):
+    """Residuals at ``layers`` for each encoded window: ``out[i][layer] -> np.ndarray [len_i, d]``.
+
+    Windows are sorted by length (stable) and right-padded in batches; causal attention makes the
+    padding invisible to real positions, which are the only ones returned.
+    """
+    order = sorted(range(len(encs)), key=lambda i: -len(encs[i]))
+    out: list[dict | None] = [None] * len(encs)
+    for s in range(0, len(order), batch_size):
+        chunk = order[s:s + batch_size]
+        width = max(len(encs[i]) for i in chunk)
+        ids = torch.zeros((len(chunk), width), dtype=torch.long)
+        for r, i in enumerate(chunk):
+            ids[r, :len(encs[i])] = encs[i].ids
+        acts = adapter.capture(ids, layers)
+        acts = {l: a.float().cpu().numpy() for l, a in acts.items()}
+        for r, i in enumerate(chunk):
+            out[i] = {l: a[r, :len(encs[i])] for l, a in acts.items()}
+        tick(sum(len(encs[i]) for i in chunk))
+    return out
+
+
+def _store(x: np.ndarray, dtype: str, what: str) -> np.ndarray:
+    if not np.isfinite(x).all():
+        raise CacheError(f"{what} holds non-finite values (inf/nan); the model's activations are broken")
+    if dtype == "float16":
+        peak = float(np.abs(x).max(initial=0.0))
+        if peak > FLOAT16_MAX:
+            raise CacheError(f"float16 cannot store {what}: values reach {peak:,.0f}, beyond float16's "
+                             f"maximum {FLOAT16_MAX:,.0f}; use dtype float32 (--cache-dtype float32)")
+        return x.astype(np.float16)
+    return x.astype(np.float32, copy=False)
+
+
+class _Writer:
+    def __init__(self, path: Path, source: ModelAdapter, target: ModelAdapter, cfg: dict, batch_size: int,
+                 tick: Callable[[float], None]):
+        self.path, self.source, self.target, self.cfg = path, source, target, cfg
+        self.batch_size, self.tick = batch_size, tick
+        self.dir = shard_dir(path)
+
+    def shard_path(self, k: int) -> Path:
+        return self.dir / f"shard_{k:05d}.h5"
+
+    def write_shard(self, k: int, shard: _Shard) -> dict:
+        cfg, n = self.cfg, shard.rows
+        wins = [(d, w) for d in shard.docs for w in d.windows]
+        tokens_total = sum(len(w.source) + len(w.target) for _, w in wins) or 1
+        scale = n / tokens_total
+
+        def tick(t):
+            self.tick(t * scale)
+
+        acts = {"source": _forward(self.source, [w.source for _, w in wins], cfg["source_layers"], self.batch_size, tick),
+                "target": _forward(self.target, [w.target for _, w in wins], cfg["target_layers"], self.batch_size, tick)}
+        cols = {side: {l: [] for l in cfg[f"{side}_layers"]} for side in SIDES}
+        meta = {k2: [] for k2 in ("source/token_ids", "target/token_ids", "source/ends", "target/ends", "doc_ids")}
+        wi = 0
+        for doc in shard.docs:
+            left = doc.rows
+            for w in doc.windows:
+                ia, ib = w.idx_source[:left], w.idx_target[:left]
+                left -= len(ia)
+                for side, idx, enc in (("source", ia, w.source), ("target", ib, w.target)):
+                    for l in cfg[f"{side}_layers"]:
+                        cols[side][l].append(acts[side][wi][l][idx])
+                    meta[f"{side}/token_ids"].append(enc.ids.numpy()[idx].astype(np.int32))
+                    meta[f"{side}/ends"].append(enc.ends.numpy()[idx].astype(np.int32))
+                meta["doc_ids"].append(np.full(len(ia), doc.index, dtype=np.int64))
+                wi += 1
+        final = self.shard_path(k)
+        tmp = final.with_name(final.name + ".tmp")
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = FORMAT
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["config"] = json.dumps(cfg, sort_keys=True)
+            f.attrs["shard"] = k
+            f.attrs["rows"] = n
+            for side in SIDES:
+                d = self.source.d_model if side == "source" else self.target.d_model
+                for l, parts in cols[side].items():
+                    x = np.concatenate(parts) if parts else np.zeros((0, d), np.float32)
+                    f.create_dataset(f"{side}/{layer_key(l)}",
+                                     data=_store(x, cfg["dtype"], f"{side} layer {l} ({cfg[f'{side}_model']})"))
+            for key, parts in meta.items():
+                f.create_dataset(key, data=np.concatenate(parts) if parts else np.zeros(0, np.int64))
+            f.create_dataset("docs/index", data=np.array([d.index for d in shard.docs], dtype=np.int64))
+            f.create_dataset("docs/key", data=[d.key for d in shard.docs], dtype=h5py.string_dtype())
+            f.create_dataset("docs/n_rows", data=np.array([d.rows for d in shard.docs], dtype=np.int64))
+            f.create_dataset("docs/stats", data=np.array([[d.real[0], d.real[1], d.aligned] for d in shard.docs],
+                                                         dtype=np.int64).reshape(-1, 3))
+        _fsync_replace(tmp, final)
+        return self.shard_info(final)
+
+    @staticmethod
+    def shard_info(path: Path) -> dict:
+        with open_h5(path, "cache shard") as f:
+            cfg = stored_config(f, path)
+            return {"path": path, "config": cfg, "rows": int(f.attrs["rows"]),
+                    "docs": f["docs/index"][()], "keys": [s.decode() if isinstance(s, bytes) else s
+                                                          for s in f["docs/key"][()]],
+                    "n_rows": f["docs/n_rows"][()], "stats": f["docs/stats"][()]}
+
+    def write_entry(self, shards: list[dict], extra: dict) -> None:
+        cfg = self.cfg
+        n = sum(s["rows"] for s in shards)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with h5py.File(tmp, "w") as f:
+            names = [f"{side}/{layer_key(l)}" for side in SIDES for l in cfg[f"{side}_layers"]]
+            names += ["source/token_ids", "target/token_ids", "source/ends", "target/ends", "doc_ids"]
+            for name in names:
+                with h5py.File(shards[0]["path"], "r") as s0:
+                    dtype, tail = s0[name].dtype, s0[name].shape[1:]
+                layout = h5py.VirtualLayout((n,) + tail, dtype=dtype)
+                row = 0
+                for s in shards:
+                    if s["rows"]:
+                        rel = os.path.relpath(s["path"], self.path.parent)
+                        layout[row:row + s["rows"]] = h5py.VirtualSource(rel, name, shape=(s["rows"],) + tail)
+                    row += s["rows"]
+                f.create_virtual_dataset(name, layout)
+            n_rows = np.concatenate([s["n_rows"] for s in shards])
+            f.create_dataset("docs/index", data=np.concatenate([s["docs"] for s in shards]))
+            f.create_dataset("docs/key", data=[k for s in shards for k in s["keys"]], dtype=h5py.string_dtype())
+            f.create_dataset("docs/n_rows", data=n_rows)
+            f.create_dataset("docs/row_start", data=np.concatenate([[0], np.cumsum(n_rows)[:-1]]).astype(np.int64))
+            stats = np.concatenate([s["stats"] for s in shards]).sum(0)
+            attrs = {
+                "format": FORMAT, "format_version": FORMAT_VERSION, "config": json.dumps(cfg, sort_keys=True),
+                "source_model": cfg["source_model"], "target_model": cfg["target_model"],
+                "source_layers": np.array(cfg["source_layers"], dtype=np.int64),
+                "target_layers": np.array(cfg["target_layers"], dtype=np.int64),
+                "source_hooks": json.dumps([self.source.hook_name(l) for l in cfg["source_layers"]]),
+                "target_hooks": json.dumps([self.target.hook_name(l) for l in cfg["target_layers"]]),
+                "source_fingerprint": cfg["source_fingerprint"], "target_fingerprint": cfg["target_fingerprint"],
+                "d_source": self.source.d_model, "d_target": self.target.d_model,
+                "corpus": cfg["corpus"], "doc_start": cfg["doc_start"], "n_docs": len(n_rows),
+                "max_docs": -1 if cfg["max_docs"] is None else cfg["max_docs"],
+                "tokens_requested": cfg["tokens"], "n_tokens": n, "context_size": cfg["context_size"],
+                "alignment_method": cfg["alignment_method"],
+                "alignment_rate_source": float(stats[2] / max(stats[0], 1)),
+                "alignment_rate_target": float(stats[2] / max(stats[1], 1)),
+                "dtype": cfg["dtype"], "library_version": __version__, "shard_rows": cfg["shard_rows"],
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra, "complete": True,
+            }
+            for key, value in attrs.items():
+                f.attrs[key] = value
+        _fsync_replace(tmp, self.path)
+
+
+def _resolve_layers(adapter: ModelAdapter, layers: Iterable[int] | None, default: list[int]) -> list[int]:
+    out = sorted(set(int(l) for l in (default if layers is None else layers)))
+    if not out:
+        raise CacheError(f"no layers requested for model {adapter.name!r}")
+    for l in out:
+        adapter.check_layer(l)
+    return out
+
+
+def cache_config(source: ModelAdapter, target: ModelAdapter, *, corpus: str, doc_start: int, max_docs: int | None,
+                 tokens: int, context_size: int, source_layers, target_layers, dtype: str, aligner: str,
+                 shard_rows: int | None) -> dict:
+    """The content config (see :data:`~stitchplug.cache.format.CONTENT_FIELDS`) of a cache for this pair."""
+    la = _resolve_layers(source, source_layers, [source.n_layers // 2])
+    lb = _resolve_layers(target, target_layers, list(range(target.n_layers)))
+    fa, fb = fingerprint(source), fingerprint(target)
+    method = aligner if aligner != "auto" else ("identity" if fa == fb else "end-offsets")
+    if dtype not in ("float32", "float16"):
+        raise CacheError(f"cache dtype must be float32 or float16, not {dtype!r}")
+    itemsize = 2 if dtype == "float16" else 4
+    row_bytes = itemsize * (source.d_model * len(la) + target.d_model * len(lb)) + 24
+    return {"format_version": FORMAT_VERSION, "source_model": source.name, "target_model": target.name,
+            "source_layers": la, "target_layers": lb, "source_fingerprint": fa, "target_fingerprint": fb,
+            "corpus": corpus, "doc_start": int(doc_start), "max_docs": max_docs, "tokens": int(tokens),
+            "context_size": int(context_size), "dtype": dtype, "alignment_method": method,
+            "shard_rows": int(shard_rows or max(256, SHARD_BYTES // row_bytes)), "_row_bytes": row_bytes}
+
+
+def check_existing(path: str | Path, wanted: dict) -> bool:
+    """``True`` if ``path`` is a complete cache matching ``wanted`` (only the fields given are
+    compared); ``False`` if it does not exist; :class:`CacheError` if foreign, corrupt, incomplete
+    or built with a different configuration."""
+    path = Path(path)
+    if not path.exists():
+        return False
+    with open_h5(path) as f:
+        stored = stored_config(f, path)
+        if not f.attrs.get("complete", False):
+            raise CacheError(f"{path} is an incomplete stitchplug cache; delete it and re-run")
+    refuse_mismatch(path, stored, wanted)
+    return True
+
+
+def build_cache(path: str | Path, source: ModelAdapter, target: ModelAdapter, *, corpus: str = "wiki-en",
+                doc_start: int = 0, max_docs: int | None = None, tokens: int = 200_000, context_size: int = 128,
+                source_layers: Iterable[int] | None = None, target_layers: Iterable[int] | None = None,
+                dtype: str = "float32", batch_size: int = 8, aligner: str = "auto", eval_fraction: float = 0.1,
+                split_seed: int = 0, shard_rows: int | None = None, progress: bool = True,
+                log: Callable[[str], None] | None = None, corpus_cache_dir: str | None = None) -> Path:
+    """Build the paired cache at ``path`` (an ``.h5`` entry file), resuming finished shards.
+
+    Returns ``path``. An existing complete cache with the same content config is reused as is;
+    one with a different config is refused (:class:`CacheError` naming the fields).
+    ``eval_fraction``/``split_seed`` are stored as the reader's default document split.
+    """
+    from tqdm import tqdm
+
+    from .corpus import open_corpus
+
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    path = Path(path)
+    cfg = cache_config(source, target, corpus=corpus, doc_start=doc_start, max_docs=max_docs, tokens=tokens,
+                       context_size=context_size, source_layers=source_layers, target_layers=target_layers,
+                       dtype=dtype, aligner=aligner, shard_rows=shard_rows)
+    row_bytes = cfg.pop("_row_bytes")
+    if check_existing(path, cfg):
+        log(f"cache {path} is complete and matches; reusing it")
+        return path
+    _, align = get_aligner(cfg["alignment_method"], source, target)
+    sdir = shard_dir(path)
+    sdir.mkdir(parents=True, exist_ok=True)
+    lock = open(sdir / ".lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise CacheError(f"another stitchplug process is writing {path}") from None
+    try:
+        writer = _Writer(path, source, target, cfg, batch_size, lambda t: None)
+        for stale in sdir.glob("*.tmp"):
+            stale.unlink()
+        done: list[dict] = []
+        while writer.shard_path(len(done)).exists():
+            info = writer.shard_info(writer.shard_path(len(done)))
+            refuse_mismatch(writer.shard_path(len(done)), info["config"], cfg)
+            done.append(info)
+        rows_done = sum(s["rows"] for s in done)
+        docs_done = sum(len(s["docs"]) for s in done)
+        need = max(0, tokens - rows_done) * row_bytes
+        free = shutil.disk_usage(sdir).free
+        log(f"cache {path}: {tokens:,} tokens x {row_bytes:,} bytes = {need / 2**20:,.1f} MiB still to write "
+            f"({free / 2**20:,.0f} MiB free)" + (f"; resuming after {rows_done:,} tokens" if done else ""))
+        if need * 1.05 + 2**20 > free:
+            raise CacheError(f"not enough disk space for cache {path}: needs {need / 2**20:,.1f} MiB, "
+                             f"{free / 2**20:,.1f} MiB free")
+        bar = tqdm(total=tokens, initial=rows_done, unit="tok", unit_scale=True, disable=not progress,
+                   desc="caching", dynamic_ncols=True, file=sys.stderr)
+        writer.tick = bar.update
+        limit = None if max_docs is None else max_docs - docs_done
+        docs = open_corpus(corpus, start=doc_start + docs_done, limit=limit, cache_dir=corpus_cache_dir) \
+            if (limit is None or limit > 0) and rows_done < tokens else iter(())
+        shard, total = _Shard(), rows_done
+        for i, rec in enumerate(docs):
+            wins = paired_windows(rec["text"], source, target, context_size, aligner=align)
+            aligned = sum(len(w.idx_source) for w in wins)
+            real = (sum(int((w.source.ends >= 0).sum()) for w in wins),
+                    sum(int((w.target.ends >= 0).sum()) for w in wins))
+            rows = min(aligned, tokens - total)
+            shard.docs.append(_Doc(doc_start + docs_done + i, str(rec["doc_id"]), wins, rows, real, aligned))
+            total += rows
+            if total >= tokens or shard.rows >= cfg["shard_rows"]:
+                done.append(writer.write_shard(len(done), shard))
+                shard = _Shard()
+            if total >= tokens:
+                break
+        if shard.docs:
+            done.append(writer.write_shard(len(done), shard))
+        bar.close()
+        if not done or sum(s["rows"] for s in done) == 0:
+            raise CacheError(f"corpus {corpus!r} gave no aligned tokens for this slice")
+        if total < tokens:
+            log(f"corpus slice ended after {total:,} of {tokens:,} requested tokens")
+        writer.write_entry(done, {"eval_fraction": float(eval_fraction), "split_seed": int(split_seed)})
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
+    return path
