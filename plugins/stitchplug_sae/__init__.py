@@ -1,8 +1,26 @@
-"""First-party SAE artifact: train or load a source SAE, transfer it through a stitch (Eq. 6)."""
+"""First-party SAE artifact: train or load a source SAE, transfer it through a stitch (Eq. 6).
+
+Public API (for the run pipeline and other plugins):
+
+- :class:`stitchplug_sae.artifact.SAEArtifact` (registered as artifact ``sae``)
+- :func:`stitchplug_sae.train.train_topk_sae`
+- :func:`stitchplug_sae.transfer.transfer_sae`, :func:`~stitchplug_sae.transfer.check_compatible`,
+  :func:`~stitchplug_sae.transfer.random_sae_like`, :func:`~stitchplug_sae.transfer.canonical_weights`
+- :func:`stitchplug_sae.io.save_sae`, :func:`~stitchplug_sae.io.load_sae`,
+  :func:`~stitchplug_sae.io.load_sae_folder`, :func:`~stitchplug_sae.io.read_sidecar`
+"""
 
 from stitchplug.hookspecs import hookimpl
 
 
+def _factory():
+    from .artifact import SAEArtifact
+
+    return SAEArtifact()
+
+
 @hookimpl
 def register_artifacts(register):
-    pass
+    register("sae", _factory,
+             description="Sparse autoencoder (TopK/ReLU/JumpReLU, SAELens format), transferred by Eq. 6",
+             source="stitchplug (first party)")

@@ -1,0 +1,108 @@
+"""The ``sae`` artifact kind: obtain (train or load) a source SAE, transfer it, save/load, baseline."""
+
+from __future__ import annotations
+
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import torch
+from sae_lens import SAE
+
+from stitchplug.artifacts import ArtifactContext, ArtifactKind
+from stitchplug.errors import StageError
+
+from .io import load_sae, load_sae_folder, save_sae
+from .train import rebatch, train_topk_sae
+from .transfer import check_compatible, random_sae_like, transfer_sae
+
+
+def _first_batch(batches) -> torch.Tensor:
+    for b in batches:
+        return torch.as_tensor(b)
+    raise StageError("no activations to train the SAE on (the activation stream is empty)")
+
+
+def mean_activation(batches, max_tokens: int = 16_384) -> torch.Tensor:
+    """Mean of up to ``max_tokens`` activation rows (float64 accumulation)."""
+    total, n = None, 0
+    for b in batches:
+        b = torch.as_tensor(b).reshape(-1, b.shape[-1]).double()
+        b = b[: max_tokens - n]
+        total = b.sum(0) if total is None else total + b.sum(0)
+        n += b.shape[0]
+        if n >= max_tokens:
+            break
+    if total is None:
+        raise StageError("no activations to take the mean of")
+    return (total / n).float()
+
+
+class SAEArtifact(ArtifactKind):
+    """SAEs in SAELens format. The artifact object is a ``sae_lens.SAE`` (inference class)."""
+
+    name = "sae"
+
+    def obtain(self, context: ArtifactContext, cfg: Any) -> SAE:
+        """Train a TopK SAE (``cfg.source == "train"``) on ``context.train_activations`` or load one
+        (SAELens folder or ``release:...``); ``cfg`` is a :class:`stitchplug.config.SAEConfig`.
+
+        A trained SAE carries its training summary (incl. a subsampled loss curve) in
+        ``sae.cfg.metadata.stitchplug_training``.
+        """
+        if cfg.source == "train":
+            context.need("train_activations", who="SAE training")
+            batches = context.train_activations(batch_size=cfg.batch_size, seed=context.seed)
+            if context.adapter is not None:
+                d_in = int(context.adapter.d_model)
+            else:
+                first = _first_batch(context.train_activations(batch_size=cfg.batch_size, seed=context.seed))
+                d_in = int(first.shape[-1])
+            hook = context.hook_name if context.layer is not None else None
+            sae, summary = train_topk_sae(batches, d_in, width=cfg.width, k=cfg.k, lr=cfg.lr,
+                                          train_tokens=cfg.train_tokens, batch_size=cfg.batch_size,
+                                          seed=context.seed, device=context.device,
+                                          model_name=context.model_name or None, hook_name=hook)
+            sae.cfg.metadata.stitchplug_training = summary
+            return sae
+        sae = load_sae(cfg.source, device=context.device)
+        self.check_fits(sae, context)
+        return sae
+
+    @staticmethod
+    def check_fits(sae: SAE, context: ArtifactContext) -> None:
+        """One-line StageError if ``sae`` does not read ``context``'s model width or hook."""
+        if context.adapter is not None and int(sae.cfg.d_in) != int(context.adapter.d_model):
+            raise StageError(f"SAE width mismatch: the SAE reads d_in={sae.cfg.d_in} but model "
+                             f"{context.model_name!r} has d_model={context.adapter.d_model}")
+        hook = sae.cfg.metadata.get("hook_name")
+        if context.layer is not None and hook and hook != context.hook_name:
+            raise StageError(f"the SAE reads hook {hook!r} but the run uses {context.hook_name!r}")
+
+    def transfer(self, artifact: SAE, stitch: Any, direction: str = "up", **target: Any) -> SAE:
+        """Eq. 6 (see :func:`stitchplug_sae.transfer.transfer_sae`); ``target`` may hold
+        ``target_model``, ``target_hook``, ``check_model``."""
+        return transfer_sae(artifact, stitch, direction, **target)
+
+    def check(self, artifact: SAE, stitch: Any, direction: str = "up", check_model: bool = True) -> None:
+        """Validate before transferring (width, models, layer): one-line StageError."""
+        check_compatible(artifact, stitch, direction, check_model=check_model)
+
+    def save(self, artifact: SAE, folder: str | Path, sidecar: dict | None = None) -> Path:
+        return save_sae(artifact, folder, sidecar)
+
+    def load(self, folder: str | Path) -> SAE:
+        return load_sae_folder(folder)
+
+    def baseline(self, like: SAE, context: ArtifactContext) -> SAE:
+        """Random SAE shaped like ``like`` with ``b_dec`` = mean of the target's training
+        activations (first 16k tokens) when ``context.train_activations`` is given, else ``like``'s
+        own ``b_dec``. See :func:`stitchplug_sae.transfer.random_sae_like`."""
+        b_dec = None
+        if context.train_activations is not None:
+            batches = context.train_activations(batch_size=1024, seed=context.seed)
+            b_dec = mean_activation(islice(rebatch(batches, 1024, int(like.cfg.d_in), restart=False), 16))
+        sae = random_sae_like(like, b_dec=b_dec, seed=context.seed)
+        sae.cfg.metadata.model_name = like.cfg.metadata.get("model_name")
+        sae.cfg.metadata.hook_name = like.cfg.metadata.get("hook_name")
+        return sae

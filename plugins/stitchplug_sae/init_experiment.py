@@ -1,0 +1,373 @@
+"""Transferred SAE as initialisation (paper §3.1, Fig. 2, Tables 3-4).
+
+Two arms train the same TopK SAE on model B's activations with the same data order and
+hyperparameters: ``stitched`` starts from the transferred SAE theta' (Eq. 6) and also pays the stitch's
+fitting FLOPs; ``scratch`` starts from random init (encoder = decoder transpose). Explained variance
+on held-out activations is logged every ``eval_every`` steps; the FLOPs at which its moving average
+first crosses each threshold give the savings ``(scratch - stitched) / scratch``.
+
+The trainer is plain torch so both arms are fully controlled: constant lr Adam, unnormalised
+activations, decoder rows renormalised to unit norm after every step, dense decode (the paper's
+SAELens accounting), optional AuxK loss. theta''s decoder rows are not unit norm; they are folded
+into the encoder at step 0 (see :func:`fold_decoder_norms` and docs/flops.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Callable, Iterable, Iterator, Literal, Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict, field_validator
+from torch import nn
+
+from stitchplug.errors import ConfigError, StageError
+from stitchplug.metrics import ReconAccumulator, massive_dims
+
+from . import scaling
+from .flops_ledger import ArmLedger, analytic_step_flops, measure_step_flops
+
+METRICS = ("fvu", "fvu_excl_massive")
+
+
+class InitExperimentConfig(BaseModel):
+    """Settings of the init experiment (both arms share all of them)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    steps: int = 2000
+    """Training steps per arm (fewer if the data iterator runs out; both arms then stop together)."""
+    batch_size: int = 1024
+    """Tokens per step (the data iterator's batch size; used for the FLOPs ledger)."""
+    lr: float = 1e-4
+    """Constant Adam learning rate (paper: 1e-4)."""
+    eval_every: int = 50
+    """Evaluate explained variance on the held-out activations every this many steps."""
+    eval_batch: int = 4096
+    """Rows per chunk when evaluating."""
+    ma_window: int = 5
+    """Moving-average window (in evaluation points) for the threshold crossings."""
+    thresholds: list[float] = list(scaling.DEFAULT_THRESHOLDS)
+    """Explained-variance thresholds at which savings are reported."""
+    aux_k: bool = False
+    """Add the AuxK loss on dead latents (paper: off); its FLOPs are counted on the steps it runs."""
+    aux_coef: float = 1.0
+    """AuxK loss coefficient (as in sae-lens)."""
+    dead_window: int = 200
+    """A latent that has not fired for this many steps is dead (AuxK and the dead-latent share)."""
+    apply_b_dec_to_input: bool = True
+    """Encode ``x - b_dec`` (SAELens default) in both arms; theta' is re-expressed exactly. Costs 12BdM
+    FLOPs per step instead of 10BdM."""
+    scratch_b_dec: Literal["zeros", "mean"] = "zeros"
+    """Scratch arm decoder bias: zeros (SAELens default, the paper) or the training-data mean of the first batch."""
+    seed: int = 0
+    """Seed of the scratch arm's random init."""
+    source_sae_flops: int | None = None
+    """FLOPs already paid for the source SAE on A (reported in a total that includes it, if known)."""
+
+    @field_validator("thresholds")
+    @classmethod
+    def _check_thresholds(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0.0 < t < 1.0 for t in v):
+            raise ValueError("thresholds must be explained-variance values strictly between 0 and 1")
+        return sorted(v)
+
+
+# --------------------------------------------------------------------------- the SAE
+
+
+class TopKSAE(nn.Module):
+    """``f(x) = ReLU(TopK(x @ W_enc + b_enc))``, ``x_hat = f(x) @ W_dec + b_dec`` (dense decode).
+
+    With ``apply_b_dec_to_input`` (the SAELens default) the encoder reads ``x - b_dec`` instead, so the
+    decoder bias also centres the encoder's input; the backward pass then needs ``dpre @ W_enc^T``
+    (2BdM more FLOPs per step).
+    """
+
+    def __init__(self, W_enc: torch.Tensor, b_enc: torch.Tensor, W_dec: torch.Tensor, b_dec: torch.Tensor, k: int,
+                 apply_b_dec_to_input: bool = False):
+        super().__init__()
+        d, m = W_enc.shape
+        if tuple(W_dec.shape) != (m, d) or b_enc.shape != (m,) or b_dec.shape != (d,):
+            raise StageError(f"inconsistent SAE shapes: W_enc {tuple(W_enc.shape)}, W_dec {tuple(W_dec.shape)}, "
+                             f"b_enc {tuple(b_enc.shape)}, b_dec {tuple(b_dec.shape)}")
+        if not 0 < k <= m:
+            raise StageError(f"TopK k={k} must be between 1 and the width {m}")
+        self.W_enc = nn.Parameter(W_enc.detach().float().clone())
+        self.b_enc = nn.Parameter(b_enc.detach().float().clone())
+        self.W_dec = nn.Parameter(W_dec.detach().float().clone())
+        self.b_dec = nn.Parameter(b_dec.detach().float().clone())
+        self.k = int(k)
+        self.apply_b_dec_to_input = bool(apply_b_dec_to_input)
+
+    @property
+    def d(self) -> int:
+        return self.W_enc.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.W_enc.shape[1]
+
+    @classmethod
+    def random(cls, d: int, width: int, k: int, generator: torch.Generator | None = None,
+               b_dec: torch.Tensor | None = None, apply_b_dec_to_input: bool = False) -> "TopKSAE":
+        """Random unit-norm decoder rows, encoder = decoder transpose, zero encoder bias."""
+        W_dec = torch.randn(width, d, generator=generator)
+        W_dec = W_dec / W_dec.norm(dim=1, keepdim=True)
+        bd = torch.zeros(d) if b_dec is None else b_dec
+        return cls(W_dec.T.contiguous(), torch.zeros(width), W_dec, bd, k, apply_b_dec_to_input)
+
+    @classmethod
+    def from_weights(cls, w: dict, apply_b_dec_to_input: bool = False) -> "TopKSAE":
+        """From ``{W_enc [d,M], b_enc, W_dec [M,d], b_dec, k}`` (and optionally the weights' own
+        ``apply_b_dec_to_input`` flag). ``b_enc`` is re-expressed for this SAE's own flag, so the
+        function is unchanged: the pre-activation is ``x @ W_enc + c`` in both parametrisations."""
+        missing = [key for key in ("W_enc", "b_enc", "W_dec", "b_dec", "k") if key not in w]
+        if missing:
+            raise StageError(f"SAE weights lack {', '.join(missing)}")
+        W_enc, b_dec = w["W_enc"].float(), w["b_dec"].float()
+        shift = b_dec @ W_enc
+        c = w["b_enc"].float() - (shift if w.get("apply_b_dec_to_input") else 0.0)
+        b_enc = c + shift if apply_b_dec_to_input else c
+        return cls(W_enc, b_enc, w["W_dec"], b_dec, int(w["k"]), apply_b_dec_to_input)
+
+    def pre(self, x: torch.Tensor) -> torch.Tensor:
+        if self.apply_b_dec_to_input:
+            x = x - self.b_dec
+        return torch.addmm(self.b_enc, x, self.W_enc)
+
+    def topk(self, pre: torch.Tensor) -> torch.Tensor:
+        vals, idx = pre.topk(self.k, dim=-1, sorted=False)
+        return torch.zeros_like(pre).scatter(-1, idx, vals.relu())
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns ``(x_hat, z, pre)``."""
+        pre = self.pre(x)
+        z = self.topk(pre)
+        return torch.addmm(self.b_dec, z, self.W_dec), z, pre
+
+    @torch.no_grad()
+    def normalise_decoder_(self) -> None:
+        """Set every decoder row to unit norm (the per-step constraint; does not touch the encoder)."""
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+
+@torch.no_grad()
+def fold_decoder_norms(sae: TopKSAE) -> torch.Tensor:
+    """Make decoder rows unit norm while keeping each latent's contribution: ``W_dec[i] /= n_i``,
+    ``W_enc[:, i] *= n_i``, ``b_enc[i] *= n_i``. Returns the norms ``n``.
+
+    For the selected latents the output is unchanged (ReLU commutes with ``n_i > 0``). TopK now ranks
+    ``n_i * pre_i`` instead of ``pre_i``, so the selected set can change where rescaling reorders the
+    k-th boundary; it is identical when all ``n_i`` are equal (see docs/flops.md).
+    """
+    n = sae.W_dec.norm(dim=1).clamp_min(1e-12)
+    sae.W_dec.div_(n[:, None])
+    sae.W_enc.mul_(n[None, :])
+    sae.b_enc.mul_(n)
+    return n
+
+
+def sae_step(sae: TopKSAE, opt: torch.optim.Optimizer, x: torch.Tensor,
+             dead_mask: torch.Tensor | None = None, aux_coef: float = 0.0) -> tuple[float, bool, torch.Tensor]:
+    """One Adam step on ``sum_d (x_hat - x)^2`` averaged over rows, plus AuxK when ``dead_mask`` marks
+    dead latents and ``aux_coef > 0``; then renormalise the decoder rows.
+
+    Returns ``(loss, aux_active, fired)`` where ``fired`` marks latents active in this batch.
+    """
+    x_hat, z, pre = sae(x)
+    loss = (x_hat - x).pow(2).sum(-1).mean()
+    aux_active = False
+    if aux_coef > 0 and dead_mask is not None and int(dead_mask.sum()) > 0:
+        aux_active = True
+        num_dead = int(dead_mask.sum())
+        k_aux = max(1, x.shape[-1] // 2)
+        scale = min(num_dead / k_aux, 1.0)
+        k_aux = min(k_aux, num_dead)
+        residual = (x - x_hat).detach()
+        masked = torch.where(dead_mask[None], pre, torch.full_like(pre, -torch.inf))
+        vals, idx = masked.topk(k_aux, dim=-1, sorted=False)
+        z_aux = torch.zeros_like(pre).scatter(-1, idx, vals)
+        loss = loss + aux_coef * scale * (z_aux @ sae.W_dec - residual).pow(2).sum(-1).mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sae.normalise_decoder_()
+    return float(loss.detach()), aux_active, (z > 0).any(0)
+
+
+@torch.no_grad()
+def evaluate(sae: TopKSAE, x_eval: torch.Tensor, exclude: Sequence[int], chunk: int = 4096) -> dict:
+    """Reconstruction metrics (stitchplug.metrics) of ``sae`` on held-out rows, plus explained variance."""
+    acc = ReconAccumulator(x_eval.shape[1], list(exclude))
+    for i in range(0, x_eval.shape[0], chunk):
+        xb = x_eval[i:i + chunk].float()
+        acc.update(xb, sae(xb)[0])
+    r = acc.result()
+    return {"mse": r["mse"], "fvu": r["fvu"], "fvu_excl_massive": r["fvu_excl_massive"],
+            "ev": 1.0 - r["fvu"], "ev_excl_massive": 1.0 - r["fvu_excl_massive"]}
+
+
+@torch.no_grad()
+def selection_agreement(a: TopKSAE, b: TopKSAE, x: torch.Tensor) -> float:
+    """Mean share of the k selected latents that two SAEs of the same width have in common."""
+    ia = a.pre(x).topk(a.k, dim=-1).indices
+    ib = b.pre(x).topk(b.k, dim=-1).indices
+    same = (ia[:, :, None] == ib[:, None, :]).any(-1).float().mean()
+    return float(same)
+
+
+# --------------------------------------------------------------------------- one arm
+
+
+def _digest(x: torch.Tensor) -> str:
+    return hashlib.blake2b(x.detach().float().contiguous().numpy().tobytes(), digest_size=8).hexdigest()
+
+
+def train_arm(sae: TopKSAE, batches: Iterable[torch.Tensor], x_eval: torch.Tensor, cfg: InitExperimentConfig,
+              ledger: ArmLedger, exclude: Sequence[int] = ()) -> dict:
+    """Train ``sae`` on ``batches`` for up to ``cfg.steps`` steps, logging held-out metrics.
+
+    Returns ``{"curve": [{step, flops, mse, fvu, ...}], "ledger", "dead_fraction", "batch_digests"}``;
+    the curve's first point is the initialisation (step 0, FLOPs = the ledger's offset).
+    """
+    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr)
+    since_fired = torch.zeros(sae.width, dtype=torch.long)
+    curve = [{"step": 0, "flops": ledger.total, **evaluate(sae, x_eval, exclude, cfg.eval_batch)}]
+    digests: list[str] = []
+    step = 0
+    for xb in batches:
+        if step >= cfg.steps:
+            break
+        xb = xb.reshape(-1, sae.d).float()
+        digests.append(_digest(xb))
+        dead = since_fired >= cfg.dead_window if cfg.aux_k else None
+        _, aux_active, fired = sae_step(sae, opt, xb, dead, cfg.aux_coef if cfg.aux_k else 0.0)
+        since_fired = torch.where(fired, torch.zeros_like(since_fired), since_fired + 1)
+        step += 1
+        flops = ledger.pay_step(aux_active)
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            curve.append({"step": step, "flops": flops, **evaluate(sae, x_eval, exclude, cfg.eval_batch)})
+    if curve[-1]["step"] != step:
+        curve.append({"step": step, "flops": ledger.total, **evaluate(sae, x_eval, exclude, cfg.eval_batch)})
+    dead_frac = float((since_fired >= min(cfg.dead_window, max(step, 1))).float().mean())
+    return {"curve": curve, "ledger": ledger.summary(cfg.source_sae_flops), "dead_fraction": dead_frac,
+            "batch_digests": digests}
+
+
+def crossings(curve: list[dict], thresholds: Sequence[float], window: int) -> dict:
+    """First-crossing FLOPs of each threshold for raw and massive-excluded explained variance."""
+    flops = [p["flops"] for p in curve]
+    return {m: {f"{t:.2f}": scaling.first_crossing(flops, [1.0 - p[m] for p in curve], t, window)
+                for t in thresholds} for m in METRICS}
+
+
+# --------------------------------------------------------------------------- the experiment
+
+
+def _as_list(w: dict | Sequence[dict]) -> list[dict]:
+    return [w] if isinstance(w, dict) else list(w)
+
+
+def _first_batch(factory: Callable[[], Iterator[torch.Tensor]]) -> torch.Tensor:
+    it = iter(factory())
+    try:
+        return next(it).float()
+    except StopIteration:
+        raise StageError("the training activation iterator is empty") from None
+
+
+def run_width(target_acts_train: Callable[[], Iterator[torch.Tensor]], x_eval: torch.Tensor, weights: dict,
+              stitch_flops: int, cfg: InitExperimentConfig, exclude: Sequence[int]) -> dict:
+    """Both arms at one width. Raises :class:`StageError` if they did not see identical batches."""
+    bdi = cfg.apply_b_dec_to_input
+    theta = TopKSAE.from_weights(weights, bdi)
+    d, width, k = theta.d, theta.width, theta.k
+    if x_eval.shape[1] != d:
+        raise StageError(f"transferred SAE has input width {d} but the target activations have width {x_eval.shape[1]}")
+    step_flops = measure_step_flops(d, width, k, cfg.batch_size, apply_b_dec_to_input=bdi)
+    aux_flops = measure_step_flops(d, width, k, cfg.batch_size, aux=True, apply_b_dec_to_input=bdi) if cfg.aux_k else 0
+    analytic = analytic_step_flops(cfg.batch_size, d, width, apply_b_dec_to_input=bdi)
+
+    before = TopKSAE.from_weights(weights, bdi)
+    sample = x_eval[: min(len(x_eval), 4096)].float()
+    ev_before = evaluate(before, x_eval, exclude, cfg.eval_batch)
+    norms = fold_decoder_norms(theta)
+    renorm = {"decoder_norm_min": float(norms.min()), "decoder_norm_max": float(norms.max()),
+              "decoder_norm_mean": float(norms.mean()),
+              "topk_selection_agreement": selection_agreement(before, theta, sample),
+              "ev_before_fold": ev_before["ev"], "ev_after_fold": evaluate(theta, x_eval, exclude, cfg.eval_batch)["ev"]}
+
+    gen = torch.Generator().manual_seed(cfg.seed + width)
+    b_dec = _first_batch(target_acts_train).reshape(-1, d).mean(0) if cfg.scratch_b_dec == "mean" else None
+    scratch = TopKSAE.random(d, width, k, generator=gen, b_dec=b_dec, apply_b_dec_to_input=bdi)
+
+    arms = {
+        "scratch": train_arm(scratch, target_acts_train(), x_eval, cfg, ArmLedger(step_flops, aux_flops, 0), exclude),
+        "stitched": train_arm(theta, target_acts_train(), x_eval, cfg, ArmLedger(step_flops, aux_flops, int(stitch_flops)), exclude),
+    }
+    da, db = arms["scratch"].pop("batch_digests"), arms["stitched"].pop("batch_digests")
+    if da != db:
+        raise StageError("the two arms consumed different training batches; target_acts_train() must "
+                         "yield the same data in the same order every time it is called")
+    cross = {arm: crossings(r["curve"], cfg.thresholds, cfg.ma_window) for arm, r in arms.items()}
+    sav = {m: scaling.savings_table(cross["scratch"][m], cross["stitched"][m], cfg.thresholds) for m in METRICS}
+    return {
+        "width": width, "k": k, "d": d,
+        "ledger": {"sae_step_flops_counted": step_flops, "sae_step_flops_analytic": analytic,
+                   "counted_over_analytic": step_flops / analytic, "aux_step_flops_counted": aux_flops or None,
+                   "stitch_flops": int(stitch_flops), "source_sae_flops": cfg.source_sae_flops},
+        "init_renorm": renorm, "arms": arms, "crossings": cross, "savings": sav,
+        "data_order": {"identical": True, "steps": len(da), "digest": hashlib.blake2b("".join(da).encode(), digest_size=8).hexdigest()},
+    }
+
+
+def fit_arms(widths: list[dict]) -> dict:
+    """Frontier over widths and power-law fit per arm, for FVU, massive-excluded FVU and MSE."""
+    out: dict = {}
+    for metric in (*METRICS, "mse"):
+        out[metric] = {}
+        for arm in ("scratch", "stitched"):
+            curves = [([p["flops"] for p in w["arms"][arm]["curve"]], [p[metric] for p in w["arms"][arm]["curve"]])
+                      for w in widths]
+            grid, env = scaling.frontier(curves)
+            fit = scaling.fit_power_law(grid, env)
+            fit["frontier"] = {"flops": grid.tolist(), "loss": [None if v != v else float(v) for v in env]}
+            out[metric][arm] = fit
+    return out
+
+
+def run_init_experiment(target_acts_train: Callable[[], Iterator[torch.Tensor]], target_acts_eval: torch.Tensor,
+                        transferred_sae_weights: dict | Sequence[dict], stitch_flops: int,
+                        cfg: InitExperimentConfig | dict | None = None) -> dict:
+    """Run the experiment at one width (a weights dict) or a width sweep (a list of them).
+
+    ``target_acts_train()`` must return a fresh iterator of ``[B, dB]`` tensors in the same order on
+    every call (each arm calls it once); ``target_acts_eval`` is ``[N, dB]`` held-out activations.
+    Returns a JSON-ready dict for ``metrics.json`` (see docs/flops.md for its keys).
+    """
+    if cfg is None:
+        cfg = InitExperimentConfig()
+    elif isinstance(cfg, dict):
+        try:
+            cfg = InitExperimentConfig(**cfg)
+        except ValueError as exc:
+            raise ConfigError(f"invalid init-experiment config: {exc}".splitlines()[0]) from None
+    if stitch_flops is None or int(stitch_flops) < 0:
+        raise StageError("stitch_flops must be a non-negative integer (the stitch sidecar's 'flops')")
+    x_eval = target_acts_eval.reshape(-1, target_acts_eval.shape[-1]).float()
+    exclude = massive_dims(x_eval)
+    widths = [run_width(target_acts_train, x_eval, w, stitch_flops, cfg, exclude)
+              for w in sorted(_as_list(transferred_sae_weights), key=lambda w: w["W_dec"].shape[0])]
+    digests = {w["data_order"]["digest"] for w in widths}
+    return {
+        "kind": "init_experiment",
+        "config": cfg.model_dump(),
+        "massive_dims": exclude,
+        "stitch_flops": int(stitch_flops),
+        "source_sae_flops": cfg.source_sae_flops,
+        "n_eval_tokens": int(x_eval.shape[0]),
+        "data_order_identical_across_widths": len(digests) == 1,
+        "widths": {str(w["width"]): w for w in widths},
+        "fits": fit_arms(widths),
+    }
