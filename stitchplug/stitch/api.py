@@ -1,0 +1,128 @@
+"""High-level stitch stages on a paired activation cache: pick layers, train, evaluate.
+
+These are what the CLI and the run pipeline call. They take a cache object with the reader's
+interface (``source_layers``, ``target_layers``, ``d_source``, ``d_target``, ``attrs``,
+``array(side, layer, split)``, ``batches(...)``) and return plain dicts ready for JSON.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..config import StitchConfig
+from ..errors import StageError
+from .data import CacheSource
+from .evaluate import evaluate_recon
+from .fit import fit_stitch
+from .model import Stitch
+from .svcca import choose_layer_from_cache
+
+
+def open_cache(path: str | Path):
+    """The cache helper's reader (one-line error if it is missing)."""
+    try:
+        from ..cache.reader import open_cache as _open
+    except ImportError as exc:  # pragma: no cover - only before the cache package exists
+        raise StageError(f"the activation cache reader is not available ({exc})") from None
+    return _open(path)
+
+
+def _attr(cache, *names, default=None):
+    attrs = getattr(cache, "attrs", {}) or {}
+    for n in names:
+        if n in attrs and attrs[n] is not None:
+            return attrs[n]
+    return default
+
+
+def resolve_layers(cache, cfg: StitchConfig) -> tuple[int, int | str]:
+    """Source layer from cfg (None: the cache's only or middle source layer); target as given."""
+    src = list(cache.source_layers)
+    lA = cfg.source_layer
+    if lA is None:
+        lA = src[len(src) // 2] if src else None
+    if lA is None or lA not in src:
+        raise StageError(f"source layer {lA} is not in the cache (cached source layers: {src})")
+    lB = cfg.target_layer
+    if lB != "auto" and lB not in list(cache.target_layers):
+        raise StageError(f"target layer {lB} is not in the cache (cached target layers: {list(cache.target_layers)})")
+    return int(lA), lB
+
+
+def pair_meta(cache, lA: int, lB: int) -> dict[str, Any]:
+    """Metadata recorded in the stitch sidecar (models, layers, hook names, widths)."""
+    return {
+        "source_model": _attr(cache, "source_model", "source"),
+        "target_model": _attr(cache, "target_model", "target"),
+        "source_layer": lA,
+        "target_layer": lB,
+        "source_hook": f"blocks.{lA}.hook_resid_pre",
+        "target_hook": f"blocks.{lB}.hook_resid_pre",
+        "d_source": int(cache.d_source),
+        "d_target": int(cache.d_target),
+    }
+
+
+def choose_layers(cache, cfg: StitchConfig) -> dict[str, Any]:
+    lA, _ = resolve_layers(cache, cfg)
+    best, profile = choose_layer_from_cache(cache, lA, cfg.svcca_tokens)
+    return {"source_layer": lA, "best_target_layer": best, "profile": profile}
+
+
+def train(cache, cfg: StitchConfig, out: str | Path, seed: int = 0, max_steps: int | None = None,
+          progress: bool = False) -> dict[str, Any]:
+    """Choose lB if 'auto', fit with cfg.solver, evaluate on the held-out split, save. Returns results."""
+    lA, lB = resolve_layers(cache, cfg)
+    svcca = None
+    if lB == "auto":
+        svcca = choose_layers(cache, cfg)
+        lB = svcca["best_target_layer"]
+    src = CacheSource(cache, lA, lB, cfg.batch_size, split="train", shuffle=True, seed=seed)
+    result = fit_stitch(src, int(cache.d_source), int(cache.d_target), cfg, seed=seed, max_steps=max_steps,
+                        progress=progress)
+    held = CacheSource(cache, lA, lB, 8192, split="eval", shuffle=False)
+    recon = evaluate_recon(result.stitch, held, cfg.alpha)
+    meta = pair_meta(cache, lA, lB)
+    meta.update({k: v for k, v in result.info.items() if k != "history"})
+    meta["eval_loss"] = recon["loss"]
+    meta["massive_dims"] = recon["massive_dims"]
+    path = result.stitch.save(out, meta)
+    return {"stitch": str(path), "fit": result.info, "recon": recon, "svcca": svcca, "meta": meta}
+
+
+def evaluate(cache, stitch_path: str | Path, cfg: StitchConfig) -> dict[str, Any]:
+    """Held-out reconstruction metrics of a saved stitch on a cache of the same pair and layers."""
+    stitch = Stitch.load(stitch_path)
+    lA, lB = int(stitch.meta["source_layer"]), int(stitch.meta["target_layer"])
+    expect = {k: v for k, v in pair_meta(cache, lA, lB).items() if v is not None}
+    stitch = Stitch.load(stitch_path, expect=expect)
+    held = CacheSource(cache, lA, lB, 8192, split="eval", shuffle=False)
+    return {"stitch": str(stitch_path), "recon": evaluate_recon(stitch, held, cfg.alpha), "meta": stitch.meta}
+
+
+def heldout_texts(cfg_cache, cache, n_docs: int, doc_start: int | None = None) -> list[str]:
+    """``n_docs`` documents of the cache's corpus that come after the documents the cache used."""
+    from ..cache.corpus import open_corpus
+
+    if doc_start is None:
+        end = _attr(cache, "doc_end")
+        if end is None and _attr(cache, "n_docs") is not None:
+            end = int(_attr(cache, "doc_start", default=cfg_cache.doc_start)) + int(_attr(cache, "n_docs"))
+        doc_start = int(end) if end is not None else 9000
+    corpus = _attr(cache, "corpus", default=cfg_cache.corpus)
+    return [d["text"] for d in open_corpus(corpus, start=doc_start, limit=n_docs)]
+
+
+def stitched_ce_eval(stitch: Stitch, source_model, target_model, texts: list[str], context_size: int) -> dict[str, Any]:
+    """Table-1 losses of ``stitch`` on ``texts`` with loaded adapters (layers from the sidecar)."""
+    from .stitched_ce import stitched_ce, windows_for_texts
+
+    lA, lB = int(stitch.meta["source_layer"]), int(stitch.meta["target_layer"])
+    for adapter, d, key in ((source_model, stitch.d_source, "source"), (target_model, stitch.d_target, "target")):
+        if adapter.d_model != d:
+            raise StageError(f"stitch {key} width is {d} but model {adapter.name!r} has d_model {adapter.d_model}")
+    windows = windows_for_texts(texts, source_model, target_model, context_size)
+    if not windows:
+        raise StageError("no held-out text to evaluate the stitched loss on")
+    return stitched_ce(source_model, target_model, stitch, lA, lB, windows)

@@ -1,0 +1,183 @@
+"""Fitting a stitch: closed-form least squares, the paper's Adam recipe, or Adam from lstsq.
+
+All solvers read a batch source (see :mod:`stitchplug.stitch.data`). FLOPs follow the paper's
+accounting: one step on a dummy batch counted with FlopCounterMode, times the number of steps; the
+closed form counts its Gram products per batch the same way and its Cholesky solves analytically.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..config import StitchConfig
+from ..errors import StageError
+from ..flops import count_step_flops
+from .data import BatchSource, count_tokens
+from .model import Stitch
+from .moments import F64, Moments
+
+
+@dataclass
+class FitResult:
+    """A fitted stitch and what it cost: solver, tokens, steps, flops, wall_s, train losses, history."""
+
+    stitch: Stitch
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------- lstsq
+def accumulate_moments(source: BatchSource, d_source: int, d_target: int) -> tuple[Moments, int]:
+    """One streaming pass: float64 moments and the FLOPs of the Gram products."""
+    mom = Moments(d_source, d_target)
+    flops, cache = 0, {}
+    for hA, hB in source():
+        n = int(hA.shape[0])
+        if n not in cache:
+            cache[n] = mom.batch_flops(n)
+        flops += cache[n]
+        mom.update(hA, hB)
+    if mom.n == 0:
+        raise StageError("no training tokens: the activation source is empty")
+    return mom, flops
+
+
+def ridge_solve(Cxx: torch.Tensor, Cxy: torch.Tensor, ridge: float) -> tuple[torch.Tensor, int]:
+    """Solve ``(Cxx + lam I) P = Cxy`` on standardised inputs; return ``P`` in raw units and the FLOPs.
+
+    Each input dimension is scaled to unit variance first, so a massive dimension (std ~1e4) and an
+    ordinary one (std ~1) are equally conditioned and ``ridge`` is relative (the standardised
+    matrix has mean diagonal 1). Constant dimensions keep scale 1 and get only the ridge.
+    """
+    d = Cxx.diagonal().clamp_min(0).sqrt()
+    tiny = d.max().clamp_min(1e-300) * 1e-10
+    d = torch.where(d > tiny, d, torch.ones_like(d))
+    R = Cxx / torch.outer(d, d)
+    rhs = Cxy / d[:, None]
+    lam = ridge * float(R.diagonal().mean())
+    eye = torch.eye(R.shape[0], dtype=R.dtype)
+    for _ in range(8):
+        L, info = torch.linalg.cholesky_ex(R + lam * eye)
+        if int(info) == 0:
+            break
+        lam = max(lam * 10, 1e-12)
+    else:
+        raise StageError("closed-form stitch: the covariance is singular even with a large ridge term")
+    W = torch.cholesky_solve(rhs, L)
+    n, k = R.shape[0], rhs.shape[1]
+    flops = n ** 3 // 3 + 2 * n * n * k
+    return W / d[:, None], flops
+
+
+def solve_lstsq(mom: Moments, ridge: float) -> tuple[Stitch, int]:
+    """Least-squares maps in both directions (with intercepts) from accumulated moments."""
+    s = mom.stats()
+    P_up, f_up = ridge_solve(s["Caa"], s["Cab"], ridge)
+    P_dn, f_dn = ridge_solve(s["Cbb"], s["Cab"].T, ridge)
+    b_up = s["mB"] - s["mA"] @ P_up
+    b_dn = s["mA"] - s["mB"] @ P_dn
+    st = Stitch(mom.dA, mom.dB, seed=None)
+    with torch.no_grad():
+        st.P_up.copy_(P_up.float())
+        st.b_up.copy_(b_up.float())
+        st.P_down.copy_(P_dn.float())
+        st.b_down.copy_(b_dn.float())
+    return st, f_up + f_dn
+
+
+# ----------------------------------------------------------------------------------------- adam
+def adam_step_flops(stitch: Stitch, batch_size: int, alpha: float) -> int:
+    """FLOPs of one forward+backward of Eq. 3 on a dummy batch of ``batch_size`` tokens."""
+    dummy = Stitch(stitch.d_source, stitch.d_target, seed=None)
+    hA, hB = torch.zeros(batch_size, stitch.d_source), torch.zeros(batch_size, stitch.d_target)
+    return count_step_flops(lambda: dummy.loss(hA, hB, alpha)[0].backward())
+
+
+def train_adam(stitch: Stitch, source: BatchSource, cfg: StitchConfig, steps_per_epoch: int,
+               seed: int = 0, max_steps: int | None = None, log_every: int = 50,
+               progress: bool = False) -> dict[str, Any]:
+    """The paper's recipe: Adam, cosine decay to 0 over all steps, grad-norm clip 1.0, Eq. 3."""
+    torch.manual_seed(seed)
+    total = steps_per_epoch * cfg.epochs
+    if max_steps is not None:
+        total = min(total, int(max_steps))
+    opt = torch.optim.Adam(stitch.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total, 1))
+    history, recent, step, tokens = [], [], 0, 0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=total, desc="adam", unit="step")
+    stitch.train()
+    while step < total:
+        for hA, hB in source():
+            opt.zero_grad(set_to_none=True)
+            loss, parts = stitch.loss(hA, hB, cfg.alpha)
+            if not math.isfinite(parts["total"]):
+                raise StageError(f"Adam diverged at step {step} (loss {parts['total']}); try a smaller --stitch-lr")
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(stitch.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            step += 1
+            tokens += int(hA.shape[0])
+            recent.append(parts["total"])
+            if step % log_every == 0 or step == total:
+                history.append({"step": step, "loss": sum(recent) / len(recent)})
+                recent = []
+            if bar is not None:
+                bar.update(1)
+            if step >= total:
+                break
+    if bar is not None:
+        bar.close()
+    stitch.eval()
+    return {"steps": step, "tokens_seen": tokens, "history": history}
+
+
+# ---------------------------------------------------------------------------------------- entry
+def fit_stitch(source: BatchSource, d_source: int, d_target: int, cfg: StitchConfig | None = None,
+               seed: int = 0, max_steps: int | None = None, progress: bool = False) -> FitResult:
+    """Fit a stitch with ``cfg.solver`` (lstsq, adam or lstsq+adam) on ``source``.
+
+    ``info`` holds solver, train_tokens, steps, flops, wall_s and train_loss (exact Eq. 3 over
+    the training tokens when the moments were accumulated, else the mean of the last logged steps).
+    """
+    cfg = cfg or StitchConfig()
+    t0 = time.perf_counter()
+    info: dict[str, Any] = {"solver": cfg.solver, "alpha": cfg.alpha, "seed": seed}
+    mom = None
+    flops = 0
+    if cfg.solver in ("lstsq", "lstsq+adam"):
+        mom, f_acc = accumulate_moments(source, d_source, d_target)
+        stitch, f_solve = solve_lstsq(mom, cfg.ridge)
+        flops += f_acc + f_solve
+        info.update(ridge=cfg.ridge, train_tokens=mom.n, lstsq_flops=f_acc + f_solve,
+                    lstsq_train_loss=mom.loss(stitch, cfg.alpha))
+        info["lstsq_wall_s"] = time.perf_counter() - t0
+        n_tokens = mom.n
+    else:
+        stitch = Stitch(d_source, d_target, seed=seed)
+        n_tokens = count_tokens(source)
+        info["train_tokens"] = n_tokens
+    if cfg.solver in ("adam", "lstsq+adam"):
+        steps_per_epoch = max(1, math.ceil(n_tokens / cfg.batch_size))
+        run = train_adam(stitch, source, cfg, steps_per_epoch, seed=seed, max_steps=max_steps, progress=progress)
+        step_flops = adam_step_flops(stitch, cfg.batch_size, cfg.alpha)
+        flops += step_flops * run["steps"]
+        info.update(lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size, steps=run["steps"],
+                    tokens_seen=run["tokens_seen"], adam_step_flops=step_flops, history=run["history"])
+        if run["history"]:
+            info["train_loss_last_steps"] = run["history"][-1]["loss"]
+    else:
+        info["steps"] = 0
+    if mom is not None:
+        info["train_loss"] = mom.loss(stitch, cfg.alpha)
+    info["flops"] = int(flops)
+    info["wall_s"] = time.perf_counter() - t0
+    stitch.meta.update({k: v for k, v in info.items() if k != "history"})
+    return FitResult(stitch, info)

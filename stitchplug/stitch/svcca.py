@@ -1,0 +1,76 @@
+"""SVCCA layer choice (paper §2): lB = argmax over B's layers of mean SVCCA correlation with A at lA.
+
+SVCCA (Raghu et al., 2017): centre each representation, keep the top singular directions explaining
+``var_explained`` of the variance (at most ``max_dims``), then the canonical correlations between
+the two reduced subspaces are the singular values of ``U_x^T U_y`` (both orthonormal bases of the
+token space). The score is their mean. Keep ``max_dims`` well below the number of tokens: CCA on
+few tokens overfits (independent data scores about ``sqrt(max_dims / n_tokens)``).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import torch
+
+
+def _reduced_basis(x: torch.Tensor, var_explained: float, max_dims: int) -> torch.Tensor:
+    x = x.to(torch.float64)
+    x = x - x.mean(0)
+    U, S, _ = torch.linalg.svd(x, full_matrices=False)
+    var = S.pow(2)
+    total = var.sum()
+    if total <= 0:
+        raise ValueError("SVCCA: representation is constant")
+    k = int(torch.searchsorted(torch.cumsum(var, 0) / total, torch.tensor(var_explained, dtype=var.dtype))) + 1
+    k = max(1, min(k, max_dims, int((S > S[0] * 1e-10).sum())))
+    return U[:, :k]
+
+
+def svcca(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray, var_explained: float = 0.99,
+          max_dims: int = 64) -> dict:
+    """Mean SVCCA correlation of ``x [N, d1]`` and ``y [N, d2]`` (rows are the same tokens).
+
+    Returns ``{"mean": float, "corrs": list, "dims": (kx, ky)}``.
+    """
+    x, y = torch.as_tensor(np.asarray(x)), torch.as_tensor(np.asarray(y))
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"SVCCA needs the same tokens on both sides ({x.shape[0]} vs {y.shape[0]} rows)")
+    ux = _reduced_basis(x, var_explained, max_dims)
+    uy = _reduced_basis(y, var_explained, max_dims)
+    corrs = torch.linalg.svdvals(ux.T @ uy).clamp(0, 1)
+    return {"mean": float(corrs.mean()), "corrs": corrs.tolist(), "dims": (ux.shape[1], uy.shape[1])}
+
+
+def choose_layer(x_source: torch.Tensor | np.ndarray, targets: Mapping[int, torch.Tensor | np.ndarray],
+                 var_explained: float = 0.99, max_dims: int = 64) -> tuple[int, dict[int, float]]:
+    """Best target layer for A's activations ``x_source`` and the profile ``{layer: mean SVCCA}``."""
+    if not targets:
+        raise ValueError("no candidate target layers")
+    profile = {int(l): svcca(x_source, y, var_explained, max_dims)["mean"] for l, y in sorted(targets.items())}
+    best = max(profile, key=profile.get)
+    return best, profile
+
+
+def choose_layer_from_cache(cache, source_layer: int, n_tokens: int = 10_000, split: str = "train",
+                            layers: list[int] | None = None, var_explained: float = 0.99,
+                            max_dims: int = 64) -> tuple[int, dict[int, float]]:
+    """:func:`choose_layer` on ``n_tokens`` positions (evenly strided) of a paired cache."""
+    from ..errors import StageError
+
+    if source_layer not in list(cache.source_layers):
+        raise StageError(f"source layer {source_layer} is not in the cache (cached: {list(cache.source_layers)})")
+    layers = list(cache.target_layers) if layers is None else layers
+    missing = [l for l in layers if l not in list(cache.target_layers)]
+    if missing:
+        raise StageError(f"target layers {missing} are not in the cache (cached: {list(cache.target_layers)})")
+    src = cache.array("source", source_layer, split)
+    total = int(src.shape[0])
+    stride = max(1, total // max(1, n_tokens))
+
+    def take(arr):
+        return torch.as_tensor(np.asarray(arr[::stride][:n_tokens]), dtype=torch.float32)
+
+    x = take(src)
+    return choose_layer(x, {l: take(cache.array("target", l, split)) for l in layers}, var_explained, max_dims)

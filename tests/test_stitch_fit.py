@@ -1,0 +1,106 @@
+"""Solvers recover a known affine relation; FLOPs and the training loss are recorded."""
+
+import pytest
+import torch
+
+from stitchplug.config import StitchConfig
+from stitchplug.stitch.data import TensorSource
+from stitchplug.stitch.evaluate import eval_loss, evaluate_recon
+from stitchplug.stitch.fit import fit_stitch
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny matrices: torch's thread pool only adds overhead (and stalls on a busy 2-core machine)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _pair(n=3000, dA=8, dB=12, seed=0, noise=0.0):
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(n, dA, generator=g) @ torch.randn(dA, dA, generator=g) * 0.5 + torch.randn(dA, generator=g)
+    P = torch.randn(dA, dB, generator=g) / dA ** 0.5
+    b = torch.randn(dB, generator=g)
+    B = A @ P + b + noise * torch.randn(n, dB, generator=g)
+    return A, B, P, b
+
+
+def test_lstsq_recovers_affine_map_and_its_inverse():
+    A, B, P, b = _pair()
+    res = fit_stitch(TensorSource(A, B, 512, shuffle=False), 8, 12, StitchConfig(solver="lstsq", ridge=1e-10))
+    st = res.stitch
+    assert torch.allclose(st.P_up, P, atol=1e-4) and torch.allclose(st.b_up, b, atol=1e-4)
+    # B = A P + b has rank dA, so down must invert it on the data: down(B) == A
+    assert torch.allclose(st.down(B), A, atol=1e-3)
+    assert res.info["train_tokens"] == 3000 and res.info["steps"] == 0
+    assert res.info["train_loss"]["total"] < 1e-8
+    assert res.info["flops"] > 0
+
+
+def test_lstsq_handles_massive_dimension():
+    """A dimension of ~7e4 with small spread must not wreck the closed form (float64 + standardising)."""
+    g = torch.Generator().manual_seed(3)
+    n, dA, dB = 4000, 10, 14
+    A = torch.randn(n, dA, generator=g, dtype=torch.float64)
+    A[:, 2] = A[:, 2] * 300 + 70_000
+    P = torch.randn(dA, dB, generator=g, dtype=torch.float64)
+    P[2] *= 1e-3
+    B = A @ P + 5
+    res = fit_stitch(TensorSource(A, B, 700, shuffle=False), dA, dB, StitchConfig(solver="lstsq", ridge=1e-9))
+    pred = res.stitch.up(A.float()).double()
+    fvu = ((pred - B) ** 2).sum() / ((B - B.mean(0)) ** 2).sum()
+    assert fvu < 1e-6
+
+
+def test_adam_recovers_affine_map_deterministically():
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(1024, 6, generator=g) + 0.5
+    P, b = torch.randn(6, 8, generator=g) / 6 ** 0.5, torch.randn(8, generator=g)
+    B = A @ P + b
+    cfg = StitchConfig(solver="adam", lr=3e-2, epochs=60, batch_size=128)
+    r1 = fit_stitch(TensorSource(A, B, 128, seed=1), 6, 8, cfg, seed=4)
+    r2 = fit_stitch(TensorSource(A, B, 128, seed=1), 6, 8, cfg, seed=4)
+    assert torch.equal(r1.stitch.P_up, r2.stitch.P_up)
+    assert torch.allclose(r1.stitch.P_up, P, atol=1e-3) and torch.allclose(r1.stitch.b_up, b, atol=1e-3)
+    assert torch.allclose(r1.stitch.down(B), A, atol=1e-2)
+    assert r1.info["steps"] == 60 * 8
+    assert r1.info["flops"] == r1.info["adam_step_flops"] * 480
+    hist = r1.info["history"]
+    assert hist[-1]["loss"] < 1e-3 * hist[0]["loss"]
+
+
+def test_adam_step_flops_match_analytic_count():
+    A, B, _, _ = _pair(n=64, dA=6, dB=8)
+    res = fit_stitch(TensorSource(A, B, 32), 6, 8, StitchConfig(solver="adam", epochs=1, batch_size=32))
+    n, dA, dB = 32, 6, 8
+    # forward: up(A), down(B), down(up A), up(down B) = 4 matmuls of 2*n*dA*dB each. Backward: the
+    # first two only need the weight gradient (inputs are data), the round trips need weight and
+    # input gradients: 1 + 1 + 2 + 2 = 6 more.
+    assert res.info["adam_step_flops"] == 10 * 2 * n * dA * dB
+
+
+def test_lstsq_plus_adam_starts_from_lstsq_and_does_not_get_worse():
+    A, B, _, _ = _pair(noise=0.3)
+    cfg = StitchConfig(solver="lstsq+adam", lr=1e-3, epochs=2, batch_size=256)
+    res = fit_stitch(TensorSource(A, B, 256), 8, 12, cfg)
+    assert res.info["lstsq_train_loss"]["total"] > 0
+    # Adam minimises the full Eq. 3 (the closed form only the two direct terms)
+    assert res.info["train_loss"]["total"] <= res.info["lstsq_train_loss"]["total"] * 1.001
+    assert res.info["flops"] == res.info["lstsq_flops"] + res.info["adam_step_flops"] * res.info["steps"]
+
+
+def test_eval_loss_and_recon_report_massive_dims():
+    A, B, _, _ = _pair(noise=0.1)
+    B[:, 3] += 500 * torch.randn(B.shape[0]).abs() + 2000
+    res = fit_stitch(TensorSource(A, B, 512), 8, 12, StitchConfig(solver="lstsq"))
+    held = TensorSource(A[:1000], B[:1000], 300, shuffle=False)
+    loss = eval_loss(res.stitch, held)
+    recon = evaluate_recon(res.stitch, held)
+    assert recon["massive_dims"]["target"] == [3] and recon["massive_dims"]["source"] == []
+    assert recon["loss"]["total"] == pytest.approx(loss["total"], rel=1e-9)
+    assert recon["n_tokens"] == 1000
+    for key in ("up", "down", "aba", "bab"):
+        assert 0 <= recon[key]["fvu"] < 1 and recon[key]["fvu_per_dim_max"] >= recon[key]["fvu_per_dim"]
+    assert recon["up"]["fvu_excl_massive"] != pytest.approx(recon["up"]["fvu"])
