@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ from stitchplug.artifacts import ArtifactContext, ArtifactKind
 from stitchplug.errors import StageError
 
 from .io import load_sae, load_sae_folder, save_sae
-from .train import rebatch, train_topk_sae
+from .train import train_topk_sae
 from .transfer import check_compatible, random_sae_like, transfer_sae
 
 
@@ -101,7 +100,7 @@ class SAEArtifact(ArtifactKind):
         b_dec = None
         if context.train_activations is not None:
             batches = context.train_activations(batch_size=1024, seed=context.seed)
-            b_dec = mean_activation(islice(rebatch(batches, 1024, int(like.cfg.d_in), restart=False), 16))
+            b_dec = mean_activation(batches, max_tokens=16_384)
         sae = random_sae_like(like, b_dec=b_dec, seed=context.seed)
         sae.cfg.metadata.model_name = like.cfg.metadata.get("model_name")
         sae.cfg.metadata.hook_name = like.cfg.metadata.get("hook_name")
