@@ -1,0 +1,182 @@
+"""``stitchplug experiment init``: the transferred-SAE-as-initialisation experiment on a run folder.
+
+Reuses the run folder's cache, stitch and transferred SAE(s); writes ``init_experiment`` into
+``metrics.json``, PNG plots, and a Markdown section (``init_experiment.md``, also spliced into
+``report.md`` between markers when that file exists). Registered through the ``register_commands``
+hook of the ``stitchplug_sae`` plugin.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import click
+
+from stitchplug.errors import ConfigError, StageError
+from stitchplug.hookspecs import hookimpl
+
+BEGIN, END = "<!-- init_experiment -->", "<!-- /init_experiment -->"
+
+
+def _layer_from_hook(hook: str | None) -> int | None:
+    m = re.search(r"blocks\.(\d+)\.", hook or "")
+    return int(m.group(1)) if m else None
+
+
+def load_transferred_weights(folder: str | Path) -> tuple[dict, dict]:
+    """``({W_enc, b_enc, W_dec, b_dec, k}, sidecar)`` of a SAELens-format TopK SAE folder, with the
+    encoder bias made input-bias-free (so ``apply_b_dec_to_input`` is already folded in)."""
+    from .io import load_sae_folder, read_sidecar
+    from .transfer import canonical_weights
+
+    sae = load_sae_folder(folder)
+    k = getattr(sae.cfg, "k", None)
+    if k is None:
+        raise StageError(f"SAE in {folder} is a {sae.cfg.architecture()} SAE; the init experiment trains TopK SAEs")
+    w = canonical_weights(sae)
+    weights = {"W_enc": w["W_enc"].float(), "b_enc": w["b_e"].float(), "W_dec": w["W_dec"].float(),
+               "b_dec": w["b_dec"].float(), "k": int(k)}
+    side = read_sidecar(folder)
+    side.setdefault("hook_name", sae.cfg.metadata.get("hook_name"))
+    return weights, side
+
+
+def splice_report(report: Path, section: str) -> None:
+    """Insert or replace the experiment's section in ``report.md`` between markers."""
+    block = f"{BEGIN}\n{section}\n{END}"
+    text = report.read_text() if report.exists() else ""
+    if BEGIN in text and END in text:
+        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip() + ("\n\n" if text else "") + block + "\n"
+    report.write_text(text)
+
+
+def run_on_folder(run: Path, cache_path: Path, stitch_path: Path, sae_dirs: list[Path], metrics_path: Path,
+                  cfg, epochs: int, eval_tokens: int, stitch_flops: int | None = None,
+                  target_layer: int | None = None, log=click.echo) -> dict:
+    """Load the run folder's pieces, run :func:`run_init_experiment`, write metrics, plots and report."""
+    import torch
+
+    from stitchplug.cache.reader import open_cache
+    from stitchplug.run.stages import write_json_atomic
+
+    from .flops_ledger import read_stitch_flops, read_stitch_sidecar
+    from .flops_report import markdown, plot
+    from .init_experiment import run_init_experiment
+
+    for p in (cache_path, stitch_path, *sae_dirs):
+        if not p.exists():
+            raise StageError(f"missing stage output: {p} (run the earlier stages first or pass its path)")
+    meta = read_stitch_sidecar(stitch_path)
+    s_flops = int(stitch_flops) if stitch_flops is not None else read_stitch_flops(stitch_path)
+    loaded = [load_transferred_weights(d) for d in sae_dirs]
+    layers = {_layer_from_hook(side.get("hook_name")) for _, side in loaded} - {None}
+    lB = target_layer if target_layer is not None else (meta.get("target_layer") if meta.get("target_layer") is not None
+                                                       else (layers.pop() if len(layers) == 1 else None))
+    if lB is None:
+        raise StageError("cannot tell the target layer: the stitch sidecar has no target_layer; pass --target-layer")
+    if cfg.source_sae_flops is None:
+        for _, side in loaded:
+            for key in ("source_sae_flops", "train_flops", "flops"):
+                if isinstance(side.get(key), (int, float)):
+                    cfg.source_sae_flops = int(side[key])
+                    break
+    cache = open_cache(cache_path)
+    try:
+        x_eval = torch.from_numpy(cache.array("target", int(lB), split="eval")[:eval_tokens]).float()
+        if x_eval.shape[0] < 16:
+            raise StageError(f"the cache's eval split has only {x_eval.shape[0]} target rows at layer {lB}")
+
+        def train_iter():
+            for (xb,) in cache.batches(keys=[("target", int(lB))], batch_size=cfg.batch_size, split="train",
+                                       seed=cfg.seed, shuffle=True, epochs=epochs, drop_last=True):
+                yield xb
+
+        log(f"init experiment: widths {[w['W_dec'].shape[0] for w, _ in loaded]}, target layer {lB}, "
+            f"{cfg.steps} steps x {cfg.batch_size} tokens per arm, stitch FLOPs {s_flops:.3g}")
+        result = run_init_experiment(train_iter, x_eval, [w for w, _ in loaded], s_flops, cfg)
+    finally:
+        cache.close()
+    result.update({"target_layer": int(lB), "cache": str(cache_path), "stitch": str(stitch_path),
+                   "sae_dirs": [str(d) for d in sae_dirs], "synthetic": False})
+    plots = plot(result, run / "plots")
+    result["plots"] = [str(p) for p in plots]
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    metrics["init_experiment"] = result
+    write_json_atomic(metrics_path, metrics)
+    section = markdown(result)
+    (run / "init_experiment.md").write_text(section + "\n")
+    splice_report(run / "report.md", section)
+    return result
+
+
+def _experiment_group(cli: click.Group) -> click.Group:
+    group = cli.commands.get("experiment")
+    if group is None:
+        @cli.group("experiment")
+        def group():
+            """Experiments that reuse a run folder (paper §3.1 and beyond)."""
+    return group
+
+
+@hookimpl
+def register_commands(cli):
+    group = _experiment_group(cli)
+    if "init" in getattr(group, "commands", {}):
+        return
+
+    @group.command("init")
+    @click.option("--run", "run_dir", type=click.Path(file_okay=False), default="runs/default", show_default=True,
+                  help="Run folder whose cache, stitch and transferred SAE are reused.")
+    @click.option("--cache", "cache_path", default=None, help="Activation cache [default: RUN/cache/activations.h5].")
+    @click.option("--stitch", "stitch_path", default=None, help="Stitch file [default: RUN/stitch/stitch.safetensors].")
+    @click.option("--sae-target", "sae_dirs", multiple=True,
+                  help="Transferred SAE folder(s), SAELens format; repeat for a width sweep [default: RUN/sae_target].")
+    @click.option("--metrics", "metrics_path", default=None, help="metrics.json to update [default: RUN/metrics.json].")
+    @click.option("--steps", type=int, default=2000, show_default=True, help="Training steps per arm.")
+    @click.option("--batch-size", type=int, default=1024, show_default=True, help="Tokens per step.")
+    @click.option("--epochs", type=int, default=100, show_default=True, help="Max passes over the cached training tokens.")
+    @click.option("--lr", type=float, default=1e-4, show_default=True, help="Constant Adam learning rate.")
+    @click.option("--eval-every", type=int, default=50, show_default=True, help="Steps between held-out evaluations.")
+    @click.option("--eval-tokens", type=int, default=8192, show_default=True, help="Held-out tokens evaluated.")
+    @click.option("--ma-window", type=int, default=5, show_default=True, help="Moving-average window (evaluations).")
+    @click.option("--thresholds", default="0.70,0.75,0.80,0.85,0.90", show_default=True,
+                  help="Comma-separated explained-variance thresholds.")
+    @click.option("--aux-k/--no-aux-k", default=False, show_default=True, help="AuxK loss on dead latents (FLOPs counted).")
+    @click.option("--b-dec-in/--no-b-dec-in", "b_dec_in", default=True, show_default=True,
+                  help="Encoder reads x - b_dec (SAELens default).")
+    @click.option("--scratch-b-dec", type=click.Choice(["zeros", "mean"]), default="zeros", show_default=True,
+                  help="Scratch arm decoder-bias init (paper/SAELens: zeros).")
+    @click.option("--seed", type=int, default=0, show_default=True, help="Data order and scratch init seed.")
+    @click.option("--stitch-flops", type=int, default=None, help="Override the stitch sidecar's 'flops'.")
+    @click.option("--source-sae-flops", type=int, default=None, help="FLOPs of the source SAE on A, if known.")
+    @click.option("--target-layer", type=int, default=None, help="Target layer (default: from the stitch sidecar).")
+    def init_cmd(run_dir, cache_path, stitch_path, sae_dirs, metrics_path, steps, batch_size, epochs, lr, eval_every,
+                 eval_tokens, ma_window, thresholds, aux_k, b_dec_in, scratch_b_dec, seed, stitch_flops,
+                 source_sae_flops, target_layer):
+        """Train an SAE on model B from the transferred SAE and from scratch; report FLOPs savings."""
+        from pydantic import ValidationError
+
+        from .init_experiment import InitExperimentConfig
+
+        run = Path(run_dir)
+        try:
+            ts = [float(t) for t in thresholds.split(",") if t.strip()]
+            cfg = InitExperimentConfig(steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every,
+                                       ma_window=ma_window, thresholds=ts, aux_k=aux_k, apply_b_dec_to_input=b_dec_in,
+                                       scratch_b_dec=scratch_b_dec, seed=seed, source_sae_flops=source_sae_flops)
+        except (ValueError, ValidationError) as exc:
+            raise ConfigError(f"invalid option: {str(exc).splitlines()[-1].strip()}") from None
+        result = run_on_folder(
+            run, Path(cache_path or run / "cache" / "activations.h5"),
+            Path(stitch_path or run / "stitch" / "stitch.safetensors"),
+            [Path(d) for d in sae_dirs] or [run / "sae_target"],
+            Path(metrics_path or run / "metrics.json"), cfg, epochs, eval_tokens, stitch_flops, target_layer)
+        for width, w in result["widths"].items():
+            row = ", ".join(f"{t}: " + ("n/a" if v["savings"] is None else f"{100 * v['savings']:+.0f}%")
+                            for t, v in w["savings"]["fvu"].items())
+            click.echo(f"width {width} savings at EV thresholds: {row}")
+        click.echo(f"wrote {run / 'init_experiment.md'} and init_experiment in metrics.json")
