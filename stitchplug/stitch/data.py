@@ -47,8 +47,8 @@ class CacheSource:
         self.batch_size, self.split, self.shuffle = int(batch_size), split, shuffle
         self.seeds = itertools.count(seed)
         try:
-            self.n_tokens = int(cache.array("source", self.lA, split).shape[0])
-        except Exception:  # the reader may not expose sizes cheaply; fitters count when needed
+            self.n_tokens = int(sum(b - a for a, b in cache.ranges(split)))
+        except Exception:  # a reader without row ranges: the fitters count when needed
             self.n_tokens = None
 
     def __call__(self) -> Iterator[Batch]:

@@ -56,7 +56,7 @@ def choose_layer(x_source: torch.Tensor | np.ndarray, targets: Mapping[int, torc
 def choose_layer_from_cache(cache, source_layer: int, n_tokens: int = 10_000, split: str = "train",
                             layers: list[int] | None = None, var_explained: float = 0.99,
                             max_dims: int = 64) -> tuple[int, dict[int, float]]:
-    """:func:`choose_layer` on ``n_tokens`` positions (evenly strided) of a paired cache."""
+    """:func:`choose_layer` on ``n_tokens`` positions of a paired cache (the first rows of ``split``)."""
     from ..errors import StageError
 
     if source_layer not in list(cache.source_layers):
@@ -65,12 +65,11 @@ def choose_layer_from_cache(cache, source_layer: int, n_tokens: int = 10_000, sp
     missing = [l for l in layers if l not in list(cache.target_layers)]
     if missing:
         raise StageError(f"target layers {missing} are not in the cache (cached: {list(cache.target_layers)})")
-    src = cache.array("source", source_layer, split)
-    total = int(src.shape[0])
-    stride = max(1, total // max(1, n_tokens))
-
-    def take(arr):
-        return torch.as_tensor(np.asarray(arr[::stride][:n_tokens]), dtype=torch.float32)
-
-    x = take(src)
-    return choose_layer(x, {l: take(cache.array("target", l, split)) for l in layers}, var_explained, max_dims)
+    keys = [("source", source_layer)] + [("target", l) for l in layers]
+    # the first n_tokens rows of the split, read once for all layers (contiguous documents)
+    batch = next(iter(cache.batches(keys=keys, batch_size=n_tokens, split=split, shuffle=False,
+                                    chunk_rows=n_tokens, buffer_chunks=1)), None)
+    if batch is None:
+        raise StageError(f"the cache's {split} split is empty")
+    x, ys = batch[0], batch[1:]
+    return choose_layer(x, dict(zip(layers, ys)), var_explained, max_dims)
