@@ -19,6 +19,9 @@ CONTENT_FIELDS = ("format_version", "source_model", "target_model", "source_laye
                   "context_size", "dtype", "alignment_method", "shard_rows")
 """Config fields that determine a cache's content; a cache is reused only if all of them match."""
 
+RESUME_FIELDS = CONTENT_FIELDS + ("batch_size",)
+"""Fields that must also match to resume unfinished shards (batch composition changes the last bits)."""
+
 
 def layer_key(layer: int) -> str:
     return f"resid_pre_{int(layer)}"
@@ -55,17 +58,17 @@ def stored_config(f: h5py.File, path: str | Path) -> dict:
         raise CacheError(f"{path} is a stitchplug cache with a missing or corrupt 'config' attribute") from None
 
 
-def config_diff(stored: dict, wanted: dict) -> list[str]:
-    """``'field (cached X, requested Y)'`` for every content field that differs."""
+def config_diff(stored: dict, wanted: dict, fields=CONTENT_FIELDS) -> list[str]:
+    """``'field (cached X, requested Y)'`` for every one of ``fields`` that differs."""
     out = []
-    for key in CONTENT_FIELDS:
+    for key in fields:
         if key in wanted and stored.get(key) != wanted[key]:
             out.append(f"{key} (cached {stored.get(key)!r}, requested {wanted[key]!r})")
     return out
 
 
-def refuse_mismatch(path: str | Path, stored: dict, wanted: dict) -> None:
-    diff = config_diff(stored, wanted)
+def refuse_mismatch(path: str | Path, stored: dict, wanted: dict, fields=CONTENT_FIELDS) -> None:
+    diff = config_diff(stored, wanted, fields)
     if diff:
         raise CacheError(f"cache {path} was built with a different configuration: {'; '.join(diff)}. "
                          f"Delete it or write to another output path")

@@ -28,8 +28,8 @@ from .. import __version__
 from ..adapter import ModelAdapter
 from ..errors import CacheError
 from .align import get_aligner
-from .format import (FLOAT16_MAX, FORMAT, FORMAT_VERSION, SIDES, layer_key, open_h5, refuse_mismatch,
-                     shard_dir, stored_config)
+from .format import (FLOAT16_MAX, FORMAT, FORMAT_VERSION, RESUME_FIELDS, SIDES, layer_key, open_h5,
+                     refuse_mismatch, shard_dir, stored_config)
 from .windows import Window, fingerprint, paired_windows
 
 SHARD_BYTES = 64 * 2**20
@@ -295,13 +295,14 @@ def build_cache(path: str | Path, source: ModelAdapter, target: ModelAdapter, *,
     except BlockingIOError:
         raise CacheError(f"another stitchplug process is writing {path}") from None
     try:
+        cfg["batch_size"] = int(batch_size)  # shards only: a finished cache is reused at any batch size
         writer = _Writer(path, source, target, cfg, batch_size, lambda t: None)
         for stale in sdir.glob("*.tmp"):
             stale.unlink()
         done: list[dict] = []
         while writer.shard_path(len(done)).exists():
             info = writer.shard_info(writer.shard_path(len(done)))
-            refuse_mismatch(writer.shard_path(len(done)), info["config"], cfg)
+            refuse_mismatch(writer.shard_path(len(done)), info["config"], cfg, RESUME_FIELDS)
             done.append(info)
         rows_done = sum(s["rows"] for s in done)
         docs_done = sum(len(s["docs"]) for s in done)
