@@ -28,7 +28,11 @@ def reconstruct_fn(sae: Any):
 
 
 def _losses(sae: Any, context: ArtifactContext, zero: bool) -> dict:
-    """Clean CE (cached per adapter), spliced CE (cached per SAE) and zero-ablated CE (cached per layer)."""
+    """Clean CE (cached per adapter), spliced CE (cached per SAE) and zero-ablated CE (cached per layer).
+
+    ``context.extras["loss_batch_size"]`` (default 4) sets windows per forward pass: the logits of a
+    262k-vocabulary model take ~0.5 GB per 4 windows of 128 tokens.
+    """
     context.need("adapter", "layer", "eval_windows", who="loss evaluation")
     ex = context.extras
     out: dict = {}
@@ -40,7 +44,8 @@ def _losses(sae: Any, context: ArtifactContext, zero: bool) -> dict:
     need_zero = zero and zero_key not in ex
     res = spliced_losses(context.adapter, context.layer, context.eval_windows,
                          None if hit is not None else reconstruct_fn(sae),
-                         clean=need_clean, zero_ablation=need_zero)
+                         clean=need_clean, zero_ablation=need_zero,
+                         batch_size=int(ex.get("loss_batch_size", 4)))
     if need_clean:
         ex[clean_key] = res["ce_clean"]
     if need_zero:
