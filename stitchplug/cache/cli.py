@@ -41,12 +41,14 @@ class CacheCommandConfig(BaseModel):
 def run_cache(cfg: CacheCommandConfig, log=None) -> Path:
     """Load both models and build the cache described by ``cfg`` (see :func:`build_cache`)."""
     from ..adapter import load_model
+    from .corpus import open_corpus
     from .writer import build_cache, check_existing
 
     out = Path(cfg.output) if cfg.output else Path(cfg.output_dir) / "cache.h5"
     # A foreign or corrupt file at the output path is reported before any model is loaded.
     check_existing(out, {"source_model": cfg.models.source, "target_model": cfg.models.target,
                          "corpus": cfg.cache.corpus})
+    open_corpus(cfg.cache.corpus, limit=0)  # so is an unknown corpus or an unreachable hub
     source = load_model(cfg.models.source, device=cfg.device, dtype=cfg.dtype, cache_dir=cfg.models.cache_dir)
     target = load_model(cfg.models.target, device=cfg.device, dtype=cfg.dtype, cache_dir=cfg.models.cache_dir)
     c = cfg.cache
