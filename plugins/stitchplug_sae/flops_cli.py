@@ -168,8 +168,11 @@ def register_commands(cli):
             cfg = InitExperimentConfig(steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every,
                                        ma_window=ma_window, thresholds=ts, aux_k=aux_k, apply_b_dec_to_input=b_dec_in,
                                        scratch_b_dec=scratch_b_dec, seed=seed, source_sae_flops=source_sae_flops)
-        except (ValueError, ValidationError) as exc:
-            raise ConfigError(f"invalid option: {str(exc).splitlines()[-1].strip()}") from None
+        except ValidationError as exc:
+            e = exc.errors()[0]
+            raise ConfigError(f"invalid option --{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}") from None
+        except ValueError as exc:
+            raise ConfigError(f"invalid --thresholds {thresholds!r}: {exc}") from None
         result = run_on_folder(
             run, Path(cache_path or run / "cache" / "activations.h5"),
             Path(stitch_path or run / "stitch" / "stitch.safetensors"),

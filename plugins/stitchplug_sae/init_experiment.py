@@ -15,6 +15,7 @@ into the encoder at step 0 (see :func:`fold_decoder_norms` and docs/flops.md).
 from __future__ import annotations
 
 import hashlib
+import itertools
 from typing import Callable, Iterable, Iterator, Literal, Sequence
 
 import torch
@@ -236,9 +237,7 @@ def train_arm(sae: TopKSAE, batches: Iterable[torch.Tensor], x_eval: torch.Tenso
     curve = [{"step": 0, "flops": ledger.total, **evaluate(sae, x_eval, exclude, cfg.eval_batch)}]
     digests: list[str] = []
     step = 0
-    for xb in batches:
-        if step >= cfg.steps:
-            break
+    for xb in itertools.islice(batches, cfg.steps):  # never pulls a batch it will not train on
         xb = xb.reshape(-1, sae.d).float()
         digests.append(_digest(xb))
         dead = since_fired >= cfg.dead_window if cfg.aux_k else None
