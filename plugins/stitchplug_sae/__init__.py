@@ -24,3 +24,4 @@ def register_artifacts(register):
     register("sae", _factory,
              description="Sparse autoencoder (TopK/ReLU/JumpReLU, SAELens format), transferred by Eq. 6",
              source="stitchplug (first party)")
+from .flops_cli import register_commands  # noqa: E402,F401  (stitchplug experiment init)
