@@ -89,6 +89,15 @@ class SAEConfig(_Section):
     """Tokens per SAE training step."""
 
 
+class EvalConfig(_Section):
+    docs: int = 64
+    """Held-out documents (after the cached slice) for next-token-loss evaluations (stitched CE, Delta loss)."""
+    max_windows: int = 96
+    """At most this many context windows of those documents."""
+    loss_batch_size: int = 4
+    """Windows per forward pass in loss evaluations (a 262k-vocabulary model's logits are large)."""
+
+
 class RunConfig(_Section):
     """A whole `stitchplug run`."""
 
@@ -106,6 +115,7 @@ class RunConfig(_Section):
     cache: CacheConfig = CacheConfig()
     stitch: StitchConfig = StitchConfig()
     sae: SAEConfig = SAEConfig()
+    eval: EvalConfig = EvalConfig()
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -113,6 +123,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "cache": {"tokens": 40_000, "context_size": 128},
         "stitch": {"solver": "lstsq", "svcca_tokens": 4_000},
         "sae": {"width": 2304, "k": 32, "train_tokens": 300_000, "lr": 4e-4},
+        "eval": {"docs": 24, "max_windows": 32},
     },
     "default": {},
 }

@@ -1,0 +1,75 @@
+"""``report.md`` and plots of a run folder, from its ``metrics.json`` content.
+
+The stitch part (SVCCA profile, reconstruction, Table 1) is generic; the artifact part comes from
+the artifact kind's optional ``report_markdown(metrics, folder) -> str`` so plugins own their tables.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from ..plugins import registry
+from ..stitch.report import recon_markdown, svcca_markdown, table1_markdown
+
+
+def _plot_svcca(profile: dict, source_layer: int, best: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = sorted(int(k) for k in profile)
+    vals = [profile[k] if k in profile else profile[str(k)] for k in layers]
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot(layers, vals, marker="o")
+    ax.axvline(best, color="tab:red", ls="--", label=f"chosen B layer {best}")
+    ax.set_xlabel("layer of B")
+    ax.set_ylabel(f"mean SVCCA with A.{source_layer}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(folder: str | Path, metrics: dict[str, Any], log: Callable[[str], None] = print) -> Path:
+    folder = Path(folder)
+    cfg = metrics["config"]
+    stitch = metrics["stitch"]
+    meta = stitch["meta"]
+    lA, lB = meta["source_layer"], meta["target_layer"]
+    cache = metrics["cache"]
+    pair = f"{cfg['models']['source']}.{lA} -> {cfg['models']['target']}.{lB}"
+    lines = [f"# stitchplug run: {cfg['artifact']} transfer, {pair}", ""]
+    ar = cache.get("alignment_rate", {})
+    lines += [f"Cache: {cache['n_tokens']:,} aligned tokens of `{cfg['cache']['corpus']}` "
+              f"(alignment rate {ar.get('source', 0):.1%} of A's tokens, {ar.get('target', 0):.1%} of B's), "
+              f"context {cfg['cache']['context_size']}, held-out share {cfg['cache']['eval_fraction']} of documents. "
+              f"Stitch solver `{cfg['stitch']['solver']}`, seed {cfg['seed']}.", ""]
+    if stitch.get("svcca"):
+        prof = {int(k): v for k, v in stitch["svcca"]["profile"].items()}
+        _plot_svcca(prof, lA, lB, folder / "svcca_profile.png")
+        lines += ["## Layer choice (mean SVCCA)", "", svcca_markdown(prof, lA), "", "![](svcca_profile.png)", ""]
+    lines += ["## Stitch reconstruction (held-out)", "", recon_markdown(stitch["recon"]), ""]
+    fit = stitch.get("fit", {})
+    if fit:
+        lines += [f"Fit: {fit.get('solver', '?')}, {fit.get('tokens', fit.get('train_tokens', '?'))} training tokens, "
+                  f"{fit.get('flops', '?')} FLOPs.", ""]
+    lines += ["## Stitched next-token loss (paper Table 1)", "",
+              table1_markdown({pair: metrics["stitched_ce"]}), "",
+              "For a pair with different tokenizers only aligned positions are patched "
+              "(share patched in the last column); CE is over all predicted non-special tokens. "
+              "Paper rows are same-tokenizer pairs trained on ~200M tokens.", ""]
+    kind = registry().get("artifacts", cfg["artifact"]).factory()
+    if hasattr(kind, "report_markdown"):
+        lines += [kind.report_markdown(metrics, folder), ""]
+    secs = metrics.get("stage_seconds", {})
+    if secs:
+        lines += ["## Stage wall time (s)", "", "| stage | seconds |", "|---|---|"]
+        lines += [f"| {k} | {v:.1f} |" for k, v in secs.items() if v is not None]
+    path = folder / "report.md"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)
+    log(f"report: {path}")
+    return path
