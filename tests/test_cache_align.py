@@ -6,13 +6,13 @@ import pytest
 from stitchplug.cache.align import align_by_end_offsets, align_identity, get_aligner
 from stitchplug.cache.windows import paired_windows
 from stitchplug.errors import CacheError
-from test_cache_tiny import tiny_adapter
+from stitchplug.adapter import load_model
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny_tok")
-    return {n: tiny_adapter(n, root) for n in ("tiny-a", "tiny-b", "tiny-a2")}
+def tiny():
+    # tiny-llama-a/-b share a byte-level BPE tokenizer; tiny-gemma3 has a SentencePiece-style one
+    return {"a": load_model("tiny-llama-a"), "a2": load_model("tiny-llama-b"), "b": load_model("tiny-gemma3")}
 
 
 def _brute(ends_a, ends_b):
@@ -41,7 +41,7 @@ def test_specials_are_never_paired():
 
 
 def test_real_tokenizers_on_multibyte_text_match_brute_force(tiny):
-    a, b = tiny["tiny-a"], tiny["tiny-b"]
+    a, b = tiny["a"], tiny["b"]
     text = "Zürich  –  東京 😀 naïve\tcafé   déjà-vu!  Ελληνικά"
     ea, eb = a.encode(text).ends.numpy(), b.encode(text).ends.numpy()
     ia, ib = align_by_end_offsets(ea, eb)
@@ -51,7 +51,7 @@ def test_real_tokenizers_on_multibyte_text_match_brute_force(tiny):
 
 
 def test_identity_for_same_tokenizer(tiny):
-    a, a2, b = tiny["tiny-a"], tiny["tiny-a2"], tiny["tiny-b"]
+    a, a2, b = tiny["a"], tiny["a2"], tiny["b"]
     assert get_aligner("auto", a, a2)[0] == "identity"
     assert get_aligner("auto", a, b)[0] == "end-offsets"
     text = "The quick brown fox. Ünïcödé 😀 too."
@@ -76,7 +76,7 @@ def test_aligners_come_from_the_plugin_registry_and_unknown_is_an_error():
 def test_windows_cover_the_text_and_respect_context(tiny):
     from stitchplug.cache.corpus import open_corpus
 
-    a, b = tiny["tiny-a"], tiny["tiny-b"]
+    a, b = tiny["a"], tiny["b"]
     text = next(iter(open_corpus("wiki-en", start=7, limit=1)))["text"]
     ws = paired_windows(text, a, b, context_size=40)
     assert len(ws) > 3

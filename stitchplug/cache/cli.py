@@ -34,6 +34,8 @@ class CacheCommandConfig(BaseModel):
     """Token aligner: auto (identity for one tokenizer, end-offsets otherwise) or a registered name."""
     progress: bool = True
     """Show a progress bar."""
+    shard_rows: int | None = None
+    """Aligned tokens per shard file (None: about 64 MiB per shard). Part of the cache's identity."""
     models: ModelsConfig = ModelsConfig()
     cache: CacheConfig = CacheConfig()
 
@@ -56,7 +58,7 @@ def run_cache(cfg: CacheCommandConfig, log=None) -> Path:
                        tokens=c.tokens, context_size=c.context_size, source_layers=c.source_layers,
                        target_layers=c.target_layers, dtype=c.dtype, batch_size=c.batch_size,
                        aligner=cfg.aligner, eval_fraction=c.eval_fraction, split_seed=cfg.seed,
-                       progress=cfg.progress, log=log)
+                       progress=cfg.progress, shard_rows=cfg.shard_rows, log=log)
 
 
 def register(cli: click.Group) -> None:
