@@ -62,12 +62,12 @@ def synthetic(steps: int) -> dict:
 def real(run: Path, steps: int) -> dict:
     import click
 
-    from stitchplug_sae.flops_cli import run_on_folder
+    from stitchplug_sae.flops_cli import CACHE_CANDIDATES, SAE_CANDIDATES, STITCH_CANDIDATES, resolve, run_on_folder
     from stitchplug_sae.init_experiment import InitExperimentConfig
 
     cfg = InitExperimentConfig(steps=steps, batch_size=1024, eval_every=max(steps // 40, 1))
-    res = run_on_folder(run, run / "cache" / "activations.h5", run / "stitch" / "stitch.safetensors",
-                        [run / "sae_target"], run / "metrics.json", cfg, epochs=100, eval_tokens=8192,
+    res = run_on_folder(run, resolve(run, None, CACHE_CANDIDATES), resolve(run, None, STITCH_CANDIDATES),
+                        [resolve(run, None, SAE_CANDIDATES)], run / "metrics.json", cfg, epochs=100, eval_tokens=8192,
                         log=lambda m: click.echo(m, err=True))
     out = _summary(res)
     out["data"] = f"run folder {run} (target layer {res['target_layer']})"
@@ -81,8 +81,9 @@ def main() -> None:
     args = ap.parse_args()
     run = Path(args.run)
     t0 = time.time()
-    have_run = all(p.exists() for p in (run / "cache" / "activations.h5", run / "stitch" / "stitch.safetensors",
-                                        run / "sae_target"))
+    from stitchplug_sae.flops_cli import CACHE_CANDIDATES, SAE_CANDIDATES, STITCH_CANDIDATES, resolve
+
+    have_run = all(resolve(run, None, c).exists() for c in (CACHE_CANDIDATES, STITCH_CANDIDATES, SAE_CANDIDATES))
     out = real(run, args.steps or 2000) if have_run else synthetic(args.steps or 1500)
     out["wall_s"] = round(time.time() - t0, 1)
     print(json.dumps({"bench": "flops", **out}), file=sys.stdout)

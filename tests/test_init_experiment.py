@@ -231,8 +231,7 @@ def test_config_validation():
 @pytest.fixture(scope="module")
 def run_folder(tmp_path_factory):
     """A tiny run folder: paired cache of two random-init models, lstsq stitch, source SAE, transferred SAE."""
-    from test_cache_tiny import tiny_adapter
-
+    from stitchplug.adapter import load_model
     from stitchplug.cache.reader import open_cache
     from stitchplug.cache.writer import build_cache
     from stitchplug.config import StitchConfig
@@ -243,17 +242,17 @@ def run_folder(tmp_path_factory):
     from stitchplug_sae.transfer import transfer_sae
 
     run = tmp_path_factory.mktemp("initrun")
-    a, b = tiny_adapter("tiny-a", run / "tok"), tiny_adapter("tiny-b", run / "tok")
+    a, b = load_model("tiny-llama-a"), load_model("tiny-gemma3")  # widths 32 and 40, different tokenizers
     cache_path = build_cache(run / "cache" / "activations.h5", a, b, tokens=3000, context_size=48,
-                             source_layers=[2], target_layers=[1], progress=False, log=lambda m: None)
+                             source_layers=[1], target_layers=[1], progress=False, log=lambda m: None)
     cache = open_cache(cache_path)
     api.train(cache, StitchConfig(solver="lstsq", target_layer=1), run / "stitch" / "stitch.safetensors")
-    src = [t[0] for t in cache.batches(keys=[("source", 2)], batch_size=256, split="train", seed=0)]
+    src = [t[0] for t in cache.batches(keys=[("source", 1)], batch_size=256, split="train", seed=0)]
     sae, _ = train_topk_sae(src, 32, width=64, k=4, lr=1e-3, train_tokens=3000, batch_size=256, progress=False,
-                            model_name="tiny-a", hook_name="blocks.2.hook_resid_pre")
+                            model_name="tiny-llama-a", hook_name="blocks.1.hook_resid_pre")
     cache.close()
     stitch = Stitch.load(run / "stitch" / "stitch.safetensors")
-    save_sae(transfer_sae(sae, stitch, "up", target_model="tiny-b", target_hook="blocks.1.hook_resid_pre"),
+    save_sae(transfer_sae(sae, stitch, "up", target_model="tiny-gemma3", target_hook="blocks.1.hook_resid_pre"),
              run / "sae_target")
     (run / "report.md").write_text("# Report\n\nearlier sections\n")
     return run
@@ -267,7 +266,7 @@ def test_experiment_command_on_run_folder(run_folder, capsys):
     main(args)
     metrics = json.loads((run_folder / "metrics.json").read_text())["init_experiment"]
     w = metrics["widths"]["64"]
-    assert metrics["target_layer"] == 1 and w["d"] == 48
+    assert metrics["target_layer"] == 1 and w["d"] == 40
     stitch_meta = json.loads((run_folder / "stitch" / "stitch.safetensors.json").read_text())
     assert metrics["stitch_flops"] == stitch_meta["flops"] > 0
     assert w["arms"]["stitched"]["curve"][0]["flops"] == stitch_meta["flops"]

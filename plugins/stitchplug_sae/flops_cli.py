@@ -113,6 +113,22 @@ def run_on_folder(run: Path, cache_path: Path, stitch_path: Path, sae_dirs: list
     return result
 
 
+# Run-folder layouts: the one assumed by the brief first, then the pipeline's (stitchplug/run/pipeline.py).
+CACHE_CANDIDATES = ("cache/activations.h5", "cache.h5")
+STITCH_CANDIDATES = ("stitch/stitch.safetensors",)
+SAE_CANDIDATES = ("sae_target", "artifact_target")
+
+
+def resolve(run: Path, given: str | None, candidates: tuple[str, ...]) -> Path:
+    """``given`` if set, else the first candidate that exists under ``run`` (else the first one)."""
+    if given:
+        return Path(given)
+    for cand in candidates:
+        if (run / cand).exists():
+            return run / cand
+    return run / candidates[0]
+
+
 def _experiment_group(cli: click.Group) -> click.Group:
     group = cli.commands.get("experiment")
     if group is None:
@@ -131,10 +147,10 @@ def register_commands(cli):
     @group.command("init")
     @click.option("--run", "run_dir", type=click.Path(file_okay=False), default="runs/default", show_default=True,
                   help="Run folder whose cache, stitch and transferred SAE are reused.")
-    @click.option("--cache", "cache_path", default=None, help="Activation cache [default: RUN/cache/activations.h5].")
+    @click.option("--cache", "cache_path", default=None, help="Activation cache [default: RUN/cache/activations.h5 or RUN/cache.h5].")
     @click.option("--stitch", "stitch_path", default=None, help="Stitch file [default: RUN/stitch/stitch.safetensors].")
     @click.option("--sae-target", "sae_dirs", multiple=True,
-                  help="Transferred SAE folder(s), SAELens format; repeat for a width sweep [default: RUN/sae_target].")
+                  help="Transferred SAE folder(s), SAELens format; repeat for a width sweep [default: RUN/sae_target or RUN/artifact_target].")
     @click.option("--metrics", "metrics_path", default=None, help="metrics.json to update [default: RUN/metrics.json].")
     @click.option("--steps", type=int, default=2000, show_default=True, help="Training steps per arm.")
     @click.option("--batch-size", type=int, default=1024, show_default=True, help="Tokens per step.")
@@ -174,9 +190,8 @@ def register_commands(cli):
         except ValueError as exc:
             raise ConfigError(f"invalid --thresholds {thresholds!r}: {exc}") from None
         result = run_on_folder(
-            run, Path(cache_path or run / "cache" / "activations.h5"),
-            Path(stitch_path or run / "stitch" / "stitch.safetensors"),
-            [Path(d) for d in sae_dirs] or [run / "sae_target"],
+            run, resolve(run, cache_path, CACHE_CANDIDATES), resolve(run, stitch_path, STITCH_CANDIDATES),
+            [Path(d) for d in sae_dirs] or [resolve(run, None, SAE_CANDIDATES)],
             Path(metrics_path or run / "metrics.json"), cfg, epochs, eval_tokens, stitch_flops, target_layer)
         for width, w in result["widths"].items():
             row = ", ".join(f"{t}: " + ("n/a" if v["savings"] is None else f"{100 * v['savings']:+.0f}%")
