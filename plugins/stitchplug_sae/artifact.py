@@ -105,3 +105,9 @@ class SAEArtifact(ArtifactKind):
         sae.cfg.metadata.model_name = like.cfg.metadata.get("model_name")
         sae.cfg.metadata.hook_name = like.cfg.metadata.get("hook_name")
         return sae
+
+    def report_markdown(self, metrics: dict, folder: str | Path) -> str:
+        """Table-2-style section of ``report.md`` with plots (see :mod:`stitchplug_sae.report`)."""
+        from .report import report_markdown
+
+        return report_markdown(metrics, folder)
