@@ -301,3 +301,14 @@ def test_experiment_command_errors_are_one_line(tmp_path, capsys, run_folder):
         main(["experiment", "init", "--run", str(run_folder), "--thresholds", "0.5,1.5"])
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2 and len(err) == 1 and "threshold" in err[0]
+
+
+def test_run_folder_layouts_resolve(tmp_path):
+    from stitchplug_sae.flops_cli import CACHE_CANDIDATES, SAE_CANDIDATES, resolve
+
+    assert resolve(tmp_path, None, CACHE_CANDIDATES) == tmp_path / "cache" / "activations.h5"  # nothing there yet
+    (tmp_path / "cache.h5").write_bytes(b"")
+    (tmp_path / "artifact_target").mkdir()
+    assert resolve(tmp_path, None, CACHE_CANDIDATES) == tmp_path / "cache.h5"
+    assert resolve(tmp_path, None, SAE_CANDIDATES) == tmp_path / "artifact_target"
+    assert resolve(tmp_path, "x/y.h5", CACHE_CANDIDATES) == tmp_path.__class__("x/y.h5")
