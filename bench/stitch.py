@@ -39,6 +39,7 @@ def load(name: str):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="/tmp/stitchplug-bench-stitch", help="Folder for the cache and stitches.")
+    ap.add_argument("--cache", default=None, help="Use this existing paired cache instead of building one.")
     ap.add_argument("--tokens", type=int, default=40_000)
     ap.add_argument("--context-size", type=int, default=128)
     ap.add_argument("--source-layer", type=int, default=15)
@@ -47,6 +48,7 @@ def main() -> None:
     ap.add_argument("--long-epochs", type=int, default=0, help="Also run Adam (lr 1e-3, batch 1024) this many epochs.")
     ap.add_argument("--ce-docs", type=int, default=0, help="Held-out documents for the Table-1 stitched loss.")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--refine-iters", type=int, default=100, help="L-BFGS iterations of the lstsq+lbfgs variant.")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -60,15 +62,22 @@ def main() -> None:
     from stitchplug.stitch.svcca import choose_layer_from_cache
 
     out = Path(args.out)
-    t0 = time.perf_counter()
-    a, b = load("smollm2-135m"), load("gemma-3-270m")
-    log(f"models loaded in {time.perf_counter() - t0:.0f}s")
+    out.mkdir(parents=True, exist_ok=True)
+    a = b = None
+    if args.cache is None or args.ce_docs:
+        t0 = time.perf_counter()
+        a, b = load("smollm2-135m"), load("gemma-3-270m")
+        log(f"models loaded in {time.perf_counter() - t0:.0f}s")
     tl = None if args.target_layers == "all" else [int(x) for x in args.target_layers.split(",")]
     t0 = time.perf_counter()
-    path = build_cache(out / "cache.h5", a, b, tokens=args.tokens, context_size=args.context_size,
-                       source_layers=[args.source_layer], target_layers=tl, progress=False, log=log)
+    if args.cache is None:
+        path = build_cache(out / "cache.h5", a, b, tokens=args.tokens, context_size=args.context_size,
+                           source_layers=[args.source_layer], target_layers=tl, progress=False, log=log)
+    else:
+        path = Path(args.cache)
     cache_s = time.perf_counter() - t0
     cache = open_cache(path)
+    names = (cache.attrs.get("source_model"), cache.attrs.get("target_model"))
     log(f"cache {path}: {cache.n_tokens} tokens ({cache_s:.0f}s)")
 
     t0 = time.perf_counter()
@@ -79,6 +88,7 @@ def main() -> None:
     held = CacheSource(cache, args.source_layer, lB, 8192, split="eval", shuffle=False)
     results = {}
     runs = [("lstsq", StitchConfig(solver="lstsq")),
+            ("lstsq+lbfgs", StitchConfig(solver="lstsq")),
             ("lstsq+adam", StitchConfig(solver="lstsq+adam")),
             ("adam", StitchConfig(solver="adam"))]
     if args.long_epochs:
@@ -86,7 +96,8 @@ def main() -> None:
     stitches = {}
     for name, cfg in runs:
         src = CacheSource(cache, args.source_layer, lB, cfg.batch_size, split="train", shuffle=True, seed=0)
-        res = fit_stitch(src, cache.d_source, cache.d_target, cfg, seed=0)
+        res = fit_stitch(src, cache.d_source, cache.d_target, cfg, seed=0,
+                         refine_iters=args.refine_iters if name == "lstsq+lbfgs" else 0)
         recon = evaluate_recon(res.stitch, held, cfg.alpha)
         results[name] = {"wall_s": res.info["wall_s"], "flops": res.info["flops"], "steps": res.info["steps"],
                          "heldout_loss": recon["loss"], "fvu": {k: recon[k]["fvu"] for k in ("up", "down", "aba", "bab")},
@@ -94,13 +105,13 @@ def main() -> None:
                          "fvu_per_dim": {k: recon[k]["fvu_per_dim"] for k in ("up", "down", "aba", "bab")},
                          "massive_dims": recon["massive_dims"]}
         stitches[name] = res.stitch
-        res.stitch.save(out / f"{name}.safetensors", {"source_model": a.name, "target_model": b.name,
+        res.stitch.save(out / f"{name}.safetensors", {"source_model": names[0], "target_model": names[1],
                                                      "source_layer": args.source_layer, "target_layer": lB})
         log(f"{name}: held-out loss {recon['loss']['total']:.6g} in {res.info['wall_s']:.1f}s "
             f"({res.info['steps']} Adam steps, {res.info['flops']:.3g} FLOPs)")
 
     line = {
-        "bench": "stitch", "pair": f"{a.name}.{args.source_layer} -> {b.name}.{lB}",
+        "bench": "stitch", "pair": f"{names[0]}.{args.source_layer} -> {names[1]}.{lB}",
         "tokens": cache.n_tokens, "train_tokens": sum(e - s for s, e in cache.ranges("train")),
         "heldout_tokens": sum(e - s for s, e in cache.ranges("eval")), "threads": torch.get_num_threads(),
         "svcca_profile": {int(k): round(v, 4) for k, v in profile.items()}, "svcca_s": svcca_s,
@@ -109,6 +120,9 @@ def main() -> None:
         "time_ratio_lstsq_over_adam": results["lstsq"]["wall_s"] / results["adam"]["wall_s"],
         "loss_ratio_lstsq_over_lstsq_adam": results["lstsq"]["heldout_loss"]["total"] / results["lstsq+adam"]["heldout_loss"]["total"],
         "flops_ratio_lstsq_over_adam": results["lstsq"]["flops"] / results["adam"]["flops"],
+        "loss_ratio_lstsq_lbfgs_over_adam": (results["lstsq+lbfgs"]["heldout_loss"]["total"]
+                                             / results["adam"]["heldout_loss"]["total"]),
+        "time_ratio_lstsq_lbfgs_over_adam": results["lstsq+lbfgs"]["wall_s"] / results["adam"]["wall_s"],
         "results": results,
     }
     if args.long_epochs:

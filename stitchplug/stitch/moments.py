@@ -66,9 +66,13 @@ class Moments:
 
     def loss(self, stitch, alpha: float = 1.0) -> dict[str, float]:
         """Exact Eq. 3 loss (and parts) of ``stitch`` over the accumulated tokens, in float64."""
-        s = self.stats()
-        P_up, b_up = stitch.P_up.detach().to(F64), stitch.b_up.detach().to(F64)
-        P_dn, b_dn = stitch.P_down.detach().to(F64), stitch.b_down.detach().to(F64)
+        tensors = [getattr(stitch, k).detach().to(F64) for k in ("P_up", "b_up", "P_down", "b_down")]
+        parts = self.loss_terms(*tensors, alpha=alpha)
+        return {k: float(v) for k, v in parts.items()}
+
+    def loss_terms(self, P_up, b_up, P_dn, b_dn, alpha: float = 1.0, stats: dict | None = None) -> dict:
+        """Differentiable Eq. 3 parts (float64 tensors) as functions of the four stitch tensors."""
+        s = stats or self.stats()
         mA, mB, Caa, Cbb, Cab = s["mA"], s["mB"], s["Caa"], s["Cbb"], s["Cab"]
         parts = {
             "up": affine_mse(mA, Caa, mB, Cbb, Cab, P_up, b_up),
@@ -80,8 +84,8 @@ class Moments:
         return parts
 
 
-def affine_mse(mx, Cxx, my, Cyy, Cxy, M, c) -> float:
-    """Mean over elements of ``(y - (x @ M + c))^2`` from moments of x and y."""
+def affine_mse(mx, Cxx, my, Cyy, Cxy, M, c) -> torch.Tensor:
+    """Mean over elements of ``(y - (x @ M + c))^2`` from moments of x and y (a 0-d tensor)."""
     resid_mean = my - (mx @ M + c)
     centred = torch.trace(Cyy) - 2 * (M * Cxy).sum() + ((Cxx @ M) * M).sum()
-    return float((centred + resid_mean.pow(2).sum()) / my.shape[0])
+    return (centred + resid_mean.pow(2).sum()) / my.shape[0]
