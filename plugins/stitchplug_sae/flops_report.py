@@ -104,6 +104,10 @@ def markdown(result: dict) -> str:
         for t in raw:
             lines.append(f"| {t} | {_fmt(raw[t]['scratch_flops'])} | {_fmt(raw[t]['stitched_flops'])} | "
                          f"{_pct(raw[t]['savings'])} | {_pct(exc[t]['savings'])} |")
+        ls, lt = w["arms"]["scratch"]["ledger"], w["arms"]["stitched"]["ledger"]
+        incl = (f", {lt['total_incl_source_sae']:.3g} including the source SAE" if "total_incl_source_sae" in lt else "")
+        lines += ["", f"Budget (Table 3 analogue): scratch {ls['total_flops']:.3g} FLOPs over {ls['steps']} steps; "
+                  f"stitched {lt['total_flops']:.3g} = stitch {lt['offset_flops']:.3g} + SAE {lt['sae_flops']:.3g}{incl}."]
         final = {arm: w["arms"][arm]["curve"][-1] for arm in ("scratch", "stitched")}
         lines += ["", f"Final EV: scratch {1 - final['scratch']['fvu']:.3f}, stitched {1 - final['stitched']['fvu']:.3f} "
                   f"(excl. massive: {1 - final['scratch']['fvu_excl_massive']:.3f} / {1 - final['stitched']['fvu_excl_massive']:.3f}). "
