@@ -18,3 +18,11 @@ def smollm2():
         from stitchplug_models.gguf_models import load
 
         return load("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def gemma3():
+    """The real Gemma-3-270M adapter (offline package; first load dequantises, ~1 min)."""
+    from stitchplug.adapter import load_model
+
+    return load_model("gemma-3-270m")
