@@ -60,7 +60,18 @@ class Registry:
     def get(self, kind: str, name: str) -> Entry:
         table = self.entries[kind]
         if name not in table:
-            known = ", ".join(sorted(table)) or "none"
+            names = sorted(table)
+            if len(names) > 40:  # e.g. one namespaced entry per hub model ("tl:<name>"): keep one line short
+                plain = [n for n in names if ":" not in n][:40]
+                groups: dict[str, int] = {}
+                for n in names:
+                    if ":" in n:
+                        groups[n.split(":", 1)[0]] = groups.get(n.split(":", 1)[0], 0) + 1
+                parts = plain + [f"{p}:<name> ({c} names)" for p, c in sorted(groups.items())]
+                lister = "stitchplug models" if kind == "models" else "stitchplug plugins"
+                known = ", ".join(parts) + f"; `{lister}` lists all"
+            else:
+                known = ", ".join(names) or "none"
             raise PluginError(f"unknown {kind[:-1] if kind != 'corpora' else 'corpus'} {name!r} (known: {known})")
         return table[name]
 

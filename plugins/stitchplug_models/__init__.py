@@ -12,6 +12,7 @@ Registered names:
 
 Every factory has the signature ``factory(device="cpu", dtype="float32", cache_dir=None, **kwargs)``
 and returns a :class:`stitchplug.adapter.TLAdapter`; heavy imports happen inside the factories.
+``stitchplug model-info NAME...`` (:mod:`stitchplug_models.cli`) loads models and prints their facts.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import functools
 from stitchplug.hookspecs import hookimpl
 
 from . import gguf_models, hub, tiny
+from .cli import register_commands  # noqa: F401  (stitchplug model-info)
 
 
 @hookimpl

@@ -31,6 +31,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
+import warnings
 import os
 import shutil
 import time
@@ -255,7 +256,9 @@ def _to_tl(spec: GGUFSpec, folder: Path, hf, tok, dtype: torch.dtype):
     # Attach the tokenizer directly: with a tokenizer_name, TransformerLens would reload it by
     # name (a hub look-up for Gemma) and again in set_tokenizer (seconds for 262k tokens).
     tokenizer_name, cfg.tokenizer_name = cfg.tokenizer_name, None
-    model = HookedTransformer(cfg, move_to_device=False)
+    with warnings.catch_warnings():  # TL 3.9 deprecates HookedTransformer in favour of TransformerBridge
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model = HookedTransformer(cfg, move_to_device=False)
     model.cfg.tokenizer_name = tokenizer_name
     model.tokenizer = tok
     model.cfg.tokenizer_prepends_bos = len(tok.encode("")) > 0

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import json
+import warnings
 
 import torch
 
@@ -134,7 +135,9 @@ def load(name: str, device: str = "cpu", dtype: str = "float32", cache_dir: str 
                                   default_prepend_bos=True, tokenizer_prepends_bos=False)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
-        model = HookedTransformer(cfg, move_to_device=False)
+        with warnings.catch_warnings():  # TL 3.9 deprecates HookedTransformer in favour of TransformerBridge
+            warnings.simplefilter("ignore", DeprecationWarning)
+            model = HookedTransformer(cfg, move_to_device=False)
     # Attach the in-memory tokenizer directly: set_tokenizer would reload it by name_or_path.
     model.tokenizer = tok
     model = model_on(model, device, tdtype)
