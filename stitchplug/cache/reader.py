@@ -183,16 +183,30 @@ class PairedCache:
             carry = None
             for g in range(0, len(order), buffer_chunks):
                 group = sorted(int(i) for i in order[g:g + buffer_chunks])  # sorted: sequential disk reads
-                cols = [np.concatenate([ds[chunks[i][0]:chunks[i][1]] for i in group]) for ds in dsets]
-                if carry is not None:
-                    cols = [np.concatenate([c0, c]) for c0, c in zip(carry, cols)]
-                n = len(cols[0])
-                perm = rng.permutation(n) if shuffle else np.arange(n)
+                n_carry = 0 if carry is None else len(carry[0])
+                n = n_carry + sum(chunks[i][1] - chunks[i][0] for i in group)
+                cols = []
+                for k, ds in enumerate(dsets):  # read straight into one buffer per key
+                    buf = np.empty((n,) + ds.shape[1:], dtype=ds.dtype)
+                    if n_carry:
+                        buf[:n_carry] = carry[k]
+                    o = n_carry
+                    for i in group:
+                        a, b = chunks[i]
+                        ds.read_direct(buf, np.s_[a:b], np.s_[o:o + b - a])
+                        o += b - a
+                    cols.append(buf)
                 full = n - n % batch_size
-                for s in range(0, full, batch_size):
-                    idx = perm[s:s + batch_size]
-                    yield tuple(self._tensor(c[idx] if shuffle else c[s:s + batch_size], dtype) for c in cols)
-                carry = [c[perm[full:]] for c in cols] if full < n else None
+                if shuffle:
+                    perm = rng.permutation(n)
+                    for s in range(0, full, batch_size):
+                        idx = np.sort(perm[s:s + batch_size])  # sorted gather is faster; order within a batch is irrelevant
+                        yield tuple(self._tensor(c[idx], dtype) for c in cols)
+                    carry = [c[perm[full:]] for c in cols] if full < n else None
+                else:
+                    for s in range(0, full, batch_size):
+                        yield tuple(self._tensor(c[s:s + batch_size], dtype) for c in cols)
+                    carry = [c[full:] for c in cols] if full < n else None
             if carry is not None and not drop_last:
                 yield tuple(self._tensor(c, dtype) for c in carry)
 
