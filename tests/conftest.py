@@ -10,14 +10,8 @@ import pytest
 def smollm2():
     """The real SmolLM2-135M adapter (offline package; first load dequantises, ~1 min)."""
     from stitchplug.adapter import load_model
-    from stitchplug.errors import PluginError
 
-    try:
-        return load_model("smollm2-135m")
-    except PluginError:  # models plugin registered nothing yet: use its loader directly
-        from stitchplug_models.gguf_models import load
-
-        return load("smollm2-135m")
+    return load_model("smollm2-135m")
 
 
 @pytest.fixture(scope="session")
