@@ -208,3 +208,23 @@ def test_reader_split_is_by_document_and_batches_are_deterministic(built):
         assert sum(len(b[0]) for b in c.batches([("source", 0)], 100, split="eval", epochs=2)) == 2 * len(ev)
     with open_cache(built, split_seed=5) as c2:
         assert not np.array_equal(c2.eval_docs(), c.eval_docs()) or len(c.doc_index) < 3
+
+
+def test_moved_cache_reads_the_same_and_h5py_fallback_matches_memmap(built, tmp_path):
+    import shutil
+
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    shutil.copy(built, moved / built.name)
+    shutil.copytree(built.with_name(built.name + ".shards"), moved / (built.name + ".shards"))
+    with open_cache(built) as c, open_cache(moved / built.name) as m:
+        ref = c.array("target", 2)
+        assert np.array_equal(m.array("target", 2), ref)
+        fast = [b[0] for b in m.batches([("target", 2)], 97, split=None, seed=3)]
+        m._segment_cache["target/resid_pre_2"] = None  # force the plain-h5py read path
+        slow = [b[0] for b in m.batches([("target", 2)], 97, split=None, seed=3)]
+        assert len(fast) == len(slow) and all(torch.equal(x, y) for x, y in zip(fast, slow))
+        assert np.array_equal(np.sort(torch.cat(fast).numpy()[:, 0]), np.sort(ref[:, 0]))
+    shutil.rmtree(moved / (built.name + ".shards"))
+    with pytest.raises(CacheError, match="missing"):
+        open_cache(moved / built.name)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import h5py
 import numpy as np
 import torch
 
@@ -48,6 +49,7 @@ class PairedCache:
         except KeyError as exc:
             self.file.close()
             raise CacheError(f"{self.path} is a corrupt stitchplug cache (missing {exc})") from None
+        self._segment_cache: dict[str, list | None] = {}
         self.eval_fraction = float(self.attrs.get("eval_fraction", 0.1) if eval_fraction is None else eval_fraction)
         self.split_seed = int(self.attrs.get("split_seed", 0) if split_seed is None else split_seed)
         if not 0.0 <= self.eval_fraction < 1.0:
@@ -159,6 +161,60 @@ class PairedCache:
         parts = [ds[a:b] for a, b in self.ranges(split)]
         return np.concatenate(parts) if parts else np.zeros((0,) + ds.shape[1:], ds.dtype)
 
+    def _segments(self, name: str) -> list[tuple[int, int, np.ndarray]] | None:
+        """``(row_start, row_stop, array)`` pieces of a dataset as zero-copy ``numpy.memmap`` views of
+        the (contiguous, uncompressed) datasets in the shard files; ``None`` if some piece is not
+        memory-mappable (then reads go through h5py)."""
+        if name in self._segment_cache:
+            return self._segment_cache[name]
+        ds = self.file[name]
+
+        def mapped(path: Path, d) -> np.ndarray | None:
+            off = d.id.get_offset()
+            if off is None or d.chunks is not None or d.compression is not None or d.shape[0] == 0:
+                return None
+            return np.memmap(path, dtype=d.dtype, mode="r", offset=off, shape=d.shape)
+
+        if not ds.is_virtual:
+            arr = mapped(self.path, ds)
+            segs = None if arr is None else [(0, ds.shape[0], arr)]
+            self._segment_cache[name] = segs
+            return segs
+        dcpl = ds.id.get_create_plist()
+        segs = []
+        for i in range(dcpl.get_virtual_count()):
+            (r0, *_), (r1, *_) = dcpl.get_virtual_vspace(i).get_select_bounds()
+            src = self.path.parent / dcpl.get_virtual_filename(i)
+            with h5py.File(src, "r") as f:
+                arr = mapped(src, f[dcpl.get_virtual_dsetname(i)])
+            if arr is None or arr.shape[0] != r1 - r0 + 1:
+                segs = None
+                break
+            segs.append((int(r0), int(r1) + 1, arr))
+        segs = None if segs is None else sorted(segs, key=lambda t: t[0])
+        self._segment_cache[name] = segs
+        return segs
+
+    def _gatherer(self, name: str):
+        """``rows (sorted int64) -> np.ndarray``: one copy from the page cache per row."""
+        ds = self.file[name]
+        segs = self._segments(name)
+        if segs is None:
+            return lambda rows: ds[rows] if len(rows) else np.zeros((0,) + ds.shape[1:], ds.dtype)
+        starts = np.array([a for a, _, _ in segs])
+
+        def gather(rows: np.ndarray) -> np.ndarray:
+            out = np.empty((len(rows),) + ds.shape[1:], dtype=ds.dtype)
+            which = np.searchsorted(starts, rows, side="right") - 1
+            bounds = np.searchsorted(which, np.arange(len(segs) + 1))  # rows are sorted
+            for j, (a, _, arr) in enumerate(segs):
+                lo, hi = bounds[j], bounds[j + 1]
+                if hi > lo:
+                    np.take(arr, rows[lo:hi] - a, axis=0, out=out[lo:hi], mode="clip")  # rows are in range
+            return out
+
+        return gather
+
     def batches(self, keys: Sequence[Key] = (("source", None), ("target", None)), batch_size: int = 1024,
                 split: str | None = "train", seed: int = 0, shuffle: bool = True, epochs: int = 1,
                 dtype: torch.dtype = torch.float32, chunk_rows: int = 4096, buffer_chunks: int = 8,
@@ -167,48 +223,37 @@ class PairedCache:
 
         ``keys`` are ``(side, layer)`` pairs (``layer=None``: the side's first cached layer; a string
         such as ``"token_ids"`` reads that dataset). Shuffling is deterministic in ``seed`` and the
-        epoch: contiguous chunks of ``chunk_rows`` rows are read in a permuted order, ``buffer_chunks``
-        at a time, and rows are permuted inside that buffer. Memory holds one buffer, never the cache.
+        epoch: contiguous chunks of ``chunk_rows`` rows are taken in a permuted order, ``buffer_chunks``
+        at a time, and rows are permuted inside that buffer window. Rows are copied once, straight
+        from memory-mapped shard files into each batch; memory never holds more than a batch.
         The last batch of an epoch may be smaller unless ``drop_last``.
         """
         if batch_size < 1:
             raise CacheError(f"batch_size must be positive, not {batch_size}")
         names = [self.dataset_name(side, self.layers(side)[0] if layer is None and side != "doc_ids" else layer)
                  for side, layer in keys]
-        dsets = [self.file[n] for n in names]
+        gathers = [self._gatherer(n) for n in names]
         chunks = [(s, min(s + chunk_rows, b)) for a, b in self.ranges(split) for s in range(a, b, chunk_rows)]
+
+        def batch(rows: np.ndarray) -> tuple[torch.Tensor, ...]:
+            rows = np.sort(rows)  # sequential access; order inside a batch does not matter for training
+            return tuple(self._tensor(g(rows), dtype) for g in gathers)
+
         for epoch in range(epochs):
             rng = np.random.default_rng([seed, epoch])
             order = rng.permutation(len(chunks)) if shuffle else np.arange(len(chunks))
-            carry = None
+            carry = np.zeros(0, dtype=np.int64)
             for g in range(0, len(order), buffer_chunks):
-                group = sorted(int(i) for i in order[g:g + buffer_chunks])  # sorted: sequential disk reads
-                n_carry = 0 if carry is None else len(carry[0])
-                n = n_carry + sum(chunks[i][1] - chunks[i][0] for i in group)
-                cols = []
-                for k, ds in enumerate(dsets):  # read straight into one buffer per key
-                    buf = np.empty((n,) + ds.shape[1:], dtype=ds.dtype)
-                    if n_carry:
-                        buf[:n_carry] = carry[k]
-                    o = n_carry
-                    for i in group:
-                        a, b = chunks[i]
-                        ds.read_direct(buf, np.s_[a:b], np.s_[o:o + b - a])
-                        o += b - a
-                    cols.append(buf)
-                full = n - n % batch_size
+                group = sorted(int(i) for i in order[g:g + buffer_chunks])
+                rows = np.concatenate([carry] + [np.arange(*chunks[i], dtype=np.int64) for i in group])
                 if shuffle:
-                    perm = rng.permutation(n)
-                    for s in range(0, full, batch_size):
-                        idx = np.sort(perm[s:s + batch_size])  # sorted gather is faster; order within a batch is irrelevant
-                        yield tuple(self._tensor(c[idx], dtype) for c in cols)
-                    carry = [c[perm[full:]] for c in cols] if full < n else None
-                else:
-                    for s in range(0, full, batch_size):
-                        yield tuple(self._tensor(c[s:s + batch_size], dtype) for c in cols)
-                    carry = [c[full:] for c in cols] if full < n else None
-            if carry is not None and not drop_last:
-                yield tuple(self._tensor(c, dtype) for c in carry)
+                    rows = rows[rng.permutation(len(rows))]
+                full = len(rows) - len(rows) % batch_size
+                for s in range(0, full, batch_size):
+                    yield batch(rows[s:s + batch_size])
+                carry = rows[full:]
+            if len(carry) and not drop_last:
+                yield batch(carry)
 
     @staticmethod
     def _tensor(x: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
@@ -216,6 +261,7 @@ class PairedCache:
         return t.to(dtype) if t.is_floating_point() else t
 
     def close(self) -> None:
+        self._segment_cache.clear()
         self.file.close()
 
     def __enter__(self) -> "PairedCache":
