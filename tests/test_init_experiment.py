@@ -114,6 +114,9 @@ def test_savings_table_including_never_crossed():
     assert t["0.80"]["savings"] == pytest.approx(0.5)
     assert t["0.90"]["savings"] is None and t["0.90"]["stitched_flops"] == 900.0
     assert scaling.savings(None, 3.0) is None and scaling.savings(10.0, None) is None
+    bounded = scaling.savings_table(scratch, stitched, [0.8, 0.9], scratch_budget=1000.0)
+    assert bounded["0.90"]["savings"] is None and bounded["0.90"]["savings_at_least"] == pytest.approx(0.1)
+    assert bounded["0.80"]["savings_at_least"] is None  # both crossed: the exact value is given instead
 
 
 def test_power_law_fit_recovers_known_parameters():

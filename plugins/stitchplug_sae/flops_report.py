@@ -19,8 +19,10 @@ def _fmt(v, spec: str = ".3g") -> str:
     return "never" if v is None else format(v, spec)
 
 
-def _pct(v) -> str:
-    return "n/a" if v is None else f"{100 * v:+.1f}%"
+def _pct(v, at_least=None) -> str:
+    if v is None:
+        return "n/a" if at_least is None else f">= {100 * at_least:+.1f}% (scratch never crossed)"
+    return f"{100 * v:+.1f}%"
 
 
 def plot(result: dict, out_dir: str | Path) -> list[Path]:
@@ -103,7 +105,8 @@ def markdown(result: dict) -> str:
         raw, exc = w["savings"]["fvu"], w["savings"]["fvu_excl_massive"]
         for t in raw:
             lines.append(f"| {t} | {_fmt(raw[t]['scratch_flops'])} | {_fmt(raw[t]['stitched_flops'])} | "
-                         f"{_pct(raw[t]['savings'])} | {_pct(exc[t]['savings'])} |")
+                         f"{_pct(raw[t]['savings'], raw[t].get('savings_at_least'))} | "
+                         f"{_pct(exc[t]['savings'], exc[t].get('savings_at_least'))} |")
         ls, lt = w["arms"]["scratch"]["ledger"], w["arms"]["stitched"]["ledger"]
         incl = (f", {lt['total_incl_source_sae']:.3g} including the source SAE" if "total_incl_source_sae" in lt else "")
         lines += ["", f"Budget (Table 3 analogue): scratch {ls['total_flops']:.3g} FLOPs over {ls['steps']} steps; "
@@ -111,7 +114,8 @@ def markdown(result: dict) -> str:
         final = {arm: w["arms"][arm]["curve"][-1] for arm in ("scratch", "stitched")}
         lines += ["", f"Final EV: scratch {1 - final['scratch']['fvu']:.3f}, stitched {1 - final['stitched']['fvu']:.3f} "
                   f"(excl. massive: {1 - final['scratch']['fvu_excl_massive']:.3f} / {1 - final['stitched']['fvu_excl_massive']:.3f}). "
-                  "'never' = the arm did not reach the threshold in this budget, so no savings can be stated.", ""]
+                  "'never' = the arm did not reach the threshold in this budget: no savings can be stated, only a "
+                  "lower bound when the stitched arm crossed (scratch would need more than its whole budget).", ""]
     lines += ["### Frontier fit L(C) = a * C^-beta (lower envelope over widths)", "",
               "| loss | arm | a | beta | R^2 | points |", "|---|---|---|---|---|---|"]
     for metric, arms in result["fits"].items():

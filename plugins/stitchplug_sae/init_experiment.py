@@ -310,7 +310,8 @@ def run_width(target_acts_train: Callable[[], Iterator[torch.Tensor]], x_eval: t
         raise StageError("the two arms consumed different training batches; target_acts_train() must "
                          "yield the same data in the same order every time it is called")
     cross = {arm: crossings(r["curve"], cfg.thresholds, cfg.ma_window) for arm, r in arms.items()}
-    sav = {m: scaling.savings_table(cross["scratch"][m], cross["stitched"][m], cfg.thresholds) for m in METRICS}
+    budget = arms["scratch"]["ledger"]["total_flops"]
+    sav = {m: scaling.savings_table(cross["scratch"][m], cross["stitched"][m], cfg.thresholds, budget) for m in METRICS}
     return {
         "width": width, "k": k, "d": d,
         "ledger": {"sae_step_flops_counted": step_flops, "sae_step_flops_analytic": analytic,

@@ -40,13 +40,21 @@ def savings(scratch_flops: float | None, stitched_flops: float | None) -> float 
     return (scratch_flops - stitched_flops) / scratch_flops
 
 
-def savings_table(scratch: dict, stitched: dict, thresholds: Iterable[float]) -> dict:
-    """Per threshold: FLOPs of each arm at its first crossing and the savings (keys are ``f"{t:.2f}"``)."""
+def savings_table(scratch: dict, stitched: dict, thresholds: Iterable[float],
+                  scratch_budget: float | None = None) -> dict:
+    """Per threshold: FLOPs of each arm at its first crossing and the savings (keys are ``f"{t:.2f}"``).
+
+    When only the stitched arm crossed and the scratch arm's whole budget is given, ``savings_at_least``
+    is the lower bound ``(budget - stitched) / budget`` (scratch would need more than its budget).
+    """
     out = {}
     for t in thresholds:
         key = f"{t:.2f}"
         s, w = scratch.get(key), stitched.get(key)
-        out[key] = {"scratch_flops": s, "stitched_flops": w, "savings": savings(s, w)}
+        row = {"scratch_flops": s, "stitched_flops": w, "savings": savings(s, w), "savings_at_least": None}
+        if s is None and w is not None and scratch_budget:
+            row["savings_at_least"] = savings(scratch_budget, w)
+        out[key] = row
     return out
 
 
