@@ -86,7 +86,8 @@ def plugins(as_json):
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-def models(as_json):
+@click.option("--all", "show_all", is_flag=True, help="List every namespaced name (e.g. each tl:<official name>).")
+def models(as_json, show_all):
     """List the models that can be loaded and where each comes from."""
     from .plugins import registry
 
@@ -96,9 +97,18 @@ def models(as_json):
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+    spaces: dict[str, int] = {}
+    if not show_all:
+        plain = [r for r in rows if ":" not in r["name"]]
+        for r in rows:
+            if ":" in r["name"]:
+                spaces[r["name"].split(":", 1)[0]] = spaces.get(r["name"].split(":", 1)[0], 0) + 1
+        rows = plain
     width = max([len(r["name"]) for r in rows] + [4])
     for r in rows:
         click.echo(f"{r['name']:<{width}}  {r['source']}  {r['description']}")
+    for space, n in sorted(spaces.items()):
+        click.echo(f"{space + ':<name>':<{width}}  {n} more names in this namespace (stitchplug models --all)")
 
 
 def _add_core_commands() -> None:
