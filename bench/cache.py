@@ -31,20 +31,26 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def bare_forward(cache_path, source, target, context_size: int, batch_size: int) -> float:
-    """Seconds for stop_at_layer forwards of both models on exactly the cache's windows and batches."""
+def plan_windows(source, target, tokens: int, context_size: int) -> list:
+    """The windows ``build_cache`` will process for ``tokens`` aligned tokens of wiki-en (whole documents)."""
     from stitchplug.cache.corpus import open_corpus
-    from stitchplug.cache.reader import open_cache
     from stitchplug.cache.windows import paired_windows
 
-    with open_cache(cache_path) as c:
-        cfg, n_docs = c.config, len(c.doc_index)
-    wins = []
-    for doc in open_corpus(cfg["corpus"], start=cfg["doc_start"], limit=n_docs):
-        wins += paired_windows(doc["text"], source, target, context_size)
+    wins, aligned = [], 0
+    for doc in open_corpus("wiki-en"):
+        ws = paired_windows(doc["text"], source, target, context_size)
+        wins += ws
+        aligned += sum(len(w.idx_source) for w in ws)
+        if aligned >= tokens:
+            return wins
+    return wins
+
+
+def bare_forward(wins, source, target, top_source: int, top_target: int, batch_size: int) -> float:
+    """Seconds for stop_at_layer forwards of both models on the same windows and batches as the cache."""
     total = 0.0
-    for adapter, encs, top in ((source, [w.source for w in wins], max(cfg["source_layers"])),
-                               (target, [w.target for w in wins], max(cfg["target_layers"]))):
+    for adapter, encs, top in ((source, [w.source for w in wins], top_source),
+                               (target, [w.target for w in wins], top_target)):
         order = sorted(range(len(encs)), key=lambda i: -len(encs[i]))
         batches = []
         for s in range(0, len(order), batch_size):
@@ -151,11 +157,21 @@ def main() -> None:
         kw = dict(tokens=args.tokens, context_size=args.context_size, batch_size=args.batch_size, progress=False,
                   log=lambda m: None)
         log(f"1/3 caching {args.tokens} tokens {args.source}[{la}] -> {args.target}[{args.target_layers}]")
+        # one-time costs (tokenizer fingerprints) out of the timing; bare forwards run before AND
+        # after the cache and are averaged, since other load on the machine drifts
+        from stitchplug.cache.windows import fingerprint
+
+        fingerprint(source), fingerprint(target)
+        wins = plan_windows(source, target, args.tokens, args.context_size)
+        tops = (la, max(lb) if lb else target.n_layers - 1)
+        t_bare_before = bare_forward(wins, source, target, *tops, args.batch_size)
         t = time.perf_counter()
         pair = build_cache(work / "pair.h5", source, target, source_layers=[la], target_layers=lb, **kw)
         t_cache = time.perf_counter() - t
-        t_bare = bare_forward(pair, source, target, args.context_size, args.batch_size)
+        t_bare_after = bare_forward(wins, source, target, *tops, args.batch_size)
+        t_bare = (t_bare_before + t_bare_after) / 2
         log(f"2/3 one model and hook vs sae-lens ({args.source} {source.hook_name(la)})")
+        fingerprint(source)
         t = time.perf_counter()
         build_cache(work / "single.h5", source, source, source_layers=[la], target_layers=[la], **kw)
         t_single = time.perf_counter() - t
@@ -168,6 +184,7 @@ def main() -> None:
             "source_layer": la, "target_layers": args.target_layers, "context_size": args.context_size,
             "cache_tokens_per_s": args.tokens / t_cache, "bare_forward_tokens_per_s": args.tokens / t_bare,
             "cache_vs_bare_forward": t_bare / t_cache,
+            "bare_seconds_before_after": [t_bare_before, t_bare_after], "cache_seconds": t_cache,
             "single_tokens_per_s": args.tokens / t_single, "saelens_tokens_per_s": sl_rate,
             "single_vs_saelens": (args.tokens / t_single) / sl_rate,
             "single_vs_saelens_per_pass": (2 * args.tokens / t_single) / sl_rate,
