@@ -115,6 +115,7 @@ def test_lbfgs_refinement_lowers_full_eq3_below_closed_form():
     plain = fit_stitch(src, 10, 14, StitchConfig(solver="lstsq"))
     refined = fit_stitch(src, 10, 14, StitchConfig(solver="lstsq"), refine_iters=100)
     assert refined.info["solver"] == "lstsq+lbfgs"
+    assert refined.info["flops"] == plain.info["flops"] + refined.info["refine"]["flops"] > plain.info["flops"]
     assert refined.info["train_loss"]["total"] < 0.99 * plain.info["train_loss"]["total"]
     assert refined.info["refine"]["after"] == pytest.approx(refined.info["train_loss"]["total"], rel=1e-5)
     # the exact moment-based loss agrees with a direct pass over the same tokens

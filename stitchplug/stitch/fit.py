@@ -95,7 +95,8 @@ def refine_on_moments(stitch: Stitch, mom: Moments, alpha: float = 1.0, max_iter
     Beyond the paper: the closed form only solves the two direct terms; from the same moments the
     full objective (round trips included) is a smooth function of the four tensors. Inputs are
     rescaled to unit variance per dimension (``P = diag(1/s) W``) so massive dimensions do not
-    make the problem ill-conditioned. Works in float64; returns ``{iters, before, after}``.
+    make the problem ill-conditioned. Works in float64; returns ``{iters, func_evals, flops, before,
+    after}`` (FLOPs: FlopCounterMode count of one loss+gradient evaluation times evaluations).
     """
     s = mom.stats()
     sa = s["Caa"].diagonal().clamp_min(1e-12).sqrt()
@@ -121,6 +122,11 @@ def refine_on_moments(stitch: Stitch, mom: Moments, alpha: float = 1.0, max_iter
         return loss
 
     opt.step(closure)
+    state = opt.state[opt._params[0]]
+    evals = int(state.get("func_evals", 0))
+    per_eval = count_step_flops(lambda: total().backward())  # one loss+gradient evaluation
+    for p in params:
+        p.grad = None
     with torch.no_grad():
         after = float(total())
         if after < before:  # never return something worse than the start
@@ -128,7 +134,8 @@ def refine_on_moments(stitch: Stitch, mom: Moments, alpha: float = 1.0, max_iter
             stitch.b_up.copy_(b_up.float())
             stitch.P_down.copy_((W_dn / sb[:, None]).float())
             stitch.b_down.copy_(b_dn.float())
-    return {"iters": int(opt.state[opt._params[0]].get("n_iter", 0)), "before": before, "after": min(after, before)}
+    return {"iters": int(state.get("n_iter", 0)), "func_evals": evals, "flops": per_eval * evals,
+            "before": before, "after": min(after, before)}
 
 
 # ----------------------------------------------------------------------------------------- adam
@@ -207,6 +214,7 @@ def fit_stitch(source: BatchSource, d_source: int, d_target: int, cfg: StitchCon
         if refine_iters > 0:
             info["refine"] = refine_on_moments(stitch, mom, cfg.alpha, refine_iters)
             info["solver"] = cfg.solver.replace("lstsq", "lstsq+lbfgs", 1)
+            flops += info["refine"]["flops"]
         info["lstsq_wall_s"] = time.perf_counter() - t0
         n_tokens = mom.n
     else:
