@@ -120,10 +120,10 @@ class RunConfig(_Section):
 
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
-        "cache": {"tokens": 40_000, "context_size": 128},
+        "cache": {"tokens": 24_000, "context_size": 128},
         "stitch": {"solver": "lstsq", "svcca_tokens": 4_000},
-        "sae": {"width": 2304, "k": 32, "train_tokens": 300_000, "lr": 4e-4},
-        "eval": {"docs": 24, "max_windows": 32},
+        "sae": {"width": 2304, "k": 32, "train_tokens": 240_000, "lr": 4e-4},
+        "eval": {"docs": 16, "max_windows": 16},
     },
     "default": {},
 }
