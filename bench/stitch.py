@@ -56,6 +56,7 @@ def main() -> None:
     from stitchplug.cache.reader import open_cache
     from stitchplug.cache.writer import build_cache
     from stitchplug.config import StitchConfig
+    from stitchplug.stitch.api import pair_meta
     from stitchplug.stitch.data import CacheSource
     from stitchplug.stitch.evaluate import evaluate_recon
     from stitchplug.stitch.fit import fit_stitch
@@ -105,8 +106,7 @@ def main() -> None:
                          "fvu_per_dim": {k: recon[k]["fvu_per_dim"] for k in ("up", "down", "aba", "bab")},
                          "massive_dims": recon["massive_dims"]}
         stitches[name] = res.stitch
-        res.stitch.save(out / f"{name}.safetensors", {"source_model": names[0], "target_model": names[1],
-                                                     "source_layer": args.source_layer, "target_layer": lB})
+        res.stitch.save(out / f"{name}.safetensors", pair_meta(cache, args.source_layer, lB))
         log(f"{name}: held-out loss {recon['loss']['total']:.6g} in {res.info['wall_s']:.1f}s "
             f"({res.info['steps']} Adam steps, {res.info['flops']:.3g} FLOPs)")
 

@@ -95,7 +95,8 @@ def evaluate(cache, stitch_path: str | Path, cfg: StitchConfig) -> dict[str, Any
     """Held-out reconstruction metrics of a saved stitch on a cache of the same pair and layers."""
     stitch = Stitch.load(stitch_path)
     lA, lB = int(stitch.meta["source_layer"]), int(stitch.meta["target_layer"])
-    expect = {k: v for k, v in pair_meta(cache, lA, lB).items() if v is not None}
+    keys = ("source_model", "target_model", "source_layer", "target_layer", "d_source", "d_target")
+    expect = {k: v for k, v in pair_meta(cache, lA, lB).items() if k in keys and v is not None}
     stitch = Stitch.load(stitch_path, expect=expect)
     held = CacheSource(cache, lA, lB, 8192, split="eval", shuffle=False)
     return {"stitch": str(stitch_path), "recon": evaluate_recon(stitch, held, cfg.alpha), "meta": stitch.meta}
