@@ -37,8 +37,12 @@ def test_run_folder_has_every_stage_output(tiny_run):
         assert (out / f).exists(), f
     m = json.loads((out / "metrics.json").read_text())
     ev = m["evaluation"]
-    assert set(ev) == {"source_on_A", "transferred_on_B", "random_on_B"}
-    for label in ev:
+    assert set(ev) == {"source_on_A", "transferred_on_B", "random_on_B", "diagnostics"}
+    # the diagnostics recompute the transferred SAE's FVU on the same held-out tokens
+    diag = ev["diagnostics"]
+    assert diag["transferred"]["fvu"] == pytest.approx(ev["transferred_on_B"]["reconstruction"]["fvu"], rel=1e-4)
+    assert 0 <= diag["round_trip_only"]["fvu"] < 10 and 0 <= diag["sae_error_only"]["fvu"] < 10
+    for label in ("source_on_A", "transferred_on_B", "random_on_B"):
         rec = ev[label]["reconstruction"]
         assert rec["l0"] <= 4 + 1e-6 and 0 <= rec["fvu"] < 10
         assert "delta_loss" in ev[label]["delta_loss"]

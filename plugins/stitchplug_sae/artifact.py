@@ -106,6 +106,24 @@ class SAEArtifact(ArtifactKind):
         sae.cfg.metadata.hook_name = like.cfg.metadata.get("hook_name")
         return sae
 
+    def diagnose(self, source: SAE, transferred: SAE, stitch: Any, target: ArtifactContext,
+                 source_context: ArtifactContext | None = None) -> dict:
+        """Split the transferred SAE's error on B into round-trip and mapped SAE error
+        (:func:`stitchplug_sae.diagnostics.transfer_error_decomposition`)."""
+        from .diagnostics import transfer_error_decomposition
+
+        target.need("eval_activations", who="transfer diagnostics")
+        out = transfer_error_decomposition(source, transferred, stitch, target.eval_activations(),
+                                           target.massive_dims,
+                                           source_context.massive_dims if source_context else [])
+        if source_context is not None and source_context.eval_activations is not None:
+            n, s, s2 = 0, 0.0, 0.0
+            for x in source_context.eval_activations():
+                x = x.double()
+                n, s, s2 = n + x.shape[0], s + x.sum(0), s2 + x.pow(2).sum(0)
+            out["source_input_variance"] = float((s2 - s ** 2 / n).sum() / max(n - 1, 1))
+        return out
+
     def report_markdown(self, metrics: dict, folder: str | Path) -> str:
         """Table-2-style section of ``report.md`` with plots (see :mod:`stitchplug_sae.report`)."""
         from .report import report_markdown

@@ -109,6 +109,30 @@ def report_markdown(metrics: dict[str, Any], folder: str | Path) -> str:
     lines += ["", f"Massive-activation dims excluded in 'FVU excl. massive dims': A {massive.get('source', [])}, "
               f"B {massive.get('target', [])}. Reconstruction metrics are on the cache's held-out documents; "
               "losses on documents after the cached slice.", ""]
+    diag = ev.get("diagnostics")
+    if diag:
+        lines += ["### Where the transferred SAE's error on B comes from", "",
+                  "Its error is exactly the stitch's round-trip error B->A->B plus the source SAE's error on the "
+                  "mapped inputs `T_down(h_B)`, pushed through `P_up` (see `stitchplug_sae.diagnostics`).", "",
+                  "| reconstruction of B's held-out activations | FVU | FVU excl. massive | FVU per dim |",
+                  "|---|---|---|---|"]
+        names = {"transferred": "transferred SAE", "round_trip_only": "round trip T_up(T_down(h)) alone",
+                 "sae_error_only": "h + source-SAE error on T_down(h), mapped up"}
+        for key, label in names.items():
+            r = diag.get(key, {})
+            if r:
+                lines.append(f"| {label} | {r['fvu']:.3f} | {r['fvu_excl_massive']:.3f} | {r['fvu_per_dim']:.3f} |")
+        r = diag.get("source_sae_on_mapped_inputs")
+        if r:
+            share = ""
+            if diag.get("source_input_variance"):
+                share = (f" The mapped inputs carry {diag['mapped_input_variance'] / diag['source_input_variance']:.1%} "
+                         "of the variance of A's real activations.")
+            lines += ["", f"In A's space, the source SAE reconstructs the mapped inputs `T_down(h_B)` with FVU "
+                      f"{r['fvu']:.3f} ({r['fvu_excl_massive']:.3f} excl. massive), against "
+                      f"{_cell(ev.get('source_on_A', {}), 'reconstruction', 'fvu', '{:.3f}')} on A's real activations."
+                      + share + " FVUs on A and on B are normalised by different variances, so the transferred "
+                      "SAE's FVU on B can be lower than the source SAE's on A without the transfer being better.", ""]
     if plot_frequencies(ev, folder / "latent_frequency.png"):
         lines += ["![latent frequencies](latent_frequency.png)", ""]
     if plot_frequency_scatter(ev, folder / "latent_frequency_scatter.png"):

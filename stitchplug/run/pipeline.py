@@ -209,6 +209,8 @@ class Pipeline:
                 for ev in self.evaluators():
                     self.log(f"  {ev.name} on {label}")
                     out[label][ev.name] = ev.evaluate(art, ctx)
+            if hasattr(kind, "diagnose"):
+                out["diagnostics"] = kind.diagnose(src_art, tgt_art, stitch, ctx_b, ctx_a)
             return out
 
         eval_res = rf.run("evaluate", art_deps, evaluate, self.log)
