@@ -126,9 +126,11 @@ def _add_core_commands() -> None:
 
 
 def _add_plugin_commands() -> None:
-    from .plugins import load_plugins, pm
+    from .plugins import FAILED, load_plugins, pm
 
     load_plugins()
+    for name, err in sorted(FAILED.items()):
+        click.echo(f"Warning: plugin {name!r} failed to load and is skipped: {err}", err=True)
     pm.hook.register_commands(cli=cli)
 
 

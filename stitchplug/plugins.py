@@ -72,7 +72,9 @@ class Registry:
                 known = ", ".join(parts) + f"; `{lister}` lists all"
             else:
                 known = ", ".join(names) or "none"
-            raise PluginError(f"unknown {kind[:-1] if kind != 'corpora' else 'corpus'} {name!r} (known: {known})")
+            broken = "".join(f"; plugin {p!r} failed to load ({e})" for p, e in sorted(FAILED.items()))
+            raise PluginError(f"unknown {kind[:-1] if kind != 'corpora' else 'corpus'} {name!r} (known: {known})"
+                              + broken)
         return table[name]
 
     def names(self, kind: str) -> list[str]:

@@ -94,6 +94,12 @@ def test_broken_plugin_is_reported_and_others_keep_working(tmp_path):
     assert infos["corpora"]["error"] is None
     text = run_cli(["plugins"], pythonpath=[tmp_path])
     assert "broken 0.0.1  ERROR: RuntimeError: boom at import" in text.stdout
+    assert "Warning: plugin 'broken' failed to load and is skipped: RuntimeError: boom at import" in text.stderr
+    # asking for something only a broken plugin could provide names the broken plugin, in one line
+    res = run_cli(["model-info", "from-broken-plugin"], pythonpath=[tmp_path])
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert "unknown model 'from-broken-plugin'" in last and "plugin 'broken' failed to load" in last
 
 
 def test_duplicate_names_are_a_clear_error(tmp_path, example_site):
