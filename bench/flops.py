@@ -59,18 +59,22 @@ def synthetic(steps: int) -> dict:
     return out
 
 
-def real(run: Path, steps: int) -> dict:
+def real(run: Path, steps: int, scratch_b_dec: str, lr: float) -> dict:
+    import tempfile
+
     import click
 
     from stitchplug_sae.flops_cli import CACHE_CANDIDATES, SAE_CANDIDATES, STITCH_CANDIDATES, resolve, run_on_folder
     from stitchplug_sae.init_experiment import InitExperimentConfig
 
-    cfg = InitExperimentConfig(steps=steps, batch_size=1024, eval_every=max(steps // 40, 1))
-    res = run_on_folder(run, resolve(run, None, CACHE_CANDIDATES), resolve(run, None, STITCH_CANDIDATES),
-                        [resolve(run, None, SAE_CANDIDATES)], run / "metrics.json", cfg, epochs=100, eval_tokens=8192,
-                        log=lambda m: click.echo(m, err=True))
+    cfg = InitExperimentConfig(steps=steps, batch_size=1024, lr=lr, eval_every=max(steps // 40, 1),
+                               scratch_b_dec=scratch_b_dec)
+    scratch = Path(tempfile.mkdtemp(prefix="stitchplug-bench-flops-"))  # never touch the run folder's results
+    res = run_on_folder(scratch, resolve(run, None, CACHE_CANDIDATES), resolve(run, None, STITCH_CANDIDATES),
+                        [resolve(run, None, SAE_CANDIDATES)], scratch / "metrics.json", cfg, epochs=100,
+                        eval_tokens=8192, log=lambda m: click.echo(m, err=True))
     out = _summary(res)
-    out["data"] = f"run folder {run} (target layer {res['target_layer']})"
+    out["data"] = (f"run folder {run} (target layer {res['target_layer']}), lr {lr}, scratch b_dec={scratch_b_dec}")
     return out
 
 
@@ -78,13 +82,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", default="runs/default")
     ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--lr", type=float, default=4e-4, help="constant SAE learning rate (real run folder)")
+    ap.add_argument("--scratch-b-dec", choices=("zeros", "mean"), default="mean",
+                    help="scratch arm's decoder bias init; 'zeros' is the SAELens default, 'mean' the fair "
+                         "baseline on models with massive activations (the transferred b_dec is near the mean)")
     args = ap.parse_args()
     run = Path(args.run)
     t0 = time.time()
     from stitchplug_sae.flops_cli import CACHE_CANDIDATES, SAE_CANDIDATES, STITCH_CANDIDATES, resolve
 
     have_run = all(resolve(run, None, c).exists() for c in (CACHE_CANDIDATES, STITCH_CANDIDATES, SAE_CANDIDATES))
-    out = real(run, args.steps or 2000) if have_run else synthetic(args.steps or 1500)
+    out = real(run, args.steps or 2000, args.scratch_b_dec, args.lr) if have_run else synthetic(args.steps or 1500)
     out["wall_s"] = round(time.time() - t0, 1)
     print(json.dumps({"bench": "flops", **out}), file=sys.stdout)
 

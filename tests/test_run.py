@@ -128,3 +128,19 @@ def test_invalid_flag_value_exits_2_with_one_line_per_field(tmp_path):
     assert res.returncode == 2
     errs = [l for l in res.stderr.strip().splitlines() if l.startswith("Error:")]
     assert len(errs) == 2 and any("cache.tokens" in e for e in errs) and any("stitch.solver" in e for e in errs)
+
+
+def test_rerun_keeps_what_experiment_commands_added(tiny_run, tmp_path):
+    out, _ = tiny_run
+    copy = tmp_path / "copy3"
+    shutil.copytree(out, copy)
+    m = json.loads((copy / "metrics.json").read_text())
+    m["init_experiment"] = {"savings": [0.3]}
+    (copy / "metrics.json").write_text(json.dumps(m))
+    (copy / "init_experiment.md").write_text("## Transferred SAE as initialisation\n\nsavings +30%")
+    res = stitchplug("run", "--models-source", "tiny-llama-a", "--models-target", "tiny-gemma3",
+                     "--output-dir", str(copy), *TINY)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads((copy / "metrics.json").read_text())["init_experiment"] == {"savings": [0.3]}
+    report = (copy / "report.md").read_text()
+    assert "<!-- init_experiment -->" in report and "savings +30%" in report

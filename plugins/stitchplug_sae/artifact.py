@@ -61,6 +61,7 @@ class SAEArtifact(ArtifactKind):
             sae, summary = train_topk_sae(batches, d_in, width=cfg.width, k=cfg.k, lr=cfg.lr,
                                           train_tokens=cfg.train_tokens, batch_size=cfg.batch_size,
                                           seed=context.seed, device=context.device,
+                                          progress=bool(context.extras.get("progress", True)),
                                           model_name=context.model_name or None, hook_name=hook)
             sae.cfg.metadata.stitchplug_training = summary
             return sae

@@ -139,7 +139,8 @@ class Pipeline:
         return ArtifactContext(model_name=adapter.name, layer=layer, adapter=adapter, train_activations=train_acts,
                                eval_activations=eval_acts, eval_windows=windows, massive_dims=list(massive),
                                device=self.cfg.device, seed=seed,
-                               extras={"loss_batch_size": self.cfg.eval.loss_batch_size})
+                               extras={"loss_batch_size": self.cfg.eval.loss_batch_size,
+                                       "progress": self.progress})
 
     def evaluators(self) -> list:
         reg = registry()
@@ -219,6 +220,13 @@ class Pipeline:
                    "stage_seconds": self._stage_seconds()}
         from .report import write_report
 
+        previous = rf.path("metrics.json")
+        if previous.exists():  # keep what later commands added (e.g. `stitchplug experiment init`)
+            try:
+                for key, value in json.loads(previous.read_text()).items():
+                    metrics.setdefault(key, value)
+            except json.JSONDecodeError:
+                self.log(f"warning: {previous} was unreadable; writing a fresh one")
         write_json_atomic(rf.path("metrics.json"), metrics)
         write_report(rf.root, metrics, log=self.log)
         return metrics

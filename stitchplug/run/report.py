@@ -63,6 +63,8 @@ def write_report(folder: str | Path, metrics: dict[str, Any], log: Callable[[str
     kind = registry().get("artifacts", cfg["artifact"]).factory()
     if hasattr(kind, "report_markdown"):
         lines += [kind.report_markdown(metrics, folder), ""]
+    for extra in sorted(folder.glob("*_experiment.md")):  # sections written by experiment commands
+        lines += [f"<!-- {extra.stem} -->", extra.read_text().rstrip(), f"<!-- /{extra.stem} -->", ""]
     secs = metrics.get("stage_seconds", {})
     if secs:
         lines += ["## Stage wall time (s)", "", "| stage | seconds |", "|---|---|"]
