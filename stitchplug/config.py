@@ -70,6 +70,8 @@ class StitchConfig(_Section):
     """Tokens per Adam step."""
     ridge: float = 1e-6
     """Relative ridge term of the closed-form solver (times the mean diagonal of X^T X)."""
+    refine_iters: int = 0
+    """L-BFGS iterations on the exact Eq. 3 (round trips included) after the closed form; lstsq solvers only, beyond the paper."""
     svcca_tokens: int = 10_000
     """Tokens used for SVCCA layer selection."""
 

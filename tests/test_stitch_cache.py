@@ -58,6 +58,15 @@ def test_train_auto_layer_lstsq_saves_and_evaluates(root, cache_path):
     assert ev["recon"]["loss"]["total"] == pytest.approx(res["recon"]["loss"]["total"], rel=1e-9)
 
 
+def test_config_refine_iters_reaches_the_solver(root, cache_path):
+    cache = open_cache(cache_path)
+    plain = api.train(cache, StitchConfig(solver="lstsq", target_layer=1), root / "p" / "s.safetensors")
+    refined = api.train(cache, StitchConfig(solver="lstsq", target_layer=1, refine_iters=30),
+                        root / "r" / "s.safetensors")
+    assert refined["meta"]["solver"] == "lstsq+lbfgs" and plain["meta"]["solver"] == "lstsq"
+    assert refined["fit"]["train_loss"]["total"] < plain["fit"]["train_loss"]["total"]
+
+
 def test_eval_refuses_stitch_from_other_layers(root, cache_path):
     cache = open_cache(cache_path)
     st = Stitch(32, 40)

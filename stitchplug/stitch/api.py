@@ -80,7 +80,7 @@ def train(cache, cfg: StitchConfig, out: str | Path, seed: int = 0, max_steps: i
         lB = svcca["best_target_layer"]
     src = CacheSource(cache, lA, lB, cfg.batch_size, split="train", shuffle=True, seed=seed)
     result = fit_stitch(src, int(cache.d_source), int(cache.d_target), cfg, seed=seed, max_steps=max_steps,
-                        progress=progress)
+                        progress=progress, refine_iters=cfg.refine_iters)
     held = CacheSource(cache, lA, lB, 8192, split="eval", shuffle=False)
     recon = evaluate_recon(result.stitch, held, cfg.alpha)
     meta = pair_meta(cache, lA, lB)
