@@ -123,7 +123,7 @@ class RunConfig(_Section):
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "cache": {"tokens": 24_000, "context_size": 128},
-        "stitch": {"solver": "lstsq", "svcca_tokens": 4_000},
+        "stitch": {"solver": "lstsq", "refine_iters": 100, "svcca_tokens": 4_000},
         "sae": {"width": 2304, "k": 32, "train_tokens": 240_000, "lr": 4e-4},
         "eval": {"docs": 16, "max_windows": 16},
     },
