@@ -4,6 +4,7 @@ The real default models are loaded once per session (``@pytest.mark.slow`` tests
 """
 
 import pytest
+import torch
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +21,12 @@ def gemma3():
     from stitchplug.adapter import load_model
 
     return load_model("gemma-3-270m")
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny matrices: torch's thread pool only adds overhead (and stalls on a busy 2-core machine)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -13,14 +13,7 @@ from stitchplug_sae.flops_synthetic import make_synthetic, transferred_init
 from stitchplug_sae.init_experiment import (InitExperimentConfig, TopKSAE, fold_decoder_norms, run_init_experiment,
                                             run_width, selection_agreement)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: one thread is faster and avoids fighting other processes for the 2 cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

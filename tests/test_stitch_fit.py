@@ -8,14 +8,7 @@ from stitchplug.stitch.data import TensorSource
 from stitchplug.stitch.evaluate import eval_loss, evaluate_recon
 from stitchplug.stitch.fit import fit_stitch
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matrices: torch's thread pool only adds overhead (and stalls on a busy 2-core machine)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _pair(n=3000, dA=8, dB=12, seed=0, noise=0.0):

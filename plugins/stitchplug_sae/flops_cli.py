@@ -16,6 +16,7 @@ import click
 
 from stitchplug.errors import ConfigError, StageError
 from stitchplug.hookspecs import hookimpl
+from stitchplug.run.stages import write_text_atomic
 
 BEGIN, END = "<!-- init_experiment -->", "<!-- /init_experiment -->"
 
@@ -51,7 +52,7 @@ def splice_report(report: Path, section: str) -> None:
         text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
     else:
         text = text.rstrip() + ("\n\n" if text else "") + block + "\n"
-    report.write_text(text)
+    write_text_atomic(report, text)
 
 
 def run_on_folder(run: Path, cache_path: Path, stitch_path: Path, sae_dirs: list[Path], metrics_path: Path,
@@ -108,7 +109,7 @@ def run_on_folder(run: Path, cache_path: Path, stitch_path: Path, sae_dirs: list
     metrics["init_experiment"] = result
     write_json_atomic(metrics_path, metrics)
     section = markdown(result)
-    (run / "init_experiment.md").write_text(section + "\n")
+    write_text_atomic(run / "init_experiment.md", section + "\n")
     splice_report(run / "report.md", section)
     return result
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..plugins import registry
+from .stages import write_text_atomic
 from ..stitch.report import recon_markdown, svcca_markdown, table1_markdown
 
 
@@ -70,8 +71,6 @@ def write_report(folder: str | Path, metrics: dict[str, Any], log: Callable[[str
         lines += ["## Stage wall time (s)", "", "| stage | seconds |", "|---|---|"]
         lines += [f"| {k} | {v:.1f} |" for k, v in secs.items() if v is not None]
     path = folder / "report.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, "\n".join(lines) + "\n")
     log(f"report: {path}")
     return path

@@ -12,20 +12,25 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import StageError
 
 
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and rename, so readers never see half a file."""
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and rename, so readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """:func:`write_text_atomic` of ``data`` as indented JSON."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -41,7 +46,6 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 @dataclass
 class RunFolder:
     root: Path
-    timings: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -82,7 +86,6 @@ class RunFolder:
         t0 = time.perf_counter()
         result = fn() or {}
         seconds = time.perf_counter() - t0
-        self.timings[name] = seconds
         write_json_atomic(self.marker(name), {"deps": deps, "result": result, "seconds": seconds,
                                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
         log(f"[{name}] done in {seconds:.1f}s")
