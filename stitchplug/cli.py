@@ -126,12 +126,18 @@ def _add_core_commands() -> None:
 
 
 def _add_plugin_commands() -> None:
-    from .plugins import FAILED, load_plugins, pm
+    from .plugins import FAILED, WARNINGS, pm, registry
 
-    load_plugins()
+    registry()  # imports every plugin and runs its register_* hooks, so their problems show on every command
+    for impl in pm.hook.register_commands.get_hookimpls():
+        try:
+            impl.function(cli=cli)
+        except Exception as exc:  # one plugin's broken command must not take every command down
+            FAILED.setdefault(impl.plugin_name, f"{type(exc).__name__} in register_commands: {exc}")
     for name, err in sorted(FAILED.items()):
         click.echo(f"Warning: plugin {name!r} failed to load and is skipped: {err}", err=True)
-    pm.hook.register_commands(cli=cli)
+    for warning in WARNINGS:
+        click.echo(f"Warning: {warning}", err=True)
 
 
 def main(argv=None) -> None:

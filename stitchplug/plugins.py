@@ -1,8 +1,11 @@
 """Plugin discovery through the ``stitchplug`` entry-point group, and the registries it fills.
 
 First-party plugins (``plugins/``) are found exactly like third-party ones: through entry points.
-``STITCHPLUG_LOAD_PLUGINS=a,b`` restricts loading to the named entry points. A plugin that fails to
-import or register is recorded in :data:`FAILED` and the others keep working.
+``STITCHPLUG_LOAD_PLUGINS=a,b`` restricts loading to the named entry points (an unknown name is a
+warning listing the installed ones). A plugin that fails to import or whose ``register_*`` hook raises
+is recorded in :data:`FAILED` and the others keep working. Two plugins registering the same name do
+not take the tool down: the first-party plugin's name wins (else the first loaded), the other is
+disabled, and :data:`WARNINGS` names both. The CLI prints every failure and warning on every command.
 """
 
 from __future__ import annotations
@@ -41,6 +44,10 @@ class PluginInfo:
     error: str | None = None
 
 
+def _noun(kind: str) -> str:
+    return "corpus" if kind == "corpora" else kind[:-1]
+
+
 class Registry:
     """Name -> :class:`Entry` for each kind, built by calling every ``register_*`` hook."""
 
@@ -48,13 +55,18 @@ class Registry:
         self.entries: dict[str, dict[str, Entry]] = {k: {} for k in KINDS}
 
     def add(self, entry: Entry) -> None:
+        """Add ``entry``; on a name clash keep one (first-party first, else the earlier) and warn."""
         table = self.entries[entry.kind]
         if entry.name in table:
-            other = table[entry.name].plugin
-            raise PluginError(
-                f"{entry.kind[:-1] if entry.kind != 'corpora' else 'corpus'} name {entry.name!r} "
-                f"is registered by both plugin {other!r} and plugin {entry.plugin!r}"
-            )
+            old = table[entry.name]
+            keep, drop = old, entry
+            if entry.plugin in FIRST_PARTY and old.plugin not in FIRST_PARTY:
+                keep, drop = entry, old
+            table[entry.name] = keep
+            WARNINGS.append(f"{_noun(entry.kind)} name {entry.name!r} is registered by both plugin "
+                            f"{old.plugin!r} and plugin {entry.plugin!r}; using {keep.plugin!r}'s, "
+                            f"{drop.plugin!r}'s is disabled")
+            return
         table[entry.name] = entry
 
     def get(self, kind: str, name: str) -> Entry:
@@ -73,7 +85,7 @@ class Registry:
             else:
                 known = ", ".join(names) or "none"
             broken = "".join(f"; plugin {p!r} failed to load ({e})" for p, e in sorted(FAILED.items()))
-            raise PluginError(f"unknown {kind[:-1] if kind != 'corpora' else 'corpus'} {name!r} (known: {known})"
+            raise PluginError(f"unknown {_noun(kind)} {name!r} (known: {known})"
                               + broken)
         return table[name]
 
@@ -84,6 +96,11 @@ class Registry:
 pm = pluggy.PluginManager(GROUP)
 pm.add_hookspecs(hookspecs)
 FAILED: dict[str, str] = {}
+"""Plugin name -> why it failed to import or register."""
+WARNINGS: list[str] = []
+"""Problems that disabled part of a plugin (name clashes, unknown names in STITCHPLUG_LOAD_PLUGINS)."""
+FIRST_PARTY: set[str] = set()
+"""Entry-point names that come with stitchplug itself (they win name clashes)."""
 _loaded = False
 _registry: Registry | None = None
 
@@ -102,7 +119,18 @@ def load_plugins() -> None:
         return
     _loaded = True
     allowed = _allowed()
-    for ep in metadata.entry_points(group=GROUP):
+    eps = list(metadata.entry_points(group=GROUP))
+    for ep in eps:
+        if ep.dist is not None and ep.dist.name == "stitchplug":
+            FIRST_PARTY.add(ep.name)
+    eps.sort(key=lambda ep: ep.name not in FIRST_PARTY)  # first-party plugins register first
+    if allowed is not None:
+        unknown = sorted(allowed - {ep.name for ep in eps})
+        if unknown:
+            WARNINGS.append(f"STITCHPLUG_LOAD_PLUGINS names {', '.join(map(repr, unknown))}, which "
+                            f"{'is' if len(unknown) == 1 else 'are'} not installed "
+                            f"(installed: {', '.join(sorted(ep.name for ep in eps))})")
+    for ep in eps:
         if allowed is not None and ep.name not in allowed:
             continue
         if pm.has_plugin(ep.name):
@@ -141,8 +169,6 @@ def registry() -> Registry:
 
                 try:
                     hook(register=register)
-                except PluginError:
-                    raise
                 except Exception as exc:
                     FAILED[plugin_name] = f"{type(exc).__name__} in register_{kind}: {exc}"
         _registry = reg
@@ -177,5 +203,7 @@ def reset() -> None:
     for name, plugin in list(pm.list_name_plugin()):
         pm.unregister(plugin, name=name)
     FAILED.clear()
+    WARNINGS.clear()
+    FIRST_PARTY.clear()
     _loaded = False
     _registry = None

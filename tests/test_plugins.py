@@ -102,18 +102,67 @@ def test_broken_plugin_is_reported_and_others_keep_working(tmp_path):
     assert "unknown model 'from-broken-plugin'" in last and "plugin 'broken' failed to load" in last
 
 
-def test_duplicate_names_are_a_clear_error(tmp_path, example_site):
+def test_duplicate_names_disable_the_later_one_with_a_warning(tmp_path, example_site):
     fake_dist(tmp_path, "dup_plugin", "dup", "dup_mod", """
         from stitchplug.hookspecs import hookimpl
 
         @hookimpl
         def register_corpora(register):
             register("example-corpus", lambda **kw: [])
+            register("dup-only", lambda **kw: [])
     """)
-    res = run_cli(["plugins"], pythonpath=[tmp_path, example_site])
-    assert res.returncode != 0
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and "example-corpus" in lines[0] and "'dup'" in lines[0] and "'example'" in lines[0]
+    res = run_cli(["plugins", "--json"], pythonpath=[tmp_path, example_site])
+    assert res.returncode == 0, res.stderr  # a clash no longer takes every command down
+    infos = {p["name"]: p for p in json.loads(res.stdout)}
+    warn = [ln for ln in res.stderr.splitlines() if "example-corpus" in ln]
+    assert len(warn) == 1 and "'dup'" in warn[0] and "'example'" in warn[0] and "disabled" in warn[0]
+    owners = [n for n in ("dup", "example") if "example-corpus" in infos[n]["registered"].get("corpora", [])]
+    assert len(owners) == 1  # exactly one plugin serves the name
+    assert "dup-only" in infos["dup"]["registered"]["corpora"]  # the rest of the plugin keeps working
+
+
+def test_first_party_name_wins_a_clash(tmp_path):
+    fake_dist(tmp_path, "aaa_plugin", "aaa", "aaa_mod", """
+        from stitchplug.hookspecs import hookimpl
+
+        @hookimpl
+        def register_corpora(register):
+            register("wiki-en", lambda **kw: [{"text": "hijacked", "doc_id": 0}])
+    """)
+    res = run_cli(["plugins", "--json"], pythonpath=[tmp_path])
+    assert res.returncode == 0, res.stderr
+    infos = {p["name"]: p for p in json.loads(res.stdout)}
+    assert "wiki-en" in infos["corpora"]["registered"]["corpora"]
+    assert "wiki-en" not in infos["aaa"]["registered"].get("corpora", [])
+    assert any("'wiki-en'" in ln and "using 'corpora'" in ln for ln in res.stderr.splitlines())
+
+
+def test_hook_error_is_warned_on_every_command(tmp_path):
+    fake_dist(tmp_path, "bad_hook", "badhook", "badhook_mod", """
+        from stitchplug.hookspecs import hookimpl
+
+        @hookimpl
+        def register_models(register):
+            raise ValueError("cannot register")
+
+        @hookimpl
+        def register_commands(cli):
+            raise RuntimeError("no command today")
+    """)
+    res = run_cli(["models"], pythonpath=[tmp_path])  # a command unrelated to the broken plugin
+    assert res.returncode == 0, res.stderr
+    assert "smollm2-135m" in res.stdout
+    assert "Warning: plugin 'badhook' failed to load and is skipped: ValueError in register_models: cannot register" \
+        in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_unknown_name_in_load_plugins_env_is_a_warning():
+    res = run_cli(["plugins", "--json"], env_extra={"STITCHPLUG_LOAD_PLUGINS": "corpora,no-such-plugin"})
+    assert res.returncode == 0, res.stderr
+    assert [p["name"] for p in json.loads(res.stdout)] == ["corpora"]
+    warn = [ln for ln in res.stderr.splitlines() if "no-such-plugin" in ln]
+    assert len(warn) == 1 and "not installed" in warn[0] and "'corpora'" not in warn[0] and "sae" in warn[0]
 
 
 def test_load_plugins_env_restricts(example_site):
