@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError
 
@@ -33,15 +33,15 @@ class ModelsConfig(_Section):
 class CacheConfig(_Section):
     corpus: str = "wiki-en"
     """Registered corpus name (wiki-en, wiki-fr, wiki-es, file:PATH, hub:NAME)."""
-    doc_start: int = 0
+    doc_start: int = Field(0, ge=0)
     """First document of the corpus slice."""
-    max_docs: int | None = None
+    max_docs: int | None = Field(None, ge=1)
     """Number of documents in the slice (None: until `tokens` is reached)."""
-    tokens: int = 200_000
+    tokens: int = Field(200_000, ge=1)
     """Aligned token positions to cache (training plus held-out)."""
-    context_size: int = 128
+    context_size: int = Field(128, ge=2)
     """Tokens per context window (counted on the source model); longer documents are split."""
-    eval_fraction: float = 0.1
+    eval_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     """Share of documents held out for evaluation (split by document, deterministic)."""
     source_layers: list[int] | None = None
     """Source layers to cache (None: just the stitch's source layer)."""
@@ -49,30 +49,30 @@ class CacheConfig(_Section):
     """Target layers to cache (None: every layer, so the stitch layer can be chosen by SVCCA)."""
     dtype: Literal["float32", "float16"] = "float32"
     """Storage dtype; float16 refuses values it cannot represent."""
-    batch_size: int = 8
+    batch_size: int = Field(8, ge=1)
     """Context windows per forward pass while caching."""
 
 
 class StitchConfig(_Section):
-    source_layer: int | None = None
+    source_layer: int | None = Field(None, ge=0)
     """Layer lA of model A (None: the middle layer)."""
     target_layer: int | Literal["auto"] = "auto"
     """Layer lB of model B, or 'auto' to take the argmax of mean SVCCA correlation with A at lA."""
     solver: Literal["lstsq", "adam", "lstsq+adam"] = "lstsq"
     """How to fit: closed-form least squares, the paper's Adam recipe, or Adam started from lstsq."""
-    alpha: float = 1.0
+    alpha: float = Field(1.0, ge=0.0)
     """Weight of the two round-trip terms in the loss (paper Eq. 3)."""
-    lr: float = 1e-4
+    lr: float = Field(1e-4, gt=0.0)
     """Adam learning rate (cosine decay)."""
-    epochs: int = 2
+    epochs: int = Field(2, ge=1)
     """Adam epochs over the cached training tokens."""
-    batch_size: int = 5120
+    batch_size: int = Field(5120, ge=1)
     """Tokens per Adam step."""
-    ridge: float = 1e-6
+    ridge: float = Field(1e-6, ge=0.0)
     """Relative ridge term of the closed-form solver (times the mean diagonal of X^T X)."""
-    refine_iters: int = 0
+    refine_iters: int = Field(0, ge=0)
     """L-BFGS iterations on the exact Eq. 3 (round trips included) after the closed form; lstsq solvers only, beyond the paper."""
-    svcca_tokens: int = 10_000
+    svcca_tokens: int = Field(10_000, ge=2)
     """Tokens used for SVCCA layer selection."""
 
 
@@ -92,11 +92,11 @@ class SAEConfig(_Section):
 
 
 class EvalConfig(_Section):
-    docs: int = 64
+    docs: int = Field(64, ge=1)
     """Held-out documents (after the cached slice) for next-token-loss evaluations (stitched CE, Delta loss)."""
-    max_windows: int = 96
+    max_windows: int = Field(96, ge=1)
     """At most this many context windows of those documents."""
-    loss_batch_size: int = 4
+    loss_batch_size: int = Field(4, ge=1)
     """Windows per forward pass in loss evaluations (a 262k-vocabulary model's logits are large)."""
 
 
@@ -107,7 +107,7 @@ class RunConfig(_Section):
     """Artifact kind to transfer (a registered artifact: sae, probe, steering)."""
     output_dir: str = "runs/default"
     """Run folder; finished stages in it are reused."""
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     """Seed for data order, initialisation and sampling."""
     device: Literal["cpu", "cuda"] = "cpu"
     """Device for models and training."""
@@ -166,6 +166,10 @@ def read_file(path: str | Path) -> dict:
     except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
         first = str(exc).splitlines()[0]
         raise ConfigError(f"cannot parse config file {path}: {first}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return data
