@@ -66,3 +66,19 @@ def test_cli_reports_an_offline_hub_corpus_in_one_line(tmp_path):
                           "--output", str(tmp_path / "c.h5")], capture_output=True, text=True, env=env, timeout=120)
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 1 and len(lines) == 1 and lines[0].startswith("Error: corpus 'hub:openwebtext'"), res.stderr
+
+
+@pytest.mark.parametrize("name,content,says", [
+    ("empty.jsonl", b"", "is empty"),
+    ("empty.txt", b"", "is empty"),
+    ("trunc.jsonl", b'{"text": "a"}\n{"text": ', "JSON parse error"),
+    ("latin1.jsonl", '{"text": "caf\xe9"}\n'.encode("latin-1"), "UnicodeDecodeError"),
+    ("null.jsonl", b'{"text": "fine"}\n{"text": null}\n', "document 1 has a null 'text'"),
+    ("number.jsonl", b'{"text": 42}\n', "document 0 has a 'text' of type int"),
+])
+def test_bad_corpus_files_name_the_problem(name, content, says, tmp_path):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(StitchplugError) as err:
+        list(open_corpus(f"file:{tmp_path / name}", cache_dir=str(tmp_path / "hf")))
+    assert says in str(err.value) and "\n" not in str(err.value)
+    assert "An error occurred while generating" not in str(err.value)

@@ -28,7 +28,11 @@ def _records(rows: Iterable[dict], label: str, text_field: str = "text") -> Iter
         if text_field not in row:
             raise StitchplugError(f"corpus {label!r} has no {text_field!r} field (fields: {', '.join(sorted(row))})")
         rec = dict(row)
-        rec["text"] = str(rec.pop(text_field))
+        text = rec.pop(text_field)
+        if not isinstance(text, str):
+            what = f"a null {text_field!r}" if text is None else f"a {text_field!r} of type {type(text).__name__}"
+            raise StitchplugError(f"corpus {label!r}: document {i} has {what}, not a string")
+        rec["text"] = text
         doc_id = rec.get("doc_id", rec.get("id"))
         rec["doc_id"] = str(doc_id) if doc_id is not None else f"{label}:{i}"
         yield rec
@@ -46,14 +50,25 @@ def file_corpus(path: str, cache_dir: str | None = None, text_field: str = "text
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     import datasets
 
+    if p.stat().st_size == 0:
+        raise StitchplugError(f"corpus file {path} is empty (no documents)")
     kwargs = {"sample_by": "paragraph"} if builder == "text" else {}
     try:
         ds = datasets.load_dataset(builder, data_files=str(p.resolve()), split="train",
                                    cache_dir=cache_dir or _default_cache_dir(), **kwargs)
-    except Exception as exc:  # malformed JSON / parquet: one line
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise StitchplugError(f"cannot read corpus file {path}: {first}") from None
-    yield from _records(ds, p.name, text_field)
+        yield from _records(ds, p.name, text_field)
+    except StitchplugError:
+        raise
+    except Exception as exc:  # malformed JSON / parquet, not UTF-8: one line naming the real cause
+        raise StitchplugError(f"cannot read corpus file {path}: {_root_cause(exc)}") from None
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The parser's message under ``datasets``'s generic "An error occurred while generating the dataset"."""
+    while type(exc).__name__ == "DatasetGenerationError" and (exc.__cause__ or exc.__context__) is not None:
+        exc = exc.__cause__ or exc.__context__
+    first = (str(exc).splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def hub_corpus(name: str, split: str = "train", text_field: str = "text") -> Iterator[dict]:
