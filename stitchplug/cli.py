@@ -152,15 +152,12 @@ def main(argv=None) -> None:
         for line in str(err).splitlines() or [type(err).__name__]:
             click.echo(f"Error: {line}", err=True)
         sys.exit(err.exit_code)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
+    except (click.exceptions.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
+        click.echo("Interrupted; finished stages are kept and a re-run resumes.", err=True)
         sys.exit(130)
     except click.ClickException as err:
         err.show()
         sys.exit(err.exit_code)
-    except KeyboardInterrupt:
-        click.echo("Interrupted; finished stages are kept and a re-run resumes.", err=True)
-        sys.exit(130)
 
 
 if __name__ == "__main__":

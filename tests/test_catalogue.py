@@ -73,3 +73,27 @@ def test_unreadable_config_file_is_one_line(name, content, says, tmp_path, capsy
     code, lines = run_main(["run", "--output-dir", str(out), "--config", str(cfg)], capsys)
     assert code == 2 and len(lines) == 1 and says in lines[0]
     assert not out.exists()
+
+
+def test_ctrl_c_says_what_is_kept_and_exits_130(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "stitchplug.cli", "run", "--models-source", "tiny-llama-a",
+                             "--models-target", "tiny-gemma3", "--output-dir", str(out), "--cache-tokens", "200000",
+                             "--cache-context-size", "64", "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "cache.h5.shards").exists():
+        time.sleep(0.2)  # interrupt while the cache stage is writing shards
+    assert proc.poll() is None, proc.communicate()
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("Warning:")]
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert lines[-1] == "Interrupted; finished stages are kept and a re-run resumes."
+    assert not (out / "stages" / "cache.json").exists()  # the interrupted stage is not marked finished
