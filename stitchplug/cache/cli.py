@@ -61,13 +61,37 @@ def run_cache(cfg: CacheCommandConfig, log=None) -> Path:
                        progress=cfg.progress, shard_rows=cfg.shard_rows, log=log)
 
 
+def verify_command(cfg: CacheCommandConfig) -> int:
+    """``stitchplug cache --verify``: one line per shard that fails, exit status 1 if any does."""
+    from ..errors import CacheError
+    from .integrity import UNVERIFIABLE, shard_files, verify_cache
+
+    out = Path(cfg.output) if cfg.output else Path(cfg.output_dir) / "cache.h5"
+    shards = shard_files(out)
+    if not shards:
+        raise CacheError(f"no cache shards to verify next to {out} (expected {out}.shards/shard_*.h5)")
+    problems = verify_cache(out)
+    bad = {p: why for p, why in problems.items() if why != UNVERIFIABLE}
+    for p, why in problems.items():
+        click.echo(f"{'bad shard' if p in bad else 'unverified shard'}: {p}: {why}", err=True)
+    click.echo(f"{out}: {len(shards) - len(problems)} of {len(shards)} shards verified"
+               + (f", {len(bad)} bad: re-run `stitchplug cache` with the same settings to rewrite them" if bad else ""))
+    return 1 if bad else 0
+
+
 def register(cli: click.Group) -> None:
     from ..cli import config_options
 
     @cli.command("cache")
+    @click.option("--verify", is_flag=True,
+                  help="Check every shard of the existing cache against its stored digests and exit "
+                       "(one line per bad shard, exit 1 if any); builds nothing.")
     @config_options(CacheCommandConfig, with_preset=False)
-    def cache_cmd(cfg: CacheCommandConfig):
+    @click.pass_context
+    def cache_cmd(ctx: click.Context, cfg: CacheCommandConfig, verify: bool):
         """Cache aligned residual activations of both models on a corpus slice (HDF5, resumable)."""
+        if verify:
+            ctx.exit(verify_command(cfg))
         path = run_cache(cfg, log=lambda m: click.echo(m, err=True))
         from .reader import open_cache
 

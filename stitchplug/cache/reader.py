@@ -173,7 +173,11 @@ class PairedCache:
             off = d.id.get_offset()
             if off is None or d.chunks is not None or d.compression is not None or d.shape[0] == 0:
                 return None
-            return np.memmap(path, dtype=d.dtype, mode="r", offset=off, shape=d.shape)
+            try:
+                return np.memmap(path, dtype=d.dtype, mode="r", offset=off, shape=d.shape)
+            except (ValueError, OSError) as exc:  # e.g. a truncated shard: "mmap length is greater than file size"
+                raise CacheError(f"{self.path}: shard {path.name} cannot be read ({exc}); "
+                                 f"run `stitchplug cache --verify` and re-run `stitchplug cache` to rewrite it") from None
 
         if not ds.is_virtual:
             arr = mapped(self.path, ds)
@@ -185,7 +189,7 @@ class PairedCache:
         for i in range(dcpl.get_virtual_count()):
             (r0, *_), (r1, *_) = dcpl.get_virtual_vspace(i).get_select_bounds()
             src = self.path.parent / dcpl.get_virtual_filename(i)
-            with h5py.File(src, "r") as f:
+            with open_h5(src, "cache shard") as f:
                 arr = mapped(src, f[dcpl.get_virtual_dsetname(i)])
             if arr is None or arr.shape[0] != r1 - r0 + 1:
                 segs = None
@@ -237,7 +241,12 @@ class PairedCache:
 
         def batch(rows: np.ndarray) -> tuple[torch.Tensor, ...]:
             rows = np.sort(rows)  # sequential access; order inside a batch does not matter for training
-            return tuple(self._tensor(g(rows), dtype) for g in gathers)
+            out = tuple(self._tensor(g(rows), dtype) for g in gathers)
+            for name, t in zip(names, out):
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    raise CacheError(f"{self.path}: {name} holds non-finite values in rows {rows[0]}..{rows[-1]} "
+                                     f"(a corrupt shard?); run `stitchplug cache --verify`")
+            return out
 
         for epoch in range(epochs):
             rng = np.random.default_rng([seed, epoch])

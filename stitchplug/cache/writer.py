@@ -27,6 +27,7 @@ import torch
 from .. import __version__
 from ..adapter import ModelAdapter
 from ..errors import CacheError
+from . import integrity
 from .align import get_aligner
 from .format import (FLOAT16_MAX, FORMAT, FORMAT_VERSION, RESUME_FIELDS, SIDES, layer_key, open_h5,
                      refuse_mismatch, shard_dir, stored_config)
@@ -159,6 +160,7 @@ class _Writer:
             f.create_dataset("docs/n_rows", data=np.array([d.rows for d in shard.docs], dtype=np.int64))
             f.create_dataset("docs/stats", data=np.array([[d.real[0], d.real[1], d.aligned] for d in shard.docs],
                                                          dtype=np.int64).reshape(-1, 3))
+        integrity.stamp(tmp)
         _fsync_replace(tmp, final)
         return self.shard_info(final)
 
@@ -283,8 +285,8 @@ def build_cache(path: str | Path, source: ModelAdapter, target: ModelAdapter, *,
                        context_size=context_size, source_layers=source_layers, target_layers=target_layers,
                        dtype=dtype, aligner=aligner, shard_rows=shard_rows)
     row_bytes = cfg.pop("_row_bytes")
-    if check_existing(path, cfg):
-        log(f"cache {path} is complete and matches; reusing it")
+    if check_existing(path, cfg) and integrity.first_bad_shard(path) is None:
+        log(f"cache {path} is complete, matches and its shards verify; reusing it")
         return path
     _, align = get_aligner(cfg["alignment_method"], source, target)
     sdir = shard_dir(path)
@@ -299,6 +301,10 @@ def build_cache(path: str | Path, source: ModelAdapter, target: ModelAdapter, *,
         writer = _Writer(path, source, target, cfg, batch_size, lambda t: None)
         for stale in sdir.glob("*.tmp"):
             stale.unlink()
+        bad = integrity.first_bad_shard(path)
+        if bad is not None:
+            n = integrity.drop_from(path, bad[0])
+            log(f"shard {bad[1].name} {bad[2]}; rewriting it and the {n - 1} shard(s) after it")
         done: list[dict] = []
         while writer.shard_path(len(done)).exists():
             info = writer.shard_info(writer.shard_path(len(done)))
