@@ -125,3 +125,19 @@ def test_verify_without_a_cache_is_one_line(tmp_path):
     res = cli_verify(tmp_path / "none.h5")
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 1 and len(lines) == 1 and lines[0].startswith("Error: no cache shards to verify")
+
+
+def test_edited_file_corpus_is_a_different_cache(tmp_path, pair):
+    import json as _json
+
+    corpus = tmp_path / "docs.jsonl"
+    texts = [f"Document number {i} talks about rivers, mountains and the weather in spring." * 3 for i in range(40)]
+    corpus.write_text("".join(_json.dumps({"text": t}) + "\n" for t in texts))
+    kw = {**KW, "corpus": f"file:{corpus}", "tokens": 600, "corpus_cache_dir": str(tmp_path / "hf")}
+    out = build_cache(tmp_path / "c.h5", *pair, **kw)
+    corpus.write_text("".join(_json.dumps({"text": t.replace("rivers", "deserts")}) + "\n" for t in texts))
+    with pytest.raises(CacheError, match="corpus_fingerprint"):
+        build_cache(out, *pair, **kw)  # a finished cache of the old text is not reused
+    out.unlink()  # an unfinished one (shards only) is not resumed either
+    with pytest.raises(CacheError, match="corpus_fingerprint"):
+        build_cache(out, *pair, **kw)

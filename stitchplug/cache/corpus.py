@@ -91,6 +91,24 @@ def hub_corpus(name: str, split: str = "train", text_field: str = "text") -> Ite
     yield from _records(itertools.chain([first], rows), f"hub:{name}", text_field)
 
 
+def corpus_fingerprint(name: str) -> str | None:
+    """A digest of a ``file:`` corpus's bytes (so an edited file is a different cache); ``None`` for
+    registered and hub corpora, whose identity is their name."""
+    if not name.startswith("file:"):
+        return None
+    import hashlib
+
+    path = Path(name[len("file:"):])
+    try:
+        h = hashlib.blake2b(digest_size=16)
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    except OSError as exc:
+        raise StitchplugError(f"cannot read corpus file {path}: {exc.strerror or exc}") from None
+    return h.hexdigest()
+
+
 def open_corpus(name: str, start: int = 0, limit: int | None = None, cache_dir: str | None = None,
                 **kwargs) -> Iterator[dict]:
     """Documents ``start .. start+limit`` of corpus ``name`` as dicts with ``text`` and ``doc_id``.

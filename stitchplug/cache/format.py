@@ -16,7 +16,7 @@ FLOAT16_MAX = 65504.0
 
 CONTENT_FIELDS = ("format_version", "source_model", "target_model", "source_layers", "target_layers",
                   "source_fingerprint", "target_fingerprint", "corpus", "doc_start", "max_docs", "tokens",
-                  "context_size", "dtype", "alignment_method", "shard_rows")
+                  "context_size", "dtype", "alignment_method", "shard_rows", "corpus_fingerprint")
 """Config fields that determine a cache's content; a cache is reused only if all of them match."""
 
 RESUME_FIELDS = CONTENT_FIELDS + ("batch_size",)

@@ -29,6 +29,7 @@ from ..adapter import ModelAdapter
 from ..errors import CacheError
 from . import integrity
 from .align import get_aligner
+from .corpus import corpus_fingerprint
 from .format import (FLOAT16_MAX, FORMAT, FORMAT_VERSION, RESUME_FIELDS, SIDES, layer_key, open_h5,
                      refuse_mismatch, shard_dir, stored_config)
 from .windows import Window, fingerprint, paired_windows
@@ -243,7 +244,8 @@ def cache_config(source: ModelAdapter, target: ModelAdapter, *, corpus: str, doc
     row_bytes = itemsize * (source.d_model * len(la) + target.d_model * len(lb)) + 24
     return {"format_version": FORMAT_VERSION, "source_model": source.name, "target_model": target.name,
             "source_layers": la, "target_layers": lb, "source_fingerprint": fa, "target_fingerprint": fb,
-            "corpus": corpus, "doc_start": int(doc_start), "max_docs": max_docs, "tokens": int(tokens),
+            "corpus": corpus, "corpus_fingerprint": corpus_fingerprint(corpus),
+            "doc_start": int(doc_start), "max_docs": max_docs, "tokens": int(tokens),
             "context_size": int(context_size), "dtype": dtype, "alignment_method": method,
             "shard_rows": int(shard_rows or max(256, SHARD_BYTES // row_bytes)), "_row_bytes": row_bytes}
 
