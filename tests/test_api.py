@@ -79,8 +79,6 @@ def _graph() -> dict[str, set[str]]:
     return graph
 
 
-@pytest.mark.xfail(strict=True, reason="stitchplug_sae.flops_ledger <-> init_experiment: removed when the init "
-                   "experiment moves into its own plugin (issue 10 step D)")
 def test_no_import_cycles():
     """Module-level and function-local imports alike: a cycle means two modules know each other."""
     graph = _graph()
