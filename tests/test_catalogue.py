@@ -97,3 +97,25 @@ def test_ctrl_c_says_what_is_kept_and_exits_130(tmp_path):
     assert proc.returncode == 130 and "Traceback" not in err
     assert lines[-1] == "Interrupted; finished stages are kept and a re-run resumes."
     assert not (out / "stages" / "cache.json").exists()  # the interrupted stage is not marked finished
+
+
+TINY_PAIR = ["--models-source", "tiny-llama-a", "--models-target", "tiny-gemma3"]
+UNKNOWN_NAMES = [
+    (["--models-source", "nope"], 1, "unknown model 'nope'"),
+    (["--models-target", "tiny-llama-a-typo"], 1, "unknown model 'tiny-llama-a-typo'"),
+    (["--artifact", "nope", *TINY_PAIR], 1, "unknown artifact 'nope'"),
+    (["--cache-corpus", "nope", *TINY_PAIR], 1, "unknown corpus 'nope'"),
+    (["--cache-corpus", "file:/nonexistent/docs.jsonl", *TINY_PAIR], 1, "corpus file /nonexistent/docs.jsonl does not exist"),
+    (["--device", "cuda", *TINY_PAIR], 2, "device 'cuda'"),
+]
+
+
+@pytest.mark.parametrize("flags,code,says", UNKNOWN_NAMES, ids=[c[2] for c in UNKNOWN_NAMES])
+def test_unknown_names_are_refused_before_the_run_folder_exists(flags, code, says, tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same case on a GPU machine
+    out = tmp_path / "run"
+    got, lines = run_main(["run", "--output-dir", str(out), *flags], capsys)
+    assert got == code and len(lines) == 1 and says in lines[0]
+    assert not out.exists()

@@ -20,7 +20,9 @@ def register(cli: click.Group) -> None:
         refused rather than overwritten.
         """
         from .pipeline import run
+        from .preflight import check_names
 
+        check_names(cfg)  # before the run folder exists or a model loads
         metrics = run(cfg, log=lambda m: click.echo(m, err=True), progress=not no_progress)
         click.echo(f"{cfg.output_dir}/report.md")
         ev = metrics.get("evaluation", {})
