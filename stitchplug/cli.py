@@ -245,6 +245,10 @@ def main(argv=None) -> None:
     except click.ClickException as err:
         err.show()
         sys.exit(err.exit_code)
+    except OSError as err:  # the environment: permissions, read-only or full disks, paths that are files
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        click.echo(f"Error: {err.strerror or type(err).__name__}{where}", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -228,3 +228,32 @@ def test_moved_cache_reads_the_same_and_h5py_fallback_matches_memmap(built, tmp_
     shutil.rmtree(moved / (built.name + ".shards"))
     with pytest.raises(CacheError, match="missing"):
         open_cache(moved / built.name)
+
+
+def test_long_document_runs_only_the_windows_the_budget_uses(tmp_path, pair):
+    source, target = pair
+    text = " ".join(f"word{i % 97} river{i % 13}." for i in range(4000))  # one document, ~100 windows
+    corpus = tmp_path / "long.jsonl"
+    corpus.write_text(json.dumps({"text": text}) + "\n")
+    seen = {"source": 0, "target": 0}
+
+    def counting(adapter, side):
+        real = adapter.capture
+
+        def capture(ids, layers):
+            seen[side] += int(ids.shape[0])
+            return real(ids, layers)
+        return capture
+
+    from stitchplug.cache.windows import paired_windows
+    n_windows = len(paired_windows(text, source, target, 48))
+    assert n_windows > 50
+    source.capture, target.capture = counting(source, "source"), counting(target, "target")
+    try:
+        out = build_cache(tmp_path / "c.h5", source, target, corpus=f"file:{corpus}",
+                          **{**KW, "tokens": 60})
+    finally:
+        del source.capture, target.capture
+    with open_cache(out) as c:
+        assert c.n_tokens == 60
+    assert 1 <= seen["source"] <= 3 and 1 <= seen["target"] <= 3, (seen, n_windows)

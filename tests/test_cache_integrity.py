@@ -141,3 +141,23 @@ def test_edited_file_corpus_is_a_different_cache(tmp_path, pair):
     out.unlink()  # an unfinished one (shards only) is not resumed either
     with pytest.raises(CacheError, match="corpus_fingerprint"):
         build_cache(out, *pair, **kw)
+
+
+def test_deleted_shard_is_named_and_rebuilt(cache, reference, pair):
+    gone = shard_files(cache)[2]
+    gone.unlink()
+    with pytest.raises(CacheError) as err:
+        open_cache(cache)
+    msg = str(err.value)
+    assert "\n" not in msg and gone.name in msg and "re-run `stitchplug cache`" in msg and "move" not in msg
+    assert verify_cache(cache) == {gone: "is missing (deleted?)"}
+    logs = []
+    build_cache(cache, *pair, **{**KW, "log": logs.append})
+    assert any(gone.name in m and "rewriting" in m for m in logs)
+    assert_same_cache(cache, reference)
+
+
+def test_a_shard_passed_as_the_cache_says_so(cache):
+    with pytest.raises(CacheError) as err:
+        open_cache(shard_files(cache)[0])
+    assert "one shard of a stitchplug cache" in str(err.value) and "re-run" not in str(err.value)

@@ -97,3 +97,51 @@ def test_ctrl_c_says_what_is_kept_and_exits_130(tmp_path):
     assert proc.returncode == 130 and "Traceback" not in err
     assert lines[-1] == "Interrupted; finished stages are kept and a re-run resumes."
     assert not (out / "stages" / "cache.json").exists()  # the interrupted stage is not marked finished
+
+
+TINY_PAIR = ["--models-source", "tiny-llama-a", "--models-target", "tiny-gemma3"]
+UNKNOWN_NAMES = [
+    (["--models-source", "nope"], 1, "unknown model 'nope'"),
+    (["--models-target", "tiny-llama-a-typo"], 1, "unknown model 'tiny-llama-a-typo'"),
+    (["--artifact", "nope", *TINY_PAIR], 1, "unknown artifact 'nope'"),
+    (["--cache-corpus", "nope", *TINY_PAIR], 1, "unknown corpus 'nope'"),
+    (["--cache-corpus", "file:/nonexistent/docs.jsonl", *TINY_PAIR], 1, "corpus file /nonexistent/docs.jsonl does not exist"),
+    (["--device", "cuda", *TINY_PAIR], 2, "device 'cuda'"),
+]
+
+
+@pytest.mark.parametrize("flags,code,says", UNKNOWN_NAMES, ids=[c[2] for c in UNKNOWN_NAMES])
+def test_unknown_names_are_refused_before_the_run_folder_exists(flags, code, says, tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same case on a GPU machine
+    out = tmp_path / "run"
+    got, lines = run_main(["run", "--output-dir", str(out), *flags], capsys)
+    assert got == code and len(lines) == 1 and says in lines[0]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("errno_name", ["EROFS", "ENOSPC", "EACCES"])
+def test_environment_failures_are_one_line(errno_name, tmp_path, capsys, monkeypatch):
+    """A read-only file system, a full disk or a permission error while writing: one line, exit 1."""
+    import errno
+    import os
+
+    from stitchplug.run import stages
+
+    code = getattr(errno, errno_name)
+
+    def fail(*args, **kwargs):
+        raise OSError(code, os.strerror(code), str(tmp_path / "run" / "config.yaml"))
+
+    monkeypatch.setattr(stages.Path, "mkdir", fail)
+    got, lines = run_main(["run", "--output-dir", str(tmp_path / "run"), *TINY_PAIR], capsys)
+    assert got == 1 and len(lines) == 1 and os.strerror(code) in lines[0] and "config.yaml" in lines[0]
+
+
+def test_output_dir_that_is_a_file_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    got, lines = run_main(["run", "--output-dir", str(blocker / "run"), *TINY_PAIR], capsys)
+    assert got == 1 and len(lines) == 1 and "Not a directory" in lines[0]
+    assert blocker.read_text() == "not a folder"

@@ -120,3 +120,23 @@ def test_stitched_ce_across_tokenizers(root, pair, texts, cache_path):
     assert r["n_predicted"]["a"] > 0 and r["ce_a"] != r["ce_b"]
     with pytest.raises(StageError, match="width"):
         api.stitched_ce_eval(st, b, a, texts[:1], 48)
+
+
+def test_cli_honours_given_split_flags_and_keeps_the_stored_split_otherwise(root, cache_path, capsys):
+    from stitchplug.cli import main
+
+    def train_tokens(*flags):
+        out = root / "split" / f"s{len(flags)}.safetensors"
+        main(["stitch", "train", "--cache", str(cache_path), "--out", str(out), "--stitch-target-layer", "1",
+              "--json", *flags])
+        return json.loads(capsys.readouterr().out)["fit"]["train_tokens"]
+
+    stored = train_tokens()
+    with open_cache(cache_path) as c:
+        assert stored == len(c.rows("train"))
+    wider = train_tokens("--cache-eval-fraction", "0.5")
+    with open_cache(cache_path, eval_fraction=0.5) as c:
+        assert wider == len(c.rows("train")) < stored
+    reseeded = train_tokens("--seed", "7")
+    with open_cache(cache_path, split_seed=7) as c:
+        assert reseeded == len(c.rows("train"))

@@ -88,16 +88,32 @@ def shard_files(entry: str | Path) -> list[Path]:
     return sorted(shard_dir(entry).glob("shard_*.h5"))
 
 
+MISSING = "is missing (deleted?)"
+
+
+def _expected(entry: str | Path) -> list[Path]:
+    """Shard paths ``shard_00000 .. shard_NNNNN`` up to the last one present, gaps included."""
+    files = shard_files(entry)
+    indices = [int(p.stem.split("_")[1]) for p in files if p.stem.split("_")[1].isdigit()]
+    if not indices:
+        return []
+    return [shard_dir(entry) / f"shard_{k:05d}.h5" for k in range(max(indices) + 1)]
+
+
+def _problem(p: Path) -> str | None:
+    return verify_shard(p) if p.exists() else MISSING
+
+
 def verify_cache(entry: str | Path) -> dict[Path, str]:
-    """``{shard: problem}`` for every bad shard behind ``entry`` (empty when all are intact)."""
-    return {p: problem for p in shard_files(entry) if (problem := verify_shard(p)) is not None}
+    """``{shard: problem}`` for every bad or missing shard behind ``entry`` (empty when all are intact)."""
+    return {p: problem for p in _expected(entry) if (problem := _problem(p)) is not None}
 
 
 def first_bad_shard(entry: str | Path) -> tuple[int, Path, str] | None:
-    """``(index, path, problem)`` of the first shard that fails verification, or ``None`` (shards
-    without digests are not failures: they cannot be checked)."""
-    for i, p in enumerate(shard_files(entry)):
-        problem = verify_shard(p)
+    """``(index, path, problem)`` of the first shard that fails verification or is missing, or ``None``
+    (shards without digests are not failures: they cannot be checked)."""
+    for i, p in enumerate(_expected(entry)):
+        problem = _problem(p)
         if problem is not None and problem != UNVERIFIABLE:
             return i, p, problem
     return None
@@ -109,7 +125,7 @@ def drop_from(entry: str | Path, index: int) -> int:
     entry = Path(entry)
     if entry.exists():
         entry.unlink()
-    dropped = shard_files(entry)[index:]
+    dropped = [p for p in shard_files(entry) if int(p.stem.split("_")[1]) >= index]
     for p in dropped:
         p.unlink()
     return len(dropped)

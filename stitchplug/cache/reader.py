@@ -25,6 +25,9 @@ class PairedCache:
         self.file = open_h5(self.path)
         try:
             self.config = stored_config(self.file, self.path)
+            if "shard" in self.file.attrs:
+                raise CacheError(f"{self.path} is one shard of a stitchplug cache, not the cache itself; pass the "
+                                 f"cache's entry file (the .h5 next to the .shards folder)")
             if not bool(self.file.attrs.get("complete", False)):
                 raise CacheError(f"{self.path} is an incomplete stitchplug cache (its build did not finish); "
                                  f"re-run `stitchplug cache` to complete it")
@@ -41,8 +44,11 @@ class PairedCache:
                     for vs in ds.virtual_sources():
                         src = (self.path.parent / vs.file_name)
                         if not src.exists():
-                            raise CacheError(f"{self.path}: shard {src} is missing (move the .shards folder "
-                                             f"together with the cache file)")
+                            if src.parent.is_dir():
+                                raise CacheError(f"{self.path}: shard {src.name} is missing from {src.parent}; "
+                                                 f"re-run `stitchplug cache` with the same settings to rebuild it")
+                            raise CacheError(f"{self.path}: its shards folder {src.parent} is missing (move the "
+                                             f".shards folder together with the cache file)")
         except CacheError:
             self.file.close()
             raise

@@ -47,6 +47,17 @@ class _Doc:
     aligned: int = 0  # aligned pairs before truncation
 
 
+def _windows_for(wins: list[Window], rows: int) -> list[Window]:
+    """The leading windows that supply the first ``rows`` aligned rows (the rest would be cut anyway)."""
+    kept, have = [], 0
+    for w in wins:
+        if have >= rows:
+            break
+        kept.append(w)
+        have += len(w.idx_source)
+    return kept
+
+
 @dataclass
 class _Shard:
     docs: list[_Doc] = field(default_factory=list)
@@ -334,6 +345,7 @@ def build_cache(path: str | Path, source: ModelAdapter, target: ModelAdapter, *,
             real = (sum(int((w.source.ends >= 0).sum()) for w in wins),
                     sum(int((w.target.ends >= 0).sum()) for w in wins))
             rows = min(aligned, tokens - total)
+            wins = _windows_for(wins, rows)  # a long document's windows past the budget are never run
             shard.docs.append(_Doc(doc_start + docs_done + i, str(rec["doc_id"]), wins, rows, real, aligned))
             total += rows
             if total >= tokens or shard.rows >= cfg["shard_rows"]:

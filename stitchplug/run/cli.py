@@ -23,7 +23,9 @@ def register(cli: click.Group) -> None:
         different config is refused rather than overwritten.
         """
         from .pipeline import Pipeline
+        from .preflight import check_names
 
+        check_names(cfg)  # before the run folder exists or a model loads
         pipeline = Pipeline(cfg, log=lambda m: click.echo(m, err=True), progress=not no_progress)
         metrics = pipeline.run()
         click.echo(f"{cfg.output_dir}/report.md")

@@ -20,13 +20,23 @@ from .model import Stitch
 from .svcca import choose_layer_from_cache
 
 
-def open_cache(path: str | Path):
-    """The cache helper's reader (one-line error if it is missing)."""
+def open_cache(path: str | Path, cfg=None):
+    """The cache helper's reader (one-line error if it is missing).
+
+    With a run config ``cfg``, an explicitly given ``cache.eval_fraction`` or ``seed`` overrides the
+    document split stored in the cache (as ``stitchplug run`` does); values left at their defaults keep it.
+    """
     try:
         from ..cache.reader import open_cache as _open
     except ImportError as exc:  # pragma: no cover - only before the cache package exists
         raise StageError(f"the activation cache reader is not available ({exc})") from None
-    return _open(path)
+    kw = {}
+    if cfg is not None:
+        if "eval_fraction" in cfg.cache.model_fields_set:
+            kw["eval_fraction"] = cfg.cache.eval_fraction
+        if "seed" in cfg.model_fields_set:
+            kw["split_seed"] = cfg.seed
+    return _open(path, **kw)
 
 
 def _attr(cache, *names, default=None):

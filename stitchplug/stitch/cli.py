@@ -43,7 +43,7 @@ def register(cli: click.Group) -> None:
         from .api import choose_layers, open_cache
         from .report import svcca_markdown
 
-        cache = open_cache(_paths(cfg, cache_path)[0])
+        cache = open_cache(_paths(cfg, cache_path)[0], cfg)
         res = choose_layers(cache, cfg.stitch)
         if as_json:
             click.echo(json.dumps(res))
@@ -68,7 +68,7 @@ def register(cli: click.Group) -> None:
         from .report import recon_markdown, svcca_markdown
 
         cache_p, out_p = _paths(cfg, cache_path, out_path)
-        res = train(open_cache(cache_p), cfg.stitch, out_p, seed=cfg.seed, max_steps=max_steps, progress=not as_json)
+        res = train(open_cache(cache_p, cfg), cfg.stitch, out_p, seed=cfg.seed, max_steps=max_steps, progress=not as_json)
         fit = res["fit"]
         md = [f"## Stitch {res['meta']['source_model']}.{res['meta']['source_layer']} -> "
               f"{res['meta']['target_model']}.{res['meta']['target_layer']}",
@@ -97,7 +97,7 @@ def register(cli: click.Group) -> None:
         from .report import recon_markdown, table1_markdown
 
         cache_p, st_p = _paths(cfg, cache_path, stitch_path)
-        cache = open_cache(cache_p)
+        cache = open_cache(cache_p, cfg)
         res = evaluate(cache, st_p, cfg.stitch)
         md = [recon_markdown(res["recon"])]
         if ce_docs > 0:
