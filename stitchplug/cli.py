@@ -242,6 +242,10 @@ def main(argv=None) -> None:
     except (click.exceptions.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
         click.echo("Interrupted; finished stages are kept and a re-run resumes.", err=True)
         sys.exit(130)
+    except click.UsageError as err:  # one line, like every other error, with where to look
+        where = f" (see `{err.ctx.command_path} --help`)" if err.ctx is not None else ""
+        click.echo(f"Error: {err.format_message()}{where}", err=True)
+        sys.exit(err.exit_code)
     except click.ClickException as err:
         err.show()
         sys.exit(err.exit_code)

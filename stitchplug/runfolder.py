@@ -12,17 +12,23 @@ Layout (every command defaults to these paths)::
     RUN/report.md                      assembled from the sections on every add_report_section
     RUN/*.png                          plots referenced by report sections (RunFolder.plot)
 
-Stages finish atomically: a stage writes its outputs, then a marker ``stages/<name>.json`` holding a
-fingerprint of the config it depends on. Only a marker makes a stage finished: an interrupted stage
-has no marker and is redone. Re-running with a different config for a finished stage is refused,
-naming what changed, rather than overwriting results already written.
+Stages finish atomically: a stage writes its outputs, then a marker ``stages/<name>.json`` holding the
+config it depends on and content fingerprints of the inputs it consumed and the outputs it wrote
+(:mod:`stitchplug.fingerprints`). Only a marker makes a stage finished: an interrupted stage has no
+marker and is redone. Re-running with a different config for a finished stage is refused, naming what
+changed, rather than overwriting results already written; a stage whose inputs or outputs changed since
+(a refit stitch, an edited corpus file, a file replaced by hand) is stale and is redone, and so is every
+stage after it. One process writes into a run folder at a time (:meth:`RunFolder.writing`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -192,38 +198,115 @@ class RunFolder:
         write_text_atomic(self.report_file, "\n\n".join(parts) + "\n")
         return self.report_file
 
+    # -- one writer at a time ---------------------------------------------------------------
+    @contextmanager
+    def writing(self, what: str = "stitchplug"):
+        """Hold the run folder's lock (``RUN/.lock``) while writing; a second writer is refused in one line."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fh = open(self.root / ".lock", "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise StageError(f"run folder {self.root} is in use by {holder}; wait for it to finish or use "
+                             "another --output-dir") from None
+        try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"{what} (pid {os.getpid()})")
+            fh.flush()
+            yield self
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            fh.close()
+
     # -- stages ----------------------------------------------------------------------------
-    def done(self, name: str, deps: dict) -> dict | None:
-        """The stage's recorded result if it finished with the same ``deps``; refuse if they differ."""
+    def _record(self, name: str) -> dict | None:
         marker = self.marker(name)
         if not marker.exists():
             return None
         try:
-            rec = json.loads(marker.read_text())
+            return json.loads(marker.read_text())
         except json.JSONDecodeError:
             return None  # a marker is written atomically; an unreadable one means it never finished
-        old, new = _flatten(rec.get("deps", {})), _flatten(json.loads(json.dumps(deps, default=str)))
-        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        if changed:
-            shown = ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in changed[:4])
-            raise StageError(
-                f"run folder {self.root} finished stage '{name}' with a different config: {shown}; "
-                f"use another --output-dir or delete {marker} to redo it"
-            )
-        return rec.get("result", {})
 
-    def run(self, name: str, deps: dict, fn: Callable[[], dict], log: Callable[[str], None] = print) -> dict:
-        """Run ``fn`` unless the stage already finished with the same deps; record its result."""
+    def changed_config(self, name: str, deps: dict) -> list[str]:
+        """``"field (old -> new)"`` for each config field stage ``name`` finished with that ``deps`` changes."""
+        rec = self._record(name)
+        if rec is None:
+            return []
+        old, new = _flatten(rec.get("deps", {})), _flatten(json.loads(json.dumps(deps, default=str)))
+        return [f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+    def check(self, stages: dict[str, dict]) -> None:
+        """Refuse, before anything runs or is written, if any finished stage of ``{name: deps}`` has a
+        different config; the message names every such stage, so following it leaves a consistent folder."""
+        bad = {name: self.changed_config(name, deps) for name, deps in stages.items()}
+        bad = {n: c for n, c in bad.items() if c}
+        if bad:
+            first = next(iter(bad))
+            markers = " ".join(str(self.marker(n).relative_to(self.root)) for n in bad)
+            raise StageError(
+                f"run folder {self.root} finished stage '{first}' with a different config: "
+                f"{', '.join(bad[first][:4])}; use another --output-dir, or delete {markers} in it to redo "
+                f"{'that stage' if len(bad) == 1 else f'those {len(bad)} stages'}")
+
+    def done(self, name: str, deps: dict) -> dict | None:
+        """The stage's recorded result if it finished with the same ``deps``; refuse if they differ."""
+        self.check({name: deps})
+        rec = self._record(name)
+        return None if rec is None else rec.get("result", {})
+
+    def stale(self, name: str, inputs: dict[str, Path] | None = None, outputs: dict[str, Path] | None = None) -> str | None:
+        """Why finished stage ``name`` must be redone, or ``None``: an input whose content changed (an
+        upstream stage was redone, a corpus file edited) or an output that is gone. An output that is
+        still there but was replaced since (by hand, or by another tool) is refused, never overwritten."""
+        from .fingerprints import content_fingerprint
+
+        rec = self._record(name) or {}
+        seen_out = rec.get("outputs") or {}
+        for label, path in (outputs or {}).items():
+            if label not in seen_out:
+                continue  # a marker from before fingerprints were recorded: nothing to compare
+            now = content_fingerprint(path)
+            if now is None:
+                return f"its output {label} ({path}) is missing"
+            if now != seen_out[label]:
+                raise StageError(f"{path} was replaced after stage '{name}' wrote it, and later results were built "
+                                 f"on the original; restore it, or delete {self.marker(name).relative_to(self.root)} "
+                                 "to redo that stage (and everything built on it)")
+        seen_in = rec.get("inputs") or {}
+        for label, path in (inputs or {}).items():
+            if label in seen_in and content_fingerprint(path) != seen_in[label]:
+                return f"its input {label} ({path}) changed since it finished"
+        return None
+
+    def run(self, name: str, deps: dict, fn: Callable[[], dict], log: Callable[[str], None] = print,
+            inputs: dict[str, str | Path] | None = None, outputs: dict[str, str | Path] | None = None) -> dict:
+        """Run ``fn`` unless the stage already finished with the same deps and unchanged inputs and
+        outputs; record its result, the config and the content fingerprints."""
+        from .fingerprints import content_fingerprint
+
+        inputs = {k: Path(v) for k, v in (inputs or {}).items()}
+        outputs = {k: Path(v) for k, v in (outputs or {}).items()}
         rec = self.done(name, deps)
         if rec is not None:
-            log(f"[{name}] reused (finished earlier)")
-            return rec
+            why = self.stale(name, inputs, outputs)
+            if why is None:
+                log(f"[{name}] reused (finished earlier)")
+                return rec
+            log(f"[{name}] stale: {why}; redoing it")
+            self.marker(name).unlink()
         log(f"[{name}] running")
         t0 = time.perf_counter()
         result = fn() or {}
         seconds = time.perf_counter() - t0
-        write_json_atomic(self.marker(name), {"deps": deps, "result": result, "seconds": seconds,
-                                              "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        write_json_atomic(self.marker(name), {
+            "deps": deps, "result": result, "seconds": seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "inputs": {k: content_fingerprint(p) for k, p in inputs.items()},
+            "outputs": {k: content_fingerprint(p) for k, p in outputs.items()}})
         log(f"[{name}] done in {seconds:.1f}s")
         return result
 

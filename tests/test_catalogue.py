@@ -32,6 +32,12 @@ BAD_VALUES = [
     (["--eval-docs", "0"], "eval.docs"),
     (["--eval-max-windows", "0"], "eval.max_windows"),
     (["--eval-loss-batch-size", "0"], "eval.loss_batch_size"),
+    (["--sae-width", "0"], "sae.width"),
+    (["--sae-k", "0"], "sae.k"),
+    (["--sae-k", "100", "--sae-width", "64"], "sae"),
+    (["--sae-lr", "0"], "sae.lr"),
+    (["--sae-train-tokens", "0"], "sae.train_tokens"),
+    (["--sae-batch-size", "0"], "sae.batch_size"),
 ]
 
 
@@ -127,14 +133,14 @@ def test_environment_failures_are_one_line(errno_name, tmp_path, capsys, monkeyp
     import errno
     import os
 
-    from stitchplug.run import stages
+    from pathlib import Path
 
     code = getattr(errno, errno_name)
 
     def fail(*args, **kwargs):
         raise OSError(code, os.strerror(code), str(tmp_path / "run" / "config.yaml"))
 
-    monkeypatch.setattr(stages.Path, "mkdir", fail)
+    monkeypatch.setattr(Path, "mkdir", fail)
     got, lines = run_main(["run", "--output-dir", str(tmp_path / "run"), *TINY_PAIR], capsys)
     assert got == 1 and len(lines) == 1 and os.strerror(code) in lines[0] and "config.yaml" in lines[0]
 
@@ -145,3 +151,13 @@ def test_output_dir_that_is_a_file_is_one_line(tmp_path, capsys):
     got, lines = run_main(["run", "--output-dir", str(blocker / "run"), *TINY_PAIR], capsys)
     assert got == 1 and len(lines) == 1 and "Not a directory" in lines[0]
     assert blocker.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("flags,says", [
+    (["--steps", "0"], "--steps"), (["--lr", "-1"], "--lr"), (["--eval-every", "0"], "--eval-every"),
+    (["--epochs", "0"], "--epochs"), (["--batch-size", "0"], "--batch-size"),
+], ids=lambda v: v[0] if isinstance(v, list) else None)
+def test_init_experiment_bad_values_are_one_line(flags, says, tmp_path, capsys):
+    got, lines = run_main(["experiment", "init", "--run", str(tmp_path / "run"), *flags], capsys)
+    assert got == 2 and len(lines) == 1 and says in lines[0]
+    assert not (tmp_path / "run").exists()

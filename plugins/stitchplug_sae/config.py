@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class SAEConfig(BaseModel):
@@ -14,15 +14,15 @@ class SAEConfig(BaseModel):
 
     source: str = "train"
     """'train' to train a TopK SAE on A, a SAELens-format folder, or 'release:ID' from the hub."""
-    width: int = 4608
+    width: int = Field(4608, ge=1)
     """Number of latents of the source SAE."""
-    k: int = 32
+    k: int = Field(32, ge=1)
     """TopK sparsity."""
-    lr: float = 1e-4
+    lr: float = Field(1e-4, gt=0)
     """SAE learning rate."""
-    train_tokens: int = 2_000_000
+    train_tokens: int = Field(2_000_000, ge=1)
     """Tokens of SAE training (cached activations are reused across epochs)."""
-    batch_size: int = 1024
+    batch_size: int = Field(1024, ge=1)
     """Tokens per SAE training step."""
     aux_k_coef: float = Field(0.0, ge=0.0)
     """AuxK loss coefficient on dead latents (0: off, the paper's setting; Gao et al. use 1/32)."""
@@ -32,6 +32,12 @@ class SAEConfig(BaseModel):
     """If set, the SAE lr is scaled by sqrt(lr_width_ref / width) (1/sqrt(width) scaling)."""
     normalize: Literal["none", "expected_norm"] = "none"
     """'expected_norm': train on activations scaled to mean norm sqrt(d_in); the scale is folded back on save."""
+
+    @model_validator(mode="after")
+    def _k_fits(self):
+        if self.k > self.width:
+            raise ValueError(f"k ({self.k}) must be at most width ({self.width})")
+        return self
 
 
 PRESETS = {

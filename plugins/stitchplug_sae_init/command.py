@@ -116,10 +116,10 @@ def add_init_command(cli):
                   help="Transferred SAE folder(s), SAELens format; repeat for a width sweep [default: RUN/artifacts/sae/transferred].")
     @click.option("--steps", type=int, default=2000, show_default=True, help="Training steps per arm.")
     @click.option("--batch-size", type=int, default=1024, show_default=True, help="Tokens per step.")
-    @click.option("--epochs", type=int, default=100, show_default=True, help="Max passes over the cached training tokens.")
+    @click.option("--epochs", type=click.IntRange(min=1), default=100, show_default=True, help="Max passes over the cached training tokens.")
     @click.option("--lr", type=float, default=1e-4, show_default=True, help="Constant Adam learning rate.")
     @click.option("--eval-every", type=int, default=50, show_default=True, help="Steps between held-out evaluations.")
-    @click.option("--eval-tokens", type=int, default=8192, show_default=True, help="Held-out tokens evaluated.")
+    @click.option("--eval-tokens", type=click.IntRange(min=1), default=8192, show_default=True, help="Held-out tokens evaluated.")
     @click.option("--ma-window", type=int, default=5, show_default=True, help="Moving-average window (evaluations).")
     @click.option("--thresholds", default="0.70,0.75,0.80,0.85,0.90", show_default=True,
                   help="Comma-separated explained-variance thresholds.")

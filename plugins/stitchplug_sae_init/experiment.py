@@ -19,7 +19,7 @@ import itertools
 from typing import Callable, Iterable, Iterator, Literal, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from stitchplug.api import ConfigError, ReconAccumulator, StageError, massive_dims
 from stitchplug_sae.step_flops import analytic_step_flops, measure_step_flops
@@ -36,25 +36,25 @@ class InitExperimentConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-    steps: int = 2000
+    steps: int = Field(2000, ge=1)
     """Training steps per arm (fewer if the data iterator runs out; both arms then stop together)."""
-    batch_size: int = 1024
+    batch_size: int = Field(1024, ge=1)
     """Tokens per step (the data iterator's batch size; used for the FLOPs ledger)."""
-    lr: float = 1e-4
+    lr: float = Field(1e-4, gt=0)
     """Constant Adam learning rate (paper: 1e-4)."""
-    eval_every: int = 50
+    eval_every: int = Field(50, ge=1)
     """Evaluate explained variance on the held-out activations every this many steps."""
-    eval_batch: int = 4096
+    eval_batch: int = Field(4096, ge=1)
     """Rows per chunk when evaluating."""
-    ma_window: int = 5
+    ma_window: int = Field(5, ge=1)
     """Moving-average window (in evaluation points) for the threshold crossings."""
     thresholds: list[float] = list(scaling.DEFAULT_THRESHOLDS)
     """Explained-variance thresholds at which savings are reported."""
     aux_k: bool = False
     """Add the AuxK loss on dead latents (paper: off); its FLOPs are counted on the steps it runs."""
-    aux_coef: float = 1.0
+    aux_coef: float = Field(1.0, ge=0)
     """AuxK loss coefficient (as in sae-lens)."""
-    dead_window: int = 200
+    dead_window: int = Field(200, ge=1)
     """A latent that has not fired for this many steps is dead (AuxK and the dead-latent share)."""
     apply_b_dec_to_input: bool = True
     """Encode ``x - b_dec`` (SAELens default) in both arms; theta' is re-expressed exactly. Costs 12BdM

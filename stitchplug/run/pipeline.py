@@ -179,18 +179,50 @@ class Pipeline:
         return out
 
     # -- the whole run ---------------------------------------------------------------------
+    def stage_deps(self) -> dict[str, dict]:
+        """Every stage of this run and the config it depends on (checked before anything runs)."""
+        name = self.cfg.artifact
+        art = self.deps("stitch", "eval", name) | {"artifact": name}
+        stages = {"cache": self.deps(), "stitch": self.deps("stitch"), "stitch_ce": self.deps("stitch", "eval")}
+        for stage in ("source", "transfer", "baseline", "evaluate"):
+            if stage != "baseline" or self.kind.supports_baseline:
+                stages[f"{name}.{stage}"] = art
+        return stages
+
+    def stage_outputs(self) -> dict[str, dict]:
+        """What each stage writes (fingerprinted in its marker)."""
+        rf, name = self.rf, self.cfg.artifact
+        outs = {"cache": {"cache": rf.cache}, "stitch": {"stitch": rf.stitch},
+                f"{name}.source": {"source": rf.artifact(name, "source")},
+                f"{name}.transfer": {"transferred": rf.artifact(name, "transferred")}}
+        if self.kind.supports_baseline:
+            outs[f"{name}.baseline"] = {"random": rf.artifact(name, "random")}
+        return outs
+
     def run(self) -> dict:
+        with self.rf.writing("stitchplug run"):  # one writer per run folder
+            # before config.yaml is touched: a changed config, or an output replaced behind its marker
+            self.rf.check(self.stage_deps())
+            for stage, outputs in self.stage_outputs().items():
+                self.rf.stale(stage, outputs=outputs)
+            return self._run()
+
+    def _run(self) -> dict:
         cfg, rf, kind, name = self.cfg, self.rf, self.kind, self.cfg.artifact
         (rf.root / "stages").mkdir(parents=True, exist_ok=True)
         snapshot(cfg, rf.config_file)
-        cache_res = rf.run("cache", self.deps(), self.stage_cache, self.log)
+        corpus = {"corpus": cfg.cache.corpus[len("file:"):]} if cfg.cache.corpus.startswith("file:") else {}
+        outputs = self.stage_outputs()
+        cache_res = rf.run("cache", self.deps(), self.stage_cache, self.log, inputs=corpus, outputs=outputs["cache"])
         rf.require("cache", CACHE_FILE)
-        stitch_res = rf.run("stitch", self.deps("stitch"), self.stage_stitch, self.log)
+        stitch_res = rf.run("stitch", self.deps("stitch"), self.stage_stitch, self.log, inputs={"cache": rf.cache},
+                            outputs=outputs["stitch"])
         meta = stitch_res["meta"]
         stitch = self.load_stitch(meta)
         lA, lB = int(meta["source_layer"]), int(meta["target_layer"])
         massive = stitch_res["recon"]["massive_dims"]
-        ce_res = rf.run("stitch_ce", self.deps("stitch", "eval"), lambda: self.stage_stitch_ce(stitch), self.log)
+        ce_res = rf.run("stitch_ce", self.deps("stitch", "eval"), lambda: self.stage_stitch_ce(stitch), self.log,
+                        inputs={"stitch": rf.stitch})
 
         ctx_a = self.context("source", lA, massive["source"], stitch)
         ctx_b = self.context("target", lB, massive["target"], stitch)
@@ -206,7 +238,8 @@ class Pipeline:
             kind.save(art, paths["source"], {"stage": "source", "model": cfg.models.source, "layer": lA})
             return {"folder": str(paths["source"])}
 
-        rf.run(f"{name}.source", art_deps, source, self.log)
+        rf.run(f"{name}.source", art_deps, source, self.log, inputs={"cache": rf.cache},
+               outputs=outputs[f"{name}.source"])
         rf.require(f"{name}.source", rel("source"))
         src_art = kind.load(paths["source"])
 
@@ -218,7 +251,8 @@ class Pipeline:
                                                   "stitch": str(rf.stitch), "stitch_meta": meta})
             return {"folder": str(paths["transferred"])}
 
-        rf.run(f"{name}.transfer", art_deps, transfer, self.log)
+        rf.run(f"{name}.transfer", art_deps, transfer, self.log,
+               inputs={"source": paths["source"], "stitch": rf.stitch}, outputs=outputs[f"{name}.transfer"])
         rf.require(f"{name}.transfer", rel("transferred"))
         tgt_art = kind.load(paths["transferred"])
         arms = {LABELS["source"]: Arm(src_art, ctx_a), LABELS["transferred"]: Arm(tgt_art, ctx_b)}
@@ -229,7 +263,8 @@ class Pipeline:
                 kind.save(art, paths["random"], {"stage": "baseline", "like": str(paths["transferred"])})
                 return {"folder": str(paths["random"])}
 
-            rf.run(f"{name}.baseline", art_deps, baseline, self.log)
+            rf.run(f"{name}.baseline", art_deps, baseline, self.log, inputs={"transferred": paths["transferred"]},
+                   outputs=outputs[f"{name}.baseline"])
             rf.require(f"{name}.baseline", rel("random"))
             arms[LABELS["random"]] = Arm(kind.load(paths["random"]), ctx_b)
 
@@ -251,7 +286,9 @@ class Pipeline:
                 out["diagnostics"] = diag
             return out
 
-        eval_res = rf.run(f"{name}.evaluate", art_deps, evaluate, self.log)
+        arm_inputs = {role: paths[role] for role in LABELS if role != "random" or kind.supports_baseline}
+        eval_res = rf.run(f"{name}.evaluate", art_deps, evaluate, self.log,
+                          inputs=arm_inputs | {"stitch": rf.stitch, "cache": rf.cache})
         for section, data in (("config", run_config_dict(cfg)), ("cache", cache_res), ("stitch", stitch_res),
                               ("stitched_ce", ce_res), (name, eval_res), ("stage_seconds", rf.stage_seconds())):
             rf.add_metrics(section, data)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import click
 
 from ..cli import config_options
 from ..config import RunConfig
+from ..errors import StageError
 from ..runfolder import RunFolder
 
 
@@ -16,6 +18,12 @@ def _paths(cfg: RunConfig, cache: str | None, out: str | None = None) -> tuple[P
     """The cache and stitch paths: given ones, else the run folder's (the layout `stitchplug run` writes)."""
     rf = RunFolder(cfg.output_dir)
     return Path(cache) if cache else rf.cache, Path(out) if out else rf.stitch
+
+
+def _run_folder_of(stitch_file: Path) -> RunFolder | None:
+    """The run folder ``stitch_file`` is the stitch of (``RUN/stitch/stitch.safetensors``), if any."""
+    rf = RunFolder(stitch_file.resolve().parent.parent)
+    return rf if rf.stitch == stitch_file.resolve() and (rf.root / "stages").is_dir() else None
 
 
 def _write(results: dict, markdown: str, out_stem: Path, as_json: bool) -> None:
@@ -68,7 +76,14 @@ def register(cli: click.Group) -> None:
         from .report import recon_markdown, svcca_markdown
 
         cache_p, out_p = _paths(cfg, cache_path, out_path)
-        res = train(open_cache(cache_p, cfg), cfg.stitch, out_p, seed=cfg.seed, max_steps=max_steps, progress=not as_json)
+        rf = _run_folder_of(out_p)
+        if rf is not None and rf.marker("stitch").exists():
+            raise StageError(f"{out_p} is the stitch of run folder {rf.root}, whose stages were built on it; "
+                             f"`stitch train` does not replace it behind them: write to another file with --out, or "
+                             f"re-run `stitchplug run` with the new --stitch-* settings and another --output-dir")
+        with (rf.writing("stitchplug stitch train") if rf is not None else contextlib.nullcontext()):
+            res = train(open_cache(cache_p, cfg), cfg.stitch, out_p, seed=cfg.seed, max_steps=max_steps,
+                        progress=not as_json)
         fit = res["fit"]
         md = [f"## Stitch {res['meta']['source_model']}.{res['meta']['source_layer']} -> "
               f"{res['meta']['target_model']}.{res['meta']['target_layer']}",
