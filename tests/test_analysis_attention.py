@@ -1,5 +1,6 @@
 """Attention deactivation: a hand-set head that attends to BOS when a planted latent fires is found."""
 
+import pytest
 import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 
@@ -55,9 +56,12 @@ def test_planted_bos_head_is_found(one_thread):
     assert top["score"] > 0.2 and top["score"] > 3 * ranking[1]["score"]
 
 
-def test_manual_pattern_matches_the_model(one_thread):
-    m, _ = _planted()
-    ids = m.encode(TEXTS[0]).ids[None]
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama-a", "tiny-gemma3"])
+def test_manual_pattern_matches_the_model(name, one_thread):
+    """One layer's attention recomputed from its cached input (GQA, rotary, local windows, qk-norm)."""
+    m = load(name)
+    ids = m.encode(" ".join(TEXTS)).ids[None]
     _, cache = m.model.run_with_cache(ids)
-    x = cache["blocks.1.hook_resid_pre"]
-    assert torch.allclose(_pattern(m.model, 1, x, x), cache["blocks.1.attn.hook_pattern"], atol=1e-5)
+    for L in range(m.n_layers):
+        x = cache[f"blocks.{L}.hook_resid_pre"]
+        assert torch.allclose(_pattern(m.model, L, x, x), cache[f"blocks.{L}.attn.hook_pattern"], atol=1e-5)

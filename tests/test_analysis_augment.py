@@ -49,3 +49,30 @@ def test_sentences_and_per_class_summary():
     pc = per_class_transferability(["structural", "semantic", "semantic", "rare"], [0.9, 0.95, -0.2, 0.1])
     assert pc["structural"]["n"] == 1 and pc["semantic"]["n"] == 2
     assert pc["semantic"]["share_tails"] == 1.0
+
+
+def test_classify_structural_semantic_and_rare(one_thread):
+    """A latent firing everywhere is structural; one reading the token " river" is semantic."""
+    import torch
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    from stitchplug_analysis.semantic import classify
+    from stitchplug_models.tiny import load
+
+    m = load("tiny-llama-a")
+    tok = m.encode(" river").ids[-1]
+    e = m.model.W_E[tok].detach()
+    proj = m.model.W_E.detach() @ e / e.pow(2).sum()
+    others = torch.cat([proj[:tok], proj[tok + 1:]]).max()
+    assert others < 0.95  # the direction singles out the token
+    sae = StandardSAE(StandardSAEConfig(d_in=32, d_sae=3, apply_b_dec_to_input=False))
+    with torch.no_grad():
+        sae.W_enc.zero_()
+        sae.b_dec.zero_()
+        sae.b_enc.copy_(torch.tensor([10.0, -(1 + float(others)) / 2, -1.0]))
+        sae.W_enc[:, 1] = e / e.pow(2).sum()
+    sents = [{"text": "The river flows past the old mill and into the valley.", "topic": "farming"},
+             {"text": "In winter the river rises and the boats drift to the sea.", "topic": "farming"}]
+    res = classify(m, sae, 0, sents, get_augmenter("content-swap", DONORS), n_versions=3)
+    assert res["classes"] == ["structural", "semantic", "rare"]
+    assert res["counts"] == {"structural": 1, "semantic": 1, "rare": 1}
