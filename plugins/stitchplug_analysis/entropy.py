@@ -26,7 +26,10 @@ def null_basis(W_eff: torch.Tensor, fraction: float = 0.02) -> torch.Tensor:
     """Orthonormal basis ``[d, k]`` of the bottom ``ceil(fraction * d)`` left singular directions."""
     d = W_eff.shape[0]
     k = max(1, math.ceil(fraction * d))
-    gram = (W_eff.double() @ W_eff.double().T)  # [d, d]: eigenvectors = left singular vectors
+    gram = torch.zeros(d, d, dtype=torch.float64)  # W W^T: its eigenvectors are the left singular vectors
+    for i in range(0, W_eff.shape[1], 16384):  # chunks: a 262k vocabulary in float64 would be 1.3 GB
+        c = W_eff[:, i:i + 16384].double()
+        gram += c @ c.T
     evals, evecs = torch.linalg.eigh(gram)  # ascending
     return evecs[:, :k].float()
 
@@ -94,10 +97,11 @@ def ablation_entropy(adapter: Any, sae: Any, layer: int, caps: Sequence[Capture]
 
 def entropy_features(sae: Any, adapter: Any, layer: int, caps: Sequence[Capture], W_eff: torch.Tensor,
                      top: int = 8, fraction: float = 0.02, latents: Sequence[int] | None = None,
-                     ablate: bool = True) -> dict:
+                     ablate: bool = True, basis: torch.Tensor | None = None) -> dict:
     """Null-space share of every decoder row, and the ``top`` live latents by share (or the given
-    ``latents``) with activation statistics and ablation effect on output entropy."""
-    basis = null_basis(W_eff, fraction)
+    ``latents``) with activation statistics and ablation effect on output entropy. ``basis``:
+    a precomputed :func:`null_basis` of ``W_eff``."""
+    basis = null_basis(W_eff, fraction) if basis is None else basis
     share = null_share(decoder_rows(sae), basis).numpy()
     stats = activation_stats(sae, caps)
     live = stats["frequency"] > 0

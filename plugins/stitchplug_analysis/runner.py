@@ -169,15 +169,16 @@ def analyze(run: str | Path, what: str | None = None, budget: str = "quick", log
 
 def run_entropy(A, B, src, tgt, pc, W_a, W_b, layer_a: int, layer_b: int, b: dict) -> dict:
     """Top entropy latents by null-space share on A and on B, each measured on both models."""
-    from .entropy import entropy_features
+    from .entropy import entropy_features, null_basis
 
     ca, cb = pc.a[: b["entropy_windows"]], pc.b[: b["entropy_windows"]]
     k = b["entropy_top"]
-    base_a = entropy_features(src, A, layer_a, pc.a, W_a, top=k, ablate=False)
-    base_b = entropy_features(tgt, B, layer_b, pc.b, W_b, top=k, ablate=False)
+    na, nb = null_basis(W_a), null_basis(W_b)
+    base_a = entropy_features(src, A, layer_a, pc.a, W_a, top=k, ablate=False, basis=na)
+    base_b = entropy_features(tgt, B, layer_b, pc.b, W_b, top=k, ablate=False, basis=nb)
     latents = list(dict.fromkeys([r["latent"] for r in base_a["top"]] + [r["latent"] for r in base_b["top"]]))
-    on_a = entropy_features(src, A, layer_a, ca, W_a, latents=latents)
-    on_b = entropy_features(tgt, B, layer_b, cb, W_b, latents=latents)
+    on_a = entropy_features(src, A, layer_a, ca, W_a, latents=latents, basis=na)
+    on_b = entropy_features(tgt, B, layer_b, cb, W_b, latents=latents, basis=nb)
     rows = []
     for ra, rb in zip(on_a["top"], on_b["top"]):
         rows.append({"latent": ra["latent"], "top_on": ("A" if ra["latent"] in {r["latent"] for r in base_a["top"]} else "")
