@@ -36,13 +36,13 @@ def test_every_part_lands_in_report_and_metrics(analysed):
     assert {"transferability", "semantic", "entropy", "attention"} <= set(fa)
     t = fa["transferability"]
     assert t["n_live"] + t["n_dead"] == 64 and 0 < t["usable_share"] < 1  # cross-tokenizer pair
-    assert "evaluation" in m  # the run's own metrics are kept
+    assert "sae" in m and "stitch" in m  # the run's own sections are kept
     report = (analysed / "report.md").read_text()
     for title in ("Transferability per latent", "Semantic vs structural", "Entropy features",
                   "Attention-deactivation features", "paper Table 2"):
         assert title in report, title
-    for plot in ("transferability_hist.png", "null_share.png"):
-        assert (analysed / "analysis" / plot).stat().st_size > 1000
+    for plot in ("analysis_transferability.png", "analysis_null_share.png"):
+        assert (analysed / plot).stat().st_size > 1000
 
 
 def test_rerun_of_one_part_keeps_the_others_and_one_section(analysed):
@@ -56,7 +56,7 @@ def test_rerun_of_one_part_keeps_the_others_and_one_section(analysed):
 
 def test_bad_input_is_one_line(analysed, tmp_path, capsys):
     for args, msg in ((["--run", str(analysed), "--what", "entropy,vibes"], "unknown analysis part(s) 'vibes'"),
-                      (["--run", str(tmp_path / "nope")], "run folder not found"),
+                      (["--run", str(tmp_path / "nope")], "does not exist"),
                       (["--run", str(tmp_path)], "not a stitchplug run folder")):
         capsys.readouterr()
         assert stitchplug("analyze", *args) != 0

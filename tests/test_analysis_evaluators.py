@@ -34,9 +34,9 @@ def test_evaluators_on_a_tiny_model(one_thread):
     moved = transfer_sae(sae, Stitch.identity(32), check_model=False)
     wins = windows_for_texts(TEXTS, a, a, 64)
     ctx_a = ArtifactContext(model_name=a.name, layer=1, adapter=a, eval_windows=[w[0].ids for w in wins])
-    ctx_b = ArtifactContext(model_name=a.name, layer=1, adapter=a, eval_windows=[w[1].ids for w in wins],
-                            extras={"source_artifact": sae, "source_context": ctx_a, "paired_windows": wins,
-                                    "top": 2, "candidates": 3})
+    ctx_b = ArtifactContext(model_name=a.name, layer=1, adapter=a, eval_windows=[w[1].ids for w in wins], other=ctx_a,
+                            memo={"analysis": {"source_artifact": sae, "paired_windows": wins, "top": 2,
+                                               "candidates": 3}})
     reg = registry()
     t = reg.get("evaluators", "feature_transferability").factory().evaluate(moved, ctx_b)
     live = [v for v in t["per_latent"] if v is not None]
@@ -45,5 +45,5 @@ def test_evaluators_on_a_tiny_model(one_thread):
     assert len(e["top"]) == 2 and len(e["null_share"]) == 24
     at = reg.get("evaluators", "attention_deactivation").factory().evaluate(sae, ctx_b)
     assert len(at["ranking"]) == 3 and all(np.isfinite(r["score"]) for r in at["ranking"])
-    with pytest.raises(StageError, match="extras\\['source_artifact'\\]"):
+    with pytest.raises(StageError, match="context.other"):
         reg.get("evaluators", "feature_transferability").factory().evaluate(moved, ctx_a)

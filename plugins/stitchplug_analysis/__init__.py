@@ -8,7 +8,7 @@
 - sentence augmenters (:mod:`stitchplug_analysis.augment`, entry-point group ``stitchplug.augmenters``).
 """
 
-from stitchplug.hookspecs import hookimpl  # light: the plugin loads on every command
+from stitchplug.api import hookimpl
 
 _DESCRIPTIONS = {
     "feature_transferability": "per-latent Pearson r of f*logit on A vs B over aligned held-out tokens (Eq. 10)",

@@ -20,14 +20,8 @@ def register(cli: click.Group) -> None:
         """Which SAE latents survive the stitch: transferability (Eq. 10), semantic vs structural,
         entropy and attention-deactivation features. Adds the `feature_analysis` section (tables,
         plots) to the run's report.md and metrics.json."""
-        from pathlib import Path
-
-        from ._core import StageError
-
         from .runner import analyze, parse_what
 
         parse_what(what)  # bad part names fail before any model loads
-        if not Path(run_dir).is_dir():
-            raise StageError(f"run folder not found: {run_dir}")
         analyze(run_dir, what, budget, log=lambda m: click.echo(m, err=True), progress=not no_progress)
         click.echo(f"{run_dir}/report.md")

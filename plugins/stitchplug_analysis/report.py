@@ -8,7 +8,7 @@ from typing import Any, Callable
 import numpy as np
 
 SECTION = "feature_analysis"
-PLOTS = "analysis"
+PLOT_TRANSFER, PLOT_NULL = "analysis_transferability.png", "analysis_null_share.png"
 
 
 def _f(v: Any, fmt: str = ".3f") -> str:
@@ -52,12 +52,12 @@ def _summary_row(name: str, s: dict) -> str:
             f"{_f(s['share_above_0.5'], '.1%')} | {_f(s['share_below_0'], '.1%')} |")
 
 
-def transferability_md(t: dict, folder: Path) -> list[str]:
+def transferability_md(t: dict, folder: Any) -> list[str]:
     if "per_latent" not in t:
         return ["### Transferability (Eq. 10)", "", f"Not computed: {t.get('error', 'no data')}.", ""]
     rnd_silent = f", {t['n_silent_random']} for the random SAE" if "n_silent_random" in t else ""
     _hist({"transferred SAE": t["per_latent"], "random SAE": t.get("per_latent_random", [])},
-          folder / PLOTS / "transferability_hist.png", "transferability (Pearson r)")
+          folder.plot(PLOT_TRANSFER), "transferability (Pearson r)")
     return ["### Transferability per latent (Eq. 10)", "",
             f"{t['n_usable']:,} usable held-out tokens ({t['usable_share']:.1%} of A's scoreable positions: aligned, "
             f"with next tokens covering the same text). {t['n_live']} live latents of {t['n_latents']}; "
@@ -65,10 +65,10 @@ def transferability_md(t: dict, folder: Path) -> list[str]:
             f"transfer (scored 0){rnd_silent}.",
             "", "| SAE on B | latents | mean r | median r | 10%..90% | r > 0.5 | r < 0 |", "|---|---|---|---|---|---|---|",
             _summary_row("transferred", t["transferred"]), _summary_row("random, same shape", t.get("random", {})),
-            "", f"![](./{PLOTS}/transferability_hist.png)", ""]
+            "", f"![]({PLOT_TRANSFER})", ""]
 
 
-def semantic_md(s: dict, folder: Path) -> list[str]:
+def semantic_md(s: dict, folder: Any) -> list[str]:
     cls = np.asarray(s.get("classes", []))
     c = s.get("counts", {})
     lines = ["### Semantic vs structural latents", "",
@@ -103,8 +103,8 @@ def _plot_null(e: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def entropy_md(e: dict, folder: Path) -> list[str]:
-    _plot_null(e, folder / PLOTS / "null_share.png")
+def entropy_md(e: dict, folder: Any) -> list[str]:
+    _plot_null(e, folder.plot(PLOT_NULL))
     lines = ["### Entropy features", "",
              f"Null space: bottom {e['fraction']:.0%} singular directions of the folded unembedding "
              f"({e['null_dims'][0]} dims on A, {e['null_dims'][1]} on B). Share of each decoder row's squared norm "
@@ -118,10 +118,10 @@ def entropy_md(e: dict, folder: Path) -> list[str]:
         lines.append(f"| {r['latent']} | {r['top_on']} | {a['null_share']:.3f} -> {b['null_share']:.3f} | "
                      f"{a['frequency']:.4f} / {b['frequency']:.4f} | {a['mean_when_active']:.2f} / {b['mean_when_active']:.2f} | "
                      f"{_f(a.get('delta_entropy'), '+.3f')} | {_f(b.get('delta_entropy'), '+.3f')} |")
-    return lines + ["", f"![](./{PLOTS}/null_share.png)", ""]
+    return lines + ["", f"![]({PLOT_NULL})", ""]
 
 
-def attention_md(a: dict, folder: Path) -> list[str]:
+def attention_md(a: dict, folder: Any) -> list[str]:
     lines = ["### Attention-deactivation features", "",
              f"{len(a['candidates'])} most frequent live latents of A; the latent's direction is path-patched out of the "
              f"query (q) or key (k) input of each later head; score = largest drop in attention to the first token. "
@@ -138,8 +138,8 @@ def attention_md(a: dict, folder: Path) -> list[str]:
     return lines + [""]
 
 
-def markdown(out: dict, folder: Path) -> str:
-    (folder / PLOTS).mkdir(parents=True, exist_ok=True)
+def markdown(out: dict, folder: Any) -> str:
+    """The section's Markdown; ``folder`` is the run's RunFolder (plots are written through it)."""
     lines = ["## Feature analysis (paper §5)", "",
              f"`stitchplug analyze`, budget `{out['budget']}`: {out['n_windows']} held-out windows, "
              f"layers A.{out['layers'][0]} / B.{out['layers'][1]}. Seconds per part: "
@@ -155,21 +155,11 @@ def markdown(out: dict, folder: Path) -> str:
     return "\n".join(lines)
 
 
-def write_sections(run: Path, out: dict, log: Callable[[str], None] = print) -> None:
+def write_sections(rf: Any, out: dict, log: Callable[[str], None] = print) -> None:
     """Merge ``out`` into ``metrics.json[feature_analysis]`` (parts not re-run are kept) and render
-    the whole section into ``report.md``."""
-    import json
-
-    from .seam import add_metrics, add_report_section
-
-    old = {}
-    mpath = Path(run) / "metrics.json"
-    if mpath.exists():
-        try:
-            old = json.loads(mpath.read_text()).get(SECTION) or {}
-        except json.JSONDecodeError:
-            old = {}
+    the whole section into the report, both through the run's RunFolder."""
+    old = rf.metrics().get(SECTION) or {}
     merged = {**old, **out, "seconds": {**old.get("seconds", {}), **out.get("seconds", {})}}
-    add_metrics(run, SECTION, merged, merge=False)
-    path = add_report_section(run, SECTION, markdown(merged, Path(run)))
+    rf.add_metrics(SECTION, merged)
+    path = rf.add_report_section(SECTION, markdown(merged, rf))
     log(f"report: {path}")

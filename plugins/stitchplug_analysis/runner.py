@@ -30,7 +30,7 @@ BUDGETS: dict[str, dict[str, Any]] = {
              "entropy_top": 10, "entropy_windows": 32, "attention_candidates": 64, "attention_windows": 24,
              "attention_top": 10},
 }
-SAE_DIRS = {"source": "artifact_source", "transfer": "artifact_target", "baseline": "artifact_random"}
+ROLES = {"source": "source", "transfer": "transferred", "baseline": "random"}
 
 
 def parse_what(what: str | None) -> list[str]:
@@ -44,72 +44,64 @@ def parse_what(what: str | None) -> list[str]:
 
 
 class RunInputs:
-    """Lazily loaded pieces of a run folder."""
+    """Lazily loaded pieces of a run folder (through the core's :class:`RunFolder`)."""
 
     def __init__(self, run: str | Path, log: Callable[[str], None] = print, progress: bool = False):
-        from ._core import build_config
+        from ._core import RunFolder
 
-        self.run = Path(run)
+        self.rf = RunFolder.existing(run)
+        self.run = self.rf.root
         self.log, self.progress = log, progress
-        if not (self.run / "config.yaml").exists():
-            raise StageError(f"{self.run} is not a stitchplug run folder (no config.yaml)")
-        self.cfg = build_config(file=self.run / "config.yaml", overrides={"output_dir": str(self.run)})
-        if self.cfg.artifact != "sae":
-            raise StageError(f"feature analysis needs an SAE run; {self.run} transferred a {self.cfg.artifact!r}")
-        for name in ("stitch/stitch.safetensors", SAE_DIRS["source"], SAE_DIRS["transfer"], "cache.h5"):
-            if not (self.run / name).exists():
-                raise StageError(f"{self.run / name} is missing; run `stitchplug run` to finish the run first")
-        from ._core import Stitch
-
-        self.stitch = Stitch.load(self.run / "stitch" / "stitch.safetensors")
+        self.cfg = self.rf.config()
+        if self.cfg.get("artifact") != "sae":
+            raise StageError(f"feature analysis needs an SAE run; {self.run} transferred a {self.cfg.get('artifact')!r}")
+        self.stitch = self.rf.load_stitch()
         self.layer_a, self.layer_b = int(self.stitch.meta["source_layer"]), int(self.stitch.meta["target_layer"])
+        for role in ("source", "transferred"):
+            if not self.rf.artifact("sae", role).exists():
+                raise StageError(f"{self.rf.artifact('sae', role)} is missing; finish the run with `stitchplug run` first")
+        self.context_size = int(self.cfg.get("cache", {}).get("context_size", 128))
+        self.seed = int(self.cfg.get("seed", 0))
         self._models: dict[str, Any] = {}
         self._saes: dict[str, Any] = {}
 
     def model(self, side: str):
         if side not in self._models:
-            from ._core import load_model
-
-            name = getattr(self.cfg.models, side)
-            self.log(f"loading {name}")
-            self._models[side] = load_model(name, device=self.cfg.device, dtype=self.cfg.dtype,
-                                            cache_dir=self.cfg.models.cache_dir)
+            self.log(f"loading {self.cfg.get('models', {}).get(side)}")
+            self._models[side] = self.rf.load_model(side)
         return self._models[side]
 
     def sae(self, which: str):
         if which not in self._saes:
-            from stitchplug_sae.io import load_sae_folder
-
-            folder = self.run / SAE_DIRS[which]
-            if which == "baseline" and not folder.exists():
+            role = ROLES[which]
+            if which == "baseline" and not self.rf.artifact("sae", role).exists():
                 from stitchplug_sae.transfer import random_sae_like
 
                 self.log("no random baseline SAE in the run; drawing one shaped like the transferred SAE")
-                self._saes[which] = random_sae_like(self.sae("transfer"), seed=self.cfg.seed)
+                self._saes[which] = random_sae_like(self.sae("transfer"), seed=self.seed)
             else:
-                self._saes[which] = load_sae_folder(folder, device=self.cfg.device)
+                self._saes[which] = self.rf.load_artifact("sae", role)
         return self._saes[which]
 
     def heldout_docs(self, n: int, skip: int = 0) -> list[dict]:
         """Documents after the cached slice (``skip`` more first), as dicts with text and topic."""
         from ._core import open_corpus
-        from ._core import open_cache
 
-        with open_cache(self.run / "cache.h5") as cache:
+        cache_cfg = self.cfg.get("cache", {})
+        with self.rf.open_cache() as cache:
             attrs = getattr(cache, "attrs", {}) or {}
             end = attrs.get("doc_end")
             if end is None and attrs.get("n_docs") is not None:
-                end = int(attrs.get("doc_start", self.cfg.cache.doc_start)) + int(attrs["n_docs"])
+                end = int(attrs.get("doc_start", cache_cfg.get("doc_start", 0))) + int(attrs["n_docs"])
+            corpus = attrs.get("corpus") or cache_cfg.get("corpus")
         start = int(end) if end is not None else 9000
-        return list(open_corpus(self.cfg.cache.corpus, start=start + skip, limit=n))
+        return list(open_corpus(corpus, start=start + skip, limit=n))
 
 
 def analyze(run: str | Path, what: str | None = None, budget: str = "quick", log: Callable[[str], None] = print,
             progress: bool = False) -> dict:
     """Run the requested parts on the run folder ``run`` and write them into its metrics and report."""
-    from ._core import windows_for_texts
-
-    from .common import paired_captures, unembed_path
+    from .common import paired_captures, paired_windows, unembed_path
     from .report import write_sections
 
     parts = parse_what(what)
@@ -123,7 +115,7 @@ def analyze(run: str | Path, what: str | None = None, budget: str = "quick", log
     if not docs:
         raise StageError("no held-out documents after the cached slice to analyse")
     t0 = time.perf_counter()
-    wins = windows_for_texts([d["text"] for d in docs], A, B, inp.cfg.cache.context_size)[: b["windows"]]
+    wins = paired_windows([d["text"] for d in docs[: b["windows"]]], A, B, inp.context_size)
     pc = paired_captures(A, B, wins, inp.layer_a, inp.layer_b, progress=progress)
     W_a, W_b = unembed_path(A), unembed_path(B)
     log(f"captured {len(wins)} held-out windows in {time.perf_counter() - t0:.0f}s")
@@ -147,7 +139,7 @@ def analyze(run: str | Path, what: str | None = None, budget: str = "quick", log
         sents = sentences(docs, b["sentences"])
         donors = inp.heldout_docs(b["donor_docs"], skip=b["docs"])
         aug = get_augmenter("content-swap", donors)
-        sem = classify(A, src, inp.layer_a, sents, aug, n_versions=b["versions"], seed=inp.cfg.seed, progress=progress)
+        sem = classify(A, src, inp.layer_a, sents, aug, n_versions=b["versions"], seed=inp.seed, progress=progress)
         sem["per_class"] = per_class_transferability(sem["classes"], trans["per_latent"]) if "per_latent" in trans else {}
         out["semantic"] = sem
         seconds["semantic"] = time.perf_counter() - t
@@ -163,7 +155,7 @@ def analyze(run: str | Path, what: str | None = None, budget: str = "quick", log
         seconds["attention"] = time.perf_counter() - t
         log(f"attention deactivation: {seconds['attention']:.0f}s")
     out["seconds"] = seconds
-    write_sections(inp.run, out, log=log)
+    write_sections(inp.rf, out, log=log)
     return out
 
 
