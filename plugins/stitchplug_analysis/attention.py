@@ -57,8 +57,8 @@ def bos_attention_effects(adapter: Any, sae: Any, layer: int, caps: Sequence[Any
         if not bool((f != 0).any()):
             continue
         names = {adapter.hook_name(L) for L in later}
-        _, cache = model.run_with_cache(cap.ids[None].to(adapter.device), names_filter=lambda n: n in names,
-                                        stop_at_layer=later[-1] + 1)
+        _, cache = model.run_with_cache(cap.resid[None].to(adapter.device), names_filter=lambda n: n in names,
+                                        start_at_layer=layer, stop_at_layer=later[-1] + 1)
         contrib = (f.T[:, :, None] * rows[lat][:, None, :]).to(adapter.device)  # [n, T, d]
         fires = (f != 0).T.cpu().numpy()  # [n, T]
         q_mask = fires.copy()

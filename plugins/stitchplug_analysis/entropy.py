@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .common import Capture, decoder_rows, live_codes
+from .common import Capture, _tl_model, decoder_rows, live_codes
 
 
 @torch.no_grad()
@@ -65,29 +65,30 @@ def _entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def ablation_entropy(adapter: Any, sae: Any, layer: int, caps: Sequence[Capture], latents: Sequence[int]) -> dict[int, dict]:
+def ablation_entropy(adapter: Any, sae: Any, layer: int, caps: Sequence[Capture], latents: Sequence[int],
+                     chunk: int = 4) -> dict[int, dict]:
     """For each latent: mean output entropy over the positions where it fires, clean and with its
-    contribution subtracted at ``layer`` (all other positions untouched)."""
+    contribution subtracted at ``layer`` (all other positions untouched). The model runs from the
+    captured residual at ``layer`` on (``start_at_layer``), ``chunk`` ablations per batch."""
+    model = _tl_model(adapter)
     rows = decoder_rows(sae)
     sums = {i: [0.0, 0.0, 0] for i in latents}
     for cap in caps:
         f = live_codes(sae, cap)
-        ids = cap.ids[None]
-        clean = _entropy(adapter.logits(ids)[0]).cpu()
-        for i in latents:
-            where = f[:, i] != 0
-            if not bool(where.any()):
-                continue
-            delta = (f[:, i:i + 1] * rows[i][None]).to(adapter.device)
-
-            def patch(resid, delta=delta):
-                return resid - delta[None].to(resid.dtype)
-
-            abl = _entropy(adapter.logits(ids, {layer: patch})[0]).cpu()
-            s = sums[i]
-            s[0] += float(clean[where].sum())
-            s[1] += float(abl[where].sum())
-            s[2] += int(where.sum())
+        x = cap.resid[None].to(adapter.device)
+        clean = _entropy(model(x, start_at_layer=layer)[0]).cpu()
+        todo = [i for i in latents if bool((f[:, i] != 0).any())]
+        for k in range(0, len(todo), chunk):
+            part = todo[k:k + chunk]
+            idx = torch.as_tensor(part)
+            delta = f[:, idx].T[:, :, None] * rows[idx][:, None, :]  # [n, T, d]
+            abl = _entropy(model(x - delta.to(x), start_at_layer=layer)).cpu()  # [n, T]
+            for j, i in enumerate(part):
+                where = f[:, i] != 0
+                s = sums[i]
+                s[0] += float(clean[where].sum())
+                s[1] += float(abl[j][where].sum())
+                s[2] += int(where.sum())
     out = {}
     for i, (c, a, n) in sums.items():
         out[i] = {"n_positions": n, "entropy_clean": c / n if n else None, "entropy_ablated": a / n if n else None,
