@@ -1,0 +1,13 @@
+"""Every name this plugin takes from the stitchplug core, in one place; all through ``stitchplug.api``."""
+
+from stitchplug.api import (  # noqa: F401
+    ArtifactContext,
+    Encoded,
+    Evaluator,
+    RunFolder,
+    StageError,
+    StitchplugError,
+    align_by_end_offsets,
+    align_identity,
+    open_corpus,
+)
