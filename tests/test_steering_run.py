@@ -92,3 +92,28 @@ def test_exclude_massive_zeroes_those_dims(tiny_pair, tmp_path, one_thread):
         assert float(v.norm()) == pytest.approx(1.0, rel=1e-5)
     info = json.loads((tmp_path / "vectors.json").read_text())["B/fr/native"]
     assert info["z"] == pytest.approx(info["z_en"] + 2.0 * (info["z_target"] - info["z_en"]), rel=1e-5)
+
+
+def test_steer_command_prints_columns_and_refuses_bad_input(tiny_pair, tmp_path, capsys, one_thread):
+    from stitchplug.cli import main
+    from stitchplug_steering.runfolder import steering_dir
+
+    a, b = tiny_pair
+    run = tmp_path / "run"
+    stitch = Stitch(a.d_model, b.d_model, seed=0)
+    stitch.save(run / "stitch" / "stitch.safetensors", {"source_model": a.name, "target_model": b.name,
+                                                        "source_layer": 1, "target_layer": 2})
+    cfg = SteeringConfig(languages=["fr"], vector_docs=3, vector_tokens=16, n_prompts=1, max_new_tokens=1,
+                         agreement_detector="none", fluency=False)
+    run_steering({"A": (a, 1, []), "B": (b, 2, [])}, stitch, cfg, steering_dir(run), log=lambda m: None)
+    main(["steer", "--run", str(run), "--model", "B", "--prompt", "The river", "--max-new-tokens", "3"])
+    out = capsys.readouterr().out
+    assert "tiny-llama-b: unsteered" in out and "native (clamp z=" in out and "transferred-up (clamp" in out
+    for argv, msg in ((["--model", "C"], "--model 'C' is neither"), (["--model", "A", "--lang", "de"], "language 'de'"),
+                      (["--model", "A", "--run", str(tmp_path)], "has no stitch")):
+        full = ["steer", "--run", str(run), "--prompt", "x"] + argv
+        with pytest.raises(SystemExit) as exc:
+            main(full)
+        assert exc.value.code != 0
+        err = capsys.readouterr().err
+        assert msg in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err

@@ -19,7 +19,7 @@ from .arms import Side, build_arms
 from .config import SteeringConfig
 from .data import build_prompts, parallel_pairs
 from .evaluate import evaluate_arms
-from .vector import LanguageStats, language_stats
+from .vector import LanguageStats, language_stats, texts_key
 
 
 def vector_texts(cfg: SteeringConfig, seed: int) -> tuple[dict[str, list[str]], set[str]]:
@@ -45,7 +45,7 @@ def stats_for(side_key: str, adapter, layer: int, massive: list[int], texts, cfg
     path = folder / f"{name}.json"
     if path.exists():
         st = LanguageStats.load(folder, name)
-        if st.model == adapter.name and st.layer == layer and set(texts) <= set(st.means):
+        if st.model == adapter.name and st.layer == layer and st.texts_key == texts_key(texts, cfg.vector_tokens):
             return st
     log(f"  steering: residual means per language on {adapter.name} layer {layer}")
     st = language_stats(adapter, layer, texts, cfg.vector_tokens, massive)

@@ -43,6 +43,7 @@ class LanguageStats:
     n_tokens: dict[str, int]
     en_cov: torch.Tensor | None = None
     massive_dims: list[int] = field(default_factory=list)
+    texts_key: str = ""
 
     def z(self, v: torch.Tensor, lang: str, mode: str = "literal", scale: float = 1.0) -> float:
         """The clamp value for ``v``: literal ``scale * z_lang`` or offset ``z_en + scale (z_lang - z_en)``."""
@@ -82,7 +83,7 @@ class LanguageStats:
             tensors["en_cov"] = self.en_cov.double().contiguous()
         save_file(tensors, str(folder / f"{name}.safetensors"))
         meta = {"model": self.model, "layer": self.layer, "n_tokens": self.n_tokens,
-                "massive_dims": list(self.massive_dims)}
+                "massive_dims": list(self.massive_dims), "texts_key": self.texts_key}
         (folder / f"{name}.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
@@ -97,7 +98,7 @@ class LanguageStats:
         meta = json.loads((folder / f"{name}.json").read_text())
         means = {k[5:]: v for k, v in t.items() if k.startswith("mean_")}
         return cls(meta["model"], int(meta["layer"]), means, meta["n_tokens"], t.get("en_cov"),
-                   meta.get("massive_dims", []))
+                   meta.get("massive_dims", []), meta.get("texts_key", ""))
 
 
 @torch.no_grad()
@@ -105,6 +106,7 @@ def language_stats(adapter, layer: int, texts: dict[str, Iterable[str]], max_tok
                    massive_dims: Sequence[int] = (), progress: bool = False) -> LanguageStats:
     """Mean residual before ``layer`` over the non-special tokens of each language's texts
     (at most ``max_tokens`` tokens of each, BOS included in the forward pass)."""
+    texts = {k: list(v) for k, v in texts.items()}
     means, counts, cov = {}, {}, None
     for lang, docs in texts.items():
         s, s2, n = None, None, 0
@@ -128,7 +130,19 @@ def language_stats(adapter, layer: int, texts: dict[str, Iterable[str]], max_tok
             cov = (s2 - n * torch.outer(mu, mu)) / (n - 1)
     if "en" not in means:
         raise StageError("language statistics need English texts ('en')")
-    return LanguageStats(adapter.name, layer, means, counts, cov, list(massive_dims))
+    return LanguageStats(adapter.name, layer, means, counts, cov, list(massive_dims), texts_key(texts, max_tokens))
+
+
+def texts_key(texts: dict[str, Iterable[str]], max_tokens: int) -> str:
+    """A fingerprint of the texts and token budget statistics were computed from."""
+    import hashlib
+
+    h = hashlib.sha256(str(max_tokens).encode())
+    for lang in sorted(texts):
+        h.update(lang.encode())
+        for t in texts[lang]:
+            h.update(b"\0" + t.encode())
+    return h.hexdigest()[:16]
 
 
 def transfer_vector(v: torch.Tensor, P: torch.Tensor, exclude_source: Sequence[int] = (),
