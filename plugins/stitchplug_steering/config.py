@@ -29,6 +29,8 @@ class SteeringConfig(BaseModel):
     """Zero the massive-activation dimensions of every vector (before and after mapping), then renormalise."""
     directions: list[Literal["up", "down"]] = ["up", "down"]
     """Transfer directions evaluated: up = A -> B through P_up, down = B -> A through P_down."""
+    arms: list[Literal["none", "native", "transferred", "random"]] = ["none", "native", "transferred", "random"]
+    """Arms evaluated (random is clamped at the transferred arm's z, else the native arm's)."""
     prompts: list[str] = ["wiki", "instruct"]
     """Prompt sources: 'wiki' (held-out wiki-en openings), 'instruct' (the plugin's instruction
     prompts), 'file:PATH' (one prompt per line)."""

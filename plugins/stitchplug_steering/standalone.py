@@ -10,8 +10,10 @@ from .runfolder import steering_dir, stitch_file
 
 
 def run_in_folder(run: str | Path, cfg: SteeringConfig, seed: int = 0, device: str = "cpu",
-                  log: Callable[[str], None] = print, models: dict | None = None) -> dict:
-    """Steering on ``run``'s stitch; ``models`` may hold already-loaded adapters by name."""
+                  log: Callable[[str], None] = print, models: dict | None = None,
+                  out: str | Path | None = None) -> dict:
+    """Steering on ``run``'s stitch into ``out`` (default ``RUN/steering``); ``models`` may hold
+    already-loaded adapters by name."""
     from stitchplug.adapter import load_model
     from stitchplug.stitch.model import Stitch
 
@@ -28,7 +30,7 @@ def run_in_folder(run: str | Path, cfg: SteeringConfig, seed: int = 0, device: s
             models[name] = load_model(name, device=device)
     sides = {"A": (models[m["source_model"]], int(m["source_layer"]), massive.get("source", [])),
              "B": (models[m["target_model"]], int(m["target_layer"]), massive.get("target", []))}
-    folder = steering_dir(run)
+    folder = Path(out) if out is not None else steering_dir(run)
     res = run_steering(sides, stitch, cfg, folder, seed=seed, log=log)
     (folder / "report.md").write_text(report_section(res, folder) + "\n", encoding="utf-8")
     return res

@@ -65,6 +65,7 @@ def run_steering(sides_in: dict[str, tuple], stitch, cfg: SteeringConfig, folder
              for k, (a, layer, m) in sides_in.items()}
     arms = build_arms(sides, stitch, cfg.languages, list(cfg.directions), cfg.z_mode, cfg.z_scale,
                       cfg.exclude_massive, seed)
+    arms = [a for a in arms if a.kind in cfg.arms]
     save_file({a.label: a.v.float().contiguous() for a in arms if a.v is not None}, str(folder / "vectors.safetensors"))
     (folder / "vectors.json").write_text(json.dumps(
         {a.label: {"z": a.z, "z_en": a.z_en, **a.info} for a in arms if a.v is not None}, indent=2))
