@@ -1,5 +1,5 @@
 """Steering-vector transfer (paper section 4) as a plugin: artifact ``steering``, evaluators
-``language_langdetect`` / ``language_lingua``, command ``stitchplug steer``.
+``steering_language``, ``language_langdetect`` / ``language_lingua``, command ``stitchplug steer``.
 
 Public API: :class:`stitchplug_steering.artifact.SteeringKind`, :class:`~.config.SteeringConfig`,
 :func:`~.steering_run.run_steering`, :func:`~.vector.language_stats`, :func:`~.vector.transfer_vector`,
@@ -17,9 +17,9 @@ def _kind():
 
 def _evaluator(name):
     def make():
-        from .evaluator import LanguageShare
+        from .evaluator import LanguageShare, SteeringLanguage
 
-        return LanguageShare(name)
+        return SteeringLanguage() if name == "steering" else LanguageShare(name)
 
     return make
 
@@ -33,6 +33,9 @@ def register_artifacts(register):
 
 @hookimpl
 def register_evaluators(register):
+    register("steering_language", _evaluator("steering"),
+             description="share of steered generations in the target language (exact CI), fluency loss",
+             source="stitchplug (first party)")
     register("language_langdetect", _evaluator("langdetect"),
              description="share of texts in a language (langdetect, seeded; the paper's detector)",
              source="pypi:langdetect")

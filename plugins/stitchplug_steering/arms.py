@@ -28,7 +28,7 @@ class Side:
 
 
 @dataclass
-class Arm:
+class SteerArm:
     side: str
     kind: str  # none | native | transferred | random
     lang: str | None = None
@@ -46,7 +46,7 @@ class Arm:
         return f"{self.side}/{self.lang}/{self.kind}{tail}"
 
 
-def _set(arm: Arm, stats: LanguageStats, mode: str, scale: float) -> Arm:
+def _set(arm: SteerArm, stats: LanguageStats, mode: str, scale: float) -> SteerArm:
     arm.z = stats.z(arm.v, arm.lang, mode, scale)
     arm.z_en = stats.z(arm.v, "en", "literal", 1.0)
     arm.info = stats.projections(arm.v, arm.lang) | {"z": arm.z}
@@ -55,15 +55,15 @@ def _set(arm: Arm, stats: LanguageStats, mode: str, scale: float) -> Arm:
 
 def build_arms(sides: dict[str, Side], stitch, languages: list[str], directions: list[str],
                z_mode: str = "literal", z_scale: float = 1.0, exclude_massive: bool = False,
-               seed: int = 0) -> list[Arm]:
+               seed: int = 0) -> list[SteerArm]:
     """All arms of the evaluation, with ``z`` computed in the model each arm runs on."""
-    arms = [Arm(side=k, kind="none") for k in sides]
+    arms = [SteerArm(side=k, kind="none") for k in sides]
     maps = {"up": ("A", "B", getattr(stitch, "P_up", None)), "down": ("B", "A", getattr(stitch, "P_down", None))}
     for lang in languages:
         native = {}
         for k, s in sides.items():
             ex = s.massive_dims if exclude_massive else []
-            native[k] = _set(Arm(side=k, kind="native", lang=lang, v=s.stats.native(lang, ex)), s.stats, z_mode, z_scale)
+            native[k] = _set(SteerArm(side=k, kind="native", lang=lang, v=s.stats.native(lang, ex)), s.stats, z_mode, z_scale)
         arms += list(native.values())
         ref = dict(native)
         for d in directions:
@@ -73,14 +73,14 @@ def build_arms(sides: dict[str, Side], stitch, languages: list[str], directions:
             ex_s = sides[src].massive_dims if exclude_massive else []
             ex_t = sides[dst].massive_dims if exclude_massive else []
             v = transfer_vector(native[src].v, P.detach(), ex_s, ex_t)
-            arm = _set(Arm(side=dst, kind="transferred", lang=lang, direction=d, v=v), sides[dst].stats, z_mode, z_scale)
+            arm = _set(SteerArm(side=dst, kind="transferred", lang=lang, direction=d, v=v), sides[dst].stats, z_mode, z_scale)
             arm.info["cos_with_native"] = float(v.double() @ native[dst].v.double())
             arms.append(arm)
             ref[dst] = arm
         for k, s in sides.items():
             ex = s.massive_dims if exclude_massive else []
             r = random_unit(s.stats.means["en"].shape[0], seed + zlib.crc32(f"{k}:{lang}".encode()), ex)
-            arm = Arm(side=k, kind="random", lang=lang, v=r, z=ref[k].z, z_en=ref[k].z_en)
+            arm = SteerArm(side=k, kind="random", lang=lang, v=r, z=ref[k].z, z_en=ref[k].z_en)
             arm.info = {"z": arm.z, "same_z_as": ref[k].label, "cos_with_native": float(r.double() @ native[k].v.double())}
             arms.append(arm)
     return arms

@@ -7,13 +7,13 @@ from typing import Callable, Sequence
 
 import torch
 
-from .arms import Arm, Side
+from .arms import Side, SteerArm
 from .detect import agreement, detect_all
 from .intervene import make_patch
 from .stats import relative_transfer_gap, share
 
 
-def generate(side: Side, arm: Arm, prompts: Sequence[str], intervention: str, max_new_tokens: int,
+def generate(side: Side, arm: SteerArm, prompts: Sequence[str], intervention: str, max_new_tokens: int,
              temperature: float, seed: int, progress: Callable[[], None] | None = None) -> list[str]:
     patches = None
     if arm.kind != "none":
@@ -50,7 +50,7 @@ def _median(xs: list[float]) -> float | None:
     return xs[m] if len(xs) % 2 else 0.5 * (xs[m - 1] + xs[m])
 
 
-def evaluate_arms(sides: dict[str, Side], arms: list[Arm], prompts: list[dict], languages: list[str], *,
+def evaluate_arms(sides: dict[str, Side], arms: list[SteerArm], prompts: list[dict], languages: list[str], *,
                   intervention: str = "clamp", max_new_tokens: int = 40, temperature: float = 0.0,
                   seed: int = 0, detector: str = "langdetect", agreement_detector: str = "none",
                   fluency: bool = True, log: Callable[[str], None] = print) -> dict:
@@ -90,7 +90,9 @@ def evaluate_arms(sides: dict[str, Side], arms: list[Arm], prompts: list[dict], 
                            for p, s, c, L, o, lo in zip(texts, prompts, cont, labels,
                                                         other or [None] * len(cont),
                                                         losses or [None] * len(cont))]
-    result = {"arms": out_arms, "generations": gens, "gaps": transfer_gaps(out_arms)}
+    result = {"arms": out_arms, "generations": gens, "gaps": transfer_gaps(out_arms),
+              "config": {"intervention": intervention, "max_new_tokens": max_new_tokens,
+                         "temperature": temperature, "detector": detector}}
     if all_a:
         result["agreement"] = {"detectors": [detector, agreement_detector], **agreement(all_a, all_b)}
     return result

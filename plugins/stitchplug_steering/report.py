@@ -69,3 +69,51 @@ def report_section(res: dict, folder: str | Path | None = None, examples: int | 
                     lines.append(f"- *{r['prompt']}* -> {text} `[{r['lang']}]`")
                 lines.append("")
     return "\n".join(lines)
+
+
+_ORDER = {"none": 0, "native": 1, "transferred": 2, "random": 3}
+
+
+def merge_pipeline_results(results: dict) -> dict:
+    """The kind's ``metrics.json`` section (``{pipeline arm: {evaluator: result}}``) as one result
+    in :func:`report_section`'s shape: arms by steering label, gaps, pooled detector agreement."""
+    from .evaluate import transfer_gaps
+
+    arms, n, same, dets, cfg = {}, 0, 0.0, None, {}
+    for label, by_eval in results.items():
+        res = by_eval.get("steering_language") if isinstance(by_eval, dict) else None
+        if not res:
+            continue
+        for k, rec in res.get("arms", {}).items():
+            arms[k] = rec | {"pipeline_arm": label}
+        agr = res.get("agreement")
+        if agr and agr.get("n"):
+            n += agr["n"]
+            same += agr["same_label"] * agr["n"]
+            dets = agr["detectors"]
+        cfg = res.get("config", cfg)
+    arms = dict(sorted(arms.items(), key=lambda kv: (kv[0].split("/")[0], kv[1].get("lang") or "",
+                                                     _ORDER.get(kv[1]["kind"], 9), kv[0])))
+    out = {"arms": arms, "gaps": transfer_gaps(arms), "config": cfg}
+    if n:
+        out["agreement"] = {"detectors": dets, "n": n, "same_label": same / n}
+    return out
+
+
+def pipeline_section(results: dict, folder) -> str:
+    merged = merge_pipeline_results(results)
+    if not merged["arms"]:
+        return "## Steering-vector transfer\n\nNo steering results."
+    gen_dir = folder.artifact("steering", "generations").parent if folder is not None else None
+    return report_section(merged, gen_dir)
+
+
+def summary_lines(results: dict) -> list[str]:
+    merged = merge_pipeline_results(results)
+    lines = []
+    for label, rec in merged["arms"].items():
+        L = rec.get("lang")
+        shares = [rec["share"][L]] if L else list(rec["share"].values())
+        shown = ", ".join(_pct(s) for s in shares)
+        lines.append(f"{label}: target-language share {shown}")
+    return lines

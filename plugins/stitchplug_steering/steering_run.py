@@ -88,12 +88,56 @@ def run_steering(sides_in: dict[str, tuple], stitch, cfg: SteeringConfig, folder
     return res
 
 
+def context_stats(context, cfg: SteeringConfig) -> LanguageStats:
+    """Language statistics of ``context``'s model at its layer, computed once per run folder (kept
+    under ``artifacts/steering/stats``) and per context (``context.memo``)."""
+    texts, _ = vector_texts(cfg, context.seed)
+    key = ("steering_stats", texts_key(texts, cfg.vector_tokens))
+    if key in context.memo:
+        return context.memo[key]
+    side = "A" if context.side == "source" else "B"
+    folder = context.folder.artifact("steering", "stats") if context.folder is not None else None
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        st = stats_for(side, context.adapter, int(context.layer), list(context.massive_dims), texts, cfg, folder,
+                       lambda m: None)
+    else:
+        st = language_stats(context.adapter, int(context.layer), texts, cfg.vector_tokens, context.massive_dims)
+    context.memo[key] = st
+    return st
+
+
+_PROMPTS: dict[str, list[dict]] = {}
+
+
+def prompts_for(cfg: SteeringConfig, seed: int) -> list[dict]:
+    """The evaluation prompts of ``cfg`` (disjoint from its vector set), cached per process."""
+    key = json.dumps([cfg.languages, cfg.vector_docs, cfg.prompts, cfg.n_prompts, cfg.prompt_words, seed])
+    if key not in _PROMPTS:
+        _, titles = vector_texts(cfg, seed)
+        _PROMPTS[key] = build_prompts(cfg.prompts, cfg.n_prompts, cfg.prompt_words, titles, seed)
+    return _PROMPTS[key]
+
+
+def write_generations(folder: str | Path, gens: dict[str, list[dict]]) -> None:
+    """One ``<arm label>.jsonl`` per arm (``/`` in labels becomes ``_``)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for label, rows in gens.items():
+        with open(folder / (label.replace("/", "_") + ".jsonl"), "w", encoding="utf-8") as fh:
+            for r in rows:
+                fh.write(json.dumps({"arm": label, **r}, ensure_ascii=False) + "\n")
+
+
 def read_generations(folder: str | Path) -> dict[str, list[dict]]:
+    """Generations by arm from ``generations.jsonl`` and/or ``generations/*.jsonl`` under ``folder``."""
     out: dict[str, list[dict]] = {}
-    path = Path(folder) / "generations.jsonl"
-    if not path.exists():
-        return out
-    for line in path.read_text(encoding="utf-8").splitlines():
-        r = json.loads(line)
-        out.setdefault(r.pop("arm"), []).append(r)
+    folder = Path(folder)
+    files = [folder / "generations.jsonl"] + sorted((folder / "generations").glob("*.jsonl"))
+    for path in files:
+        if not path.exists():
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines():
+            r = json.loads(line)
+            out.setdefault(r.pop("arm"), []).append(r)
     return out
