@@ -6,3 +6,4 @@ Keeping the core imports here means the plugin follows the core's public API in 
 from stitchplug.artifacts import ArtifactContext, ArtifactKind, Evaluator  # noqa: F401
 from stitchplug.errors import ConfigError, StageError, StitchplugError  # noqa: F401
 from stitchplug.hookspecs import hookimpl  # noqa: F401
+from stitchplug.cache.corpus import open_corpus  # noqa: F401

@@ -6,10 +6,11 @@ that are not in any language's vector set (split deterministically by a hash of 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
-from ._core import ConfigError, StageError
+from ._core import ConfigError, StageError, open_corpus
 
 INSTRUCT_PROMPTS = [
     "Write a short paragraph about the ocean.",
@@ -51,10 +52,10 @@ def _rank(title: str, salt: str) -> str:
     return hashlib.sha256(f"{salt}:{title}".encode()).hexdigest()
 
 
+@functools.lru_cache(maxsize=8)
 def _load(lang: str) -> dict[str, str]:
-    from stitchplug_corpora import wiki_corpus  # first-party corpus plugin (an ordinary dependency)
-
-    return {d["doc_id"]: d["text"] for d in wiki_corpus(lang)}
+    """``{doc_id: text}`` of the registered corpus ``wiki-<lang>`` (another plugin can add languages)."""
+    return {d["doc_id"]: d["text"] for d in open_corpus(f"wiki-{lang}")}
 
 
 def parallel_pairs(lang: str, n: int, seed: int = 0) -> list[tuple[str, str, str]]:
@@ -62,10 +63,7 @@ def parallel_pairs(lang: str, n: int, seed: int = 0) -> list[tuple[str, str, str
     in a seeded hash order (the first ``n`` of it: a larger ``n`` extends a smaller one)."""
     if lang == "en":
         raise ConfigError("steering target language cannot be 'en' (English is the reference)")
-    try:
-        tgt = _load(lang)
-    except KeyError:
-        raise ConfigError(f"no Wikipedia corpus for language {lang!r} (have: fr, es)") from None
+    tgt = _load(lang)
     en = _load("en")
     titles = sorted(set(tgt) & set(en), key=lambda t: _rank(t, f"{seed}:{lang}"))
     if len(titles) < n:
