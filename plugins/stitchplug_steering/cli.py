@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from ._core import ConfigError, StageError
-from .runfolder import steering_dir
+from ._core import ConfigError
+from .runfolder import stats_dir
 
 
 def _columns(cols: list[tuple[str, str]], width: int) -> str:
@@ -23,14 +23,6 @@ def _columns(cols: list[tuple[str, str]], width: int) -> str:
     return "\n".join(lines)
 
 
-def steer_folder(run: str) -> Path:
-    folder = steering_dir(run)
-    if not (folder / "stats_A.json").exists() or not (folder / "stats_B.json").exists():
-        raise StageError(f"run folder {run} has no steering statistics ({folder}/stats_A.json); "
-                         f"run `stitchplug run --artifact steering --output-dir {run}` first")
-    return folder
-
-
 def steer(run: str, model: str, prompt: str, lang: str, arms: list[str], max_new_tokens: int,
           z_mode: str | None, z_scale: float | None, intervention: str | None, exclude_massive: bool | None,
           seed: int, stitch_path: Path, cfg) -> list[tuple[str, str]]:
@@ -41,7 +33,7 @@ def steer(run: str, model: str, prompt: str, lang: str, arms: list[str], max_new
     from .intervene import make_patch
     from .vector import LanguageStats
 
-    folder = steer_folder(run)
+    folder = stats_dir(run)
     stats = {k: LanguageStats.load(folder, f"stats_{k}") for k in ("A", "B")}
     key = {"A": "A", "B": "B", stats["A"].model: "A", stats["B"].model: "B"}.get(model)
     if key is None:
