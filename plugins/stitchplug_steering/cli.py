@@ -8,8 +8,6 @@ from pathlib import Path
 
 import click
 
-from ._core import ConfigError
-from .runfolder import stats_dir
 
 
 def _columns(cols: list[tuple[str, str]], width: int) -> str:
@@ -26,11 +24,11 @@ def _columns(cols: list[tuple[str, str]], width: int) -> str:
 def steer(run: str, model: str, prompt: str, lang: str, arms: list[str], max_new_tokens: int,
           z_mode: str | None, z_scale: float | None, intervention: str | None, exclude_massive: bool | None,
           seed: int, stitch_path: Path, cfg) -> list[tuple[str, str]]:
-    from stitchplug.adapter import load_model
-    from stitchplug.stitch.model import Stitch
+    from ._core import ConfigError, Stitch, load_model
 
     from .arms import Side, build_arms
     from .intervene import make_patch
+    from .runfolder import stats_dir
     from .vector import LanguageStats
 
     folder = stats_dir(run)

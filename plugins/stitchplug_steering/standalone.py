@@ -14,8 +14,7 @@ def run_in_folder(run: str | Path, cfg: SteeringConfig, seed: int = 0, device: s
                   out: str | Path | None = None) -> dict:
     """Steering on ``run``'s stitch into ``out`` (default ``RUN/steering``); ``models`` may hold
     already-loaded adapters by name."""
-    from stitchplug.adapter import load_model
-    from stitchplug.stitch.model import Stitch
+    from ._core import Stitch, load_model
 
     from .report import report_section
     from .steering_run import run_steering
