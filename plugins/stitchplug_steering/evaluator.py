@@ -46,6 +46,9 @@ class SteeringLanguage(Evaluator):
             arm = SteerArm(side=key, kind=kind, lang=L, direction=direction, v=v,
                            z=st.z(ref, L, cfg.z_mode, cfg.z_scale), z_en=st.z(ref, "en", "literal", 1.0))
             arm.info = st.projections(ref, L) | {"z": arm.z}
+            if kind != "native":
+                native = st.native(L, list(context.massive_dims) if cfg.exclude_massive else [])
+                arm.info["cos_with_native"] = float(v.double() @ native.double())
             if artifact.zref:
                 arm.info["z_from"] = artifact.meta.get("like", "zref")
             arms.append(arm)
@@ -58,6 +61,9 @@ class SteeringLanguage(Evaluator):
             write_generations(context.folder.artifact("steering", "generations"), res["generations"])
         res.pop("generations")
         res["config"] = cfg.model_dump(mode="json")
+        res["n_prompts"] = {src: sum(p["source"] == src for p in prompts)
+                            for src in dict.fromkeys(p["source"] for p in prompts)}
+        res["vector_tokens"] = {key: st.n_tokens}
         return res
 
 

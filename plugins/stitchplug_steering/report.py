@@ -79,7 +79,7 @@ def merge_pipeline_results(results: dict) -> dict:
     in :func:`report_section`'s shape: arms by steering label, gaps, pooled detector agreement."""
     from .evaluate import transfer_gaps
 
-    arms, n, same, dets, cfg = {}, 0, 0.0, None, {}
+    arms, n, same, dets, cfg, vtok, nprompts = {}, 0, 0.0, None, {}, {}, None
     for label, by_eval in results.items():
         res = by_eval.get("steering_language") if isinstance(by_eval, dict) else None
         if not res:
@@ -92,9 +92,12 @@ def merge_pipeline_results(results: dict) -> dict:
             same += agr["same_label"] * agr["n"]
             dets = agr["detectors"]
         cfg = res.get("config", cfg)
+        vtok |= res.get("vector_tokens", {})
+        nprompts = res.get("n_prompts", nprompts)
     arms = dict(sorted(arms.items(), key=lambda kv: (kv[0].split("/")[0], kv[1].get("lang") or "",
                                                      _ORDER.get(kv[1]["kind"], 9), kv[0])))
-    out = {"arms": arms, "gaps": transfer_gaps(arms), "config": cfg}
+    out = {"arms": arms, "gaps": transfer_gaps(arms), "config": cfg, "n_prompts": nprompts,
+           "vector_tokens": dict(sorted(vtok.items()))}
     if n:
         out["agreement"] = {"detectors": dets, "n": n, "same_label": same / n}
     return out
