@@ -92,9 +92,9 @@ def plot_frequency_scatter(evaluation: dict, path: Path) -> bool:
     return True
 
 
-def report_markdown(metrics: dict[str, Any], folder: str | Path) -> str:
-    folder = Path(folder)
-    ev = metrics.get("evaluation", {})
+def report_markdown(metrics: dict[str, Any], folder) -> str:
+    """The section from ``metrics["sae"]`` (the SAE kind's results); plots go to ``folder.plot(...)``."""
+    ev = metrics.get("sae", {})
     lines = ["## SAE transfer (paper Table 2)", "",
              "| metric | " + " | ".join(label for _, label in COLUMNS) + " |",
              "|---" * (len(COLUMNS) + 1) + "|"]
@@ -133,8 +133,8 @@ def report_markdown(metrics: dict[str, Any], folder: str | Path) -> str:
                       f"{_cell(ev.get('source_on_A', {}), 'reconstruction', 'fvu', '{:.3f}')} on A's real activations."
                       + share + " FVUs on A and on B are normalised by different variances, so the transferred "
                       "SAE's FVU on B can be lower than the source SAE's on A without the transfer being better.", ""]
-    if plot_frequencies(ev, folder / "latent_frequency.png"):
+    if plot_frequencies(ev, folder.plot("latent_frequency.png")):
         lines += ["![latent frequencies](latent_frequency.png)", ""]
-    if plot_frequency_scatter(ev, folder / "latent_frequency_scatter.png"):
+    if plot_frequency_scatter(ev, folder.plot("latent_frequency_scatter.png")):
         lines += ["![per-latent frequency A vs B](latent_frequency_scatter.png)", ""]
     return "\n".join(lines)

@@ -17,7 +17,7 @@ import torch
 from sae_lens import SAE, LoggingConfig, SAETrainer, TopKTrainingSAE, TopKTrainingSAEConfig
 from sae_lens.config import SAETrainerConfig
 
-from stitchplug.errors import StageError
+from stitchplug.api import StageError
 
 
 def rebatch(batches: Iterable[torch.Tensor], batch_size: int, d_in: int, max_tokens: int | None = None,
