@@ -6,7 +6,7 @@ Public API: :class:`stitchplug_steering.artifact.SteeringKind`, :class:`~.config
 :func:`~.intervene.clamp_patch`, :func:`~.detect.detect_all`, :func:`~.stats.share`.
 """
 
-from stitchplug.hookspecs import hookimpl
+from stitchplug.api import hookimpl
 
 
 def _kind():
