@@ -128,9 +128,11 @@ class SteeringKind(ArtifactKind):
                                                           target_layer=a.layer))
             out["transferred_down_on_A"] = Arm(down, a)
             ref_a = down
-        out["random_on_A"] = Arm(keep("random_A", self.baseline(ref_a, a)), a)
-        empty = SteeringVectors("", None, {}, "none")
-        out["none_on_A"], out["none_on_B"] = Arm(empty, a), Arm(empty, b)
+        if "random" in cfg.arms:
+            out["random_on_A"] = Arm(keep("random_A", self.baseline(ref_a, a)), a)
+        if "none" in cfg.arms:
+            empty = SteeringVectors("", None, {}, "none")
+            out["none_on_A"], out["none_on_B"] = Arm(empty, a), Arm(empty, b)
         return out
 
     def report_markdown(self, metrics: dict, folder: Any) -> str | None:

@@ -36,6 +36,8 @@ class SteeringLanguage(Evaluator):
         side = Side(key, context.adapter, int(context.layer), st, list(context.massive_dims))
         role = getattr(artifact, "role", "none")
         kind, direction = (role.split("-", 1) + [None])[:2] if role.startswith("transferred") else (role, None)
+        if kind not in cfg.arms:
+            return {"arms": {}, "skipped": f"arm kind {kind!r} not in steering.arms"}
         arms = []
         if not artifact.vectors:
             arms.append(SteerArm(side=key, kind="none"))
