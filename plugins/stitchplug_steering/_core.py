@@ -1,0 +1,7 @@
+"""Everything this plugin takes from the stitchplug core, in one place: the public API module.
+
+(``__init__`` imports only ``hookimpl``, so listing plugins stays cheap.)
+"""
+
+from stitchplug.api import (Arm, ArtifactContext, ArtifactKind, ConfigError, Evaluator,  # noqa: F401
+                            StageError, Stitch, StitchplugError, load_model, open_corpus)
