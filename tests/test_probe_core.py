@@ -174,3 +174,35 @@ def test_run_task_deterministic_and_planted():
     assert again["sparse"]["random_B"][5]["auc"] == s["random_B"][5]["auc"]
     tr, te = split(y, 0.3, 0)
     assert len(set(tr) & set(te)) == 0 and len(te) == 120
+
+
+def test_aggregate_report_and_plot(tmp_path):
+    from stitchplug_probe.experiment import aggregate
+    from stitchplug_probe.report import markdown, plot
+
+    rng = np.random.default_rng(2)
+    results, per_task = {}, {}
+    for t in range(3):
+        n, w = 200, 12
+        y = rng.integers(0, 2, n)
+        src = np.abs(rng.normal(size=(n, w)))
+        src[:, t] += y * (1 + t)
+        feats = {"A": {"dense": src[:, :5], "source": src},
+                 "B": {"dense": src[:, :5] @ np.eye(5), "transferred": src, "native": src,
+                       "random": np.abs(rng.normal(size=(n, w)))}}
+        r = run_task(feats, y, P_down=np.eye(5), b_down=np.zeros(5), ks=(1, 5, 20), seed=0)
+        results[f"t{t}"] = r
+        from stitchplug_probe.arms import strip_correct
+        per_task[f"t{t}"] = strip_correct(r) | {"n_examples": n}
+    agg = aggregate(results, (1, 5, 20), n_boot=200)
+    # k=20 exceeds the 12 latents: skipped, not faked
+    assert "20" not in agg["sparse"]["source_A"] and "5" in agg["sparse"]["source_A"]
+    accs = [results[t]["sparse"]["transfer_retrain"][5]["accuracy"] for t in results]
+    assert abs(agg["sparse"]["transfer_retrain"]["5"]["mean"] - np.mean(accs)) < 1e-12
+    assert agg["gap_vs_native"]["transfer_reselect"]["1"]["mean"] == 0.0  # same features as native here
+    res = {"tasks": per_task, "aggregate": agg,
+           "timing": {"examples": 600, "feature_seconds": 2.0, "probe_seconds": 1.0, "examples_per_second": 300.0}}
+    md = markdown(res)
+    assert "| t2 | 200 |" in md and "transferred, no retrain" in md and "k=20" in md
+    out = plot(res, tmp_path / "p.png")
+    assert out.stat().st_size > 1000
