@@ -206,3 +206,17 @@ def test_aggregate_report_and_plot(tmp_path):
     assert "| t2 | 200 |" in md and "transferred, no retrain" in md and "k=20" in md
     out = plot(res, tmp_path / "p.png")
     assert out.stat().st_size > 1000
+
+
+def test_config_checks_task_specs_before_running():
+    from pydantic import ValidationError
+
+    from stitchplug_probe.config import PRESETS, ProbeConfig
+
+    ProbeConfig(**PRESETS["quick"])
+    ProbeConfig()  # the default preset's 19 tasks all resolve
+    for bad, needle in (["wiki-topic:Astrology"], "unknown wiki topic"), (["sae-probes:nope_x"], "unknown sae-probes"):
+        with pytest.raises(ValidationError, match=needle):
+            ProbeConfig(tasks=bad)
+    with pytest.raises(ValidationError, match="listed twice"):
+        ProbeConfig(tasks=["wiki-topic:Arts", "wiki-topic:Arts"])

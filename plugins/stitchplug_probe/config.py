@@ -65,8 +65,19 @@ class ProbeConfig(BaseModel):
     @field_validator("tasks")
     @classmethod
     def _tasks(cls, v: list[str]) -> list[str]:
+        from stitchplug.errors import StitchplugError
+
+        from .tasks import check_spec
+
         if not v:
             raise ValueError("at least one task is needed")
+        for spec in v:
+            try:
+                check_spec(spec)
+            except StitchplugError as exc:
+                raise ValueError(str(exc)) from None
+        if len(set(v)) != len(v):
+            raise ValueError("a task is listed twice")
         return v
 
 

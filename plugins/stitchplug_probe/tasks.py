@@ -177,6 +177,23 @@ def file_task(path: str, max_examples: int | None = None, seed: int = 0,
     return _from_columns(name, df, TEXT_COLUMNS, LABEL_COLUMNS, max_examples, seed, min_per_class, str(p))
 
 
+def check_spec(spec: str) -> None:
+    """Cheap validation of a task spec before anything runs (names, files); one-line error."""
+    kind, sep, arg = spec.partition(":")
+    if not sep or not arg:
+        raise StitchplugError(f"task {spec!r} must look like wiki-topic:<Topic>, sae-probes:<name> or file:PATH")
+    if kind == "wiki-topic":
+        _resolve_topic(arg)
+    elif kind == "sae-probes":
+        if not (sae_probes_dir() / f"{arg}.csv.zst").is_file():
+            sae_probes_task(arg)  # raises the error with suggestions
+    elif kind == "file":
+        if not Path(arg).is_file():
+            raise StitchplugError(f"task file not found: {arg}")
+    else:
+        raise StitchplugError(f"unknown task source {kind!r} in {spec!r} (known: wiki-topic, sae-probes, file)")
+
+
 def load_task(spec: str, max_examples: int | None = None, seed: int = 0,
               min_per_class: int = MIN_PER_CLASS) -> Task:
     """The task addressed by ``spec`` (see the module docstring)."""
