@@ -26,26 +26,31 @@ def _find(folder, role: str) -> Path | None:
 
 
 def budget(sae, cfg) -> dict:
-    """Training budget for the native SAE: the source SAE's own when recorded, else the config's."""
+    """Training config for the native SAE: the source SAE's own (every trainer field its training
+    summary records) when it has one, else the probe config's ``sae_*`` fields."""
+    from stitchplug_sae.trainer import TrainerConfig
+
+    base = {"width": cfg.sae_width, "k": cfg.sae_k, "lr": cfg.sae_lr, "train_tokens": cfg.sae_train_tokens,
+            "batch_size": cfg.sae_batch_size}
     if sae is None:
-        return {"width": cfg.sae_width, "k": cfg.sae_k, "lr": cfg.sae_lr, "train_tokens": cfg.sae_train_tokens,
-                "batch_size": cfg.sae_batch_size}
+        return base
     t = dict(sae.cfg.metadata.get("stitchplug_training") or {})
-    return {"width": int(sae.cfg.d_sae), "k": int(getattr(sae.cfg, "k", t.get("k") or cfg.sae_k)),
-            "lr": float(t.get("lr") or cfg.sae_lr), "train_tokens": int(t.get("tokens") or cfg.sae_train_tokens),
-            "batch_size": int(t.get("batch_size") or cfg.sae_batch_size)}
+    out = {f: t[f] for f in TrainerConfig.model_fields if t.get(f) is not None}
+    out.setdefault("train_tokens", t.get("tokens") or cfg.sae_train_tokens)
+    out.setdefault("lr", cfg.sae_lr)
+    out.setdefault("batch_size", cfg.sae_batch_size)
+    out.update(width=int(sae.cfg.d_sae), k=int(getattr(sae.cfg, "k", t.get("k") or cfg.sae_k)))
+    return out
 
 
 def train_sae(ctx, b: dict):
-    from stitchplug_sae.train import train_topk_sae
+    """Train with the project's one TopK trainer (:func:`stitchplug_sae.trainer.train_topk_sae`)."""
+    from stitchplug_sae.trainer import train_topk_sae
 
     ctx.need("train_activations", "adapter", who="SAE training for the probe arms")
-    batches = ctx.train_activations(batch_size=b["batch_size"], seed=ctx.seed)
-    sae, summary = train_topk_sae(batches, int(ctx.adapter.d_model), width=b["width"], k=b["k"], lr=b["lr"],
-                                  train_tokens=b["train_tokens"], batch_size=b["batch_size"], seed=ctx.seed,
-                                  device=ctx.device, progress=ctx.progress, model_name=ctx.model_name or None,
-                                  hook_name=ctx.hook_name)
-    sae.cfg.metadata.stitchplug_training = {k: v for k, v in summary.items() if k != "curve"}
+    batches = ctx.train_activations(batch_size=int(b["batch_size"]), seed=ctx.seed)
+    sae, _ = train_topk_sae(batches, int(ctx.adapter.d_model), dict(b), seed=ctx.seed, device=ctx.device,
+                            progress=ctx.progress, model_name=ctx.model_name or None, hook_name=ctx.hook_name)
     return sae
 
 
@@ -92,4 +97,9 @@ def resolve(ctx_a, ctx_b, stitch, cfg, log: Callable[[str], None] = print) -> tu
             saes["native"] = train_sae(ctx_b, b)
             save_sae(saes["native"], nat, {"stage": "probe native SAE on B", "budget": b})
         origin["native"] = str(nat.relative_to(folder.root))
+        trainers = {r: (saes[r].cfg.metadata.get("stitchplug_training") or {}).get("trainer") for r in ("source", "native")}
+        if trainers["source"] != trainers["native"]:
+            origin["warning"] = (f"the source SAE was trained by {trainers['source'] or 'an older trainer'}, the native "
+                                 f"SAE by {trainers['native']}: the native arm is not at equal footing")
+            log(f"  warning: {origin['warning']}")
     return saes, origin
