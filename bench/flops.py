@@ -64,15 +64,15 @@ def real(run: Path, steps: int, scratch_b_dec: str, lr: float) -> dict:
 
     import click
 
-    from stitchplug_sae.flops_cli import CACHE_CANDIDATES, SAE_CANDIDATES, STITCH_CANDIDATES, resolve, run_on_folder
+    from stitchplug_sae.flops_cli import default_paths, run_on_folder
     from stitchplug_sae.init_experiment import InitExperimentConfig
 
     cfg = InitExperimentConfig(steps=steps, batch_size=1024, lr=lr, eval_every=max(steps // 40, 1),
                                scratch_b_dec=scratch_b_dec)
     scratch = Path(tempfile.mkdtemp(prefix="stitchplug-bench-flops-"))  # never touch the run folder's results
-    res = run_on_folder(scratch, resolve(run, None, CACHE_CANDIDATES), resolve(run, None, STITCH_CANDIDATES),
-                        [resolve(run, None, SAE_CANDIDATES)], scratch / "metrics.json", cfg, epochs=100,
-                        eval_tokens=8192, log=lambda m: click.echo(m, err=True))
+    cache, stitch, sae = default_paths(run)
+    res = run_on_folder(scratch, cache, stitch, [sae], cfg, epochs=100, eval_tokens=8192,
+                        log=lambda m: click.echo(m, err=True))
     out = _summary(res)
     out["data"] = (f"run folder {run} (target layer {res['target_layer']}), lr {lr}, scratch b_dec={scratch_b_dec}")
     return out
@@ -89,9 +89,9 @@ def main() -> None:
     args = ap.parse_args()
     run = Path(args.run)
     t0 = time.time()
-    from stitchplug_sae.flops_cli import CACHE_CANDIDATES, SAE_CANDIDATES, STITCH_CANDIDATES, resolve
+    from stitchplug_sae.flops_cli import default_paths
 
-    have_run = all(resolve(run, None, c).exists() for c in (CACHE_CANDIDATES, STITCH_CANDIDATES, SAE_CANDIDATES))
+    have_run = all(p.exists() for p in default_paths(run))
     out = real(run, args.steps or 2000, args.scratch_b_dec, args.lr) if have_run else synthetic(args.steps or 1500)
     out["wall_s"] = round(time.time() - t0, 1)
     print(json.dumps({"bench": "flops", **out}), file=sys.stdout)

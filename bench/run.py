@@ -40,7 +40,7 @@ def main() -> None:
         stages[marker.stem] = round(json.loads(marker.read_text())["seconds"], 2)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     metrics = json.loads((out / "metrics.json").read_text())
-    rec = {k: v["reconstruction"]["fvu"] for k, v in metrics["evaluation"].items() if "reconstruction" in v}
+    rec = {k: v["reconstruction"]["fvu"] for k, v in metrics["sae"].items() if "reconstruction" in v}
     print(json.dumps({
         "bench": "run_quick", "total_s": round(total, 1), "stage_s": stages,
         "stage_share": {k: round(v / total, 3) for k, v in stages.items()},

@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import torch
 
 from .errors import StitchplugError
+from .hooks import resid_hook
 
 Patch = Callable[[torch.Tensor], torch.Tensor]
 """A function ``resid [batch, pos, d] -> resid`` applied at a layer's ``resid_pre`` hook."""
@@ -43,7 +44,7 @@ class ModelAdapter(ABC):
 
     def hook_name(self, layer: int) -> str:
         self.check_layer(layer)
-        return f"blocks.{layer}.hook_resid_pre"
+        return resid_hook(layer)
 
     def check_layer(self, layer: int) -> None:
         if not isinstance(layer, int) or not 0 <= layer < self.n_layers:

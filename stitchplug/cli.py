@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import types
 import typing
 
 import click
@@ -18,19 +19,109 @@ def _flag(dotted: str) -> str:
     return "--" + dotted.replace(".", "-").replace("_", "-")
 
 
-def _parse_value(info, raw: str):
-    if raw.lower() in ("none", "null"):
-        return None
-    args = typing.get_args(info.annotation)
-    if info.annotation is list or any(typing.get_origin(a) is list for a in args) or typing.get_origin(info.annotation) is list:
-        return [int(x) for x in raw.split(",") if x.strip()]
-    return raw
+_NONE = ("none", "null")
 
 
-def config_options(cls=RunConfig, with_preset: bool = True):
-    """Add ``--config``, ``--preset`` and one flag per config field (help from its docstring).
+class FieldType(click.ParamType):
+    """A click type built from a pydantic field's annotation: ``Literal`` choices, int, float, str,
+    comma-separated int/float lists, and ``None`` (spelled ``none``) where the field allows it.
+    Click refuses a wrong value naming the flag; pydantic then checks ranges."""
+
+    def __init__(self, annotation):
+        self.members = self._members(annotation)
+        parts = []
+        for m in self.members:
+            if m is type(None):
+                continue
+            if isinstance(m, tuple):
+                parts.append("|".join(map(str, m)))
+            elif isinstance(m, list):
+                parts.append(f"{m[0].__name__.upper()}S")
+            else:
+                parts.append({int: "INTEGER", float: "FLOAT", str: "TEXT"}.get(m, "TEXT"))
+        if type(None) in self.members:
+            parts.append("none")
+        self.name = "|".join(parts) or "TEXT"
+
+    @staticmethod
+    def _members(annotation) -> list:
+        """Flatten a union into int/float/str/None, tuples of literal choices, and ``[element type]``."""
+        out: list = []
+        origin = typing.get_origin(annotation)
+        if origin in (typing.Union, types.UnionType):
+            for a in typing.get_args(annotation):
+                out += FieldType._members(a)
+        elif origin is typing.Literal:
+            out.append(tuple(typing.get_args(annotation)))
+        elif origin is list or annotation is list:
+            args = typing.get_args(annotation)
+            out.append([args[0] if args else str])
+        else:
+            out.append(annotation)
+        return out
+
+    def get_metavar(self, param, ctx=None):
+        choices = [m for m in self.members if isinstance(m, tuple)]
+        if len(self.members) == 1 and choices:
+            return "[" + "|".join(map(str, choices[0])) + "]"
+        return self.name
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):
+            return value
+        raw = value.strip()
+        if raw.lower() in _NONE and type(None) in self.members:
+            return None
+        for m in self.members:  # literal choices first, so "auto" is not read as a string field
+            if isinstance(m, tuple) and raw in map(str, m):
+                return next(c for c in m if str(c) == raw)
+        for m in self.members:
+            try:
+                if m is int:
+                    return int(raw)
+                if m is float:
+                    return float(raw)
+                if m is bool and raw.lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                    return raw.lower() in ("true", "1", "yes", "on")
+                if isinstance(m, list):
+                    return [m[0](x) for x in raw.split(",") if x.strip()]
+            except ValueError:
+                continue
+        if str in self.members:
+            return raw
+        self.fail(f"{value!r} is not {self._expected()}", param, ctx)
+
+    def _expected(self) -> str:
+        words = []
+        for m in self.members:
+            if isinstance(m, tuple):
+                words.append("one of " + ", ".join(repr(str(c)) for c in m))
+            elif isinstance(m, list):
+                words.append(f"a comma-separated list of {m[0].__name__}s")
+            elif m is type(None):
+                words.append("'none'")
+            else:
+                words.append({int: "an integer", float: "a number"}.get(m, str(m)))
+        return " or ".join(words)
+
+
+def _option(dotted: str, info):
+    """One typed click option for config field ``dotted``; booleans become ``--flag/--no-flag``."""
+    default = info.default
+    shown = "none" if default is None else default
+    help_text = f"{info.description or ''} [config: {dotted}; default: {shown}]"
+    dest = "cfg__" + dotted.replace(".", "__")
+    if info.annotation is bool:
+        flag = _flag(dotted)
+        return click.option(f"{flag}/--no-{flag[2:]}", dest, default=None, help=help_text)
+    return click.option(_flag(dotted), dest, type=FieldType(info.annotation), default=None, help=help_text)
+
+
+def config_options(cls=RunConfig, with_preset: bool = True, section_presets: dict | None = None):
+    """Add ``--config``, ``--preset`` and one typed flag per config field (help from its docstring).
 
     The wrapped command receives ``cfg`` (a validated ``cls``) instead of the raw flags.
+    ``section_presets`` (``{section: {preset: values}}``) are the artifact kinds' own presets.
     """
 
     fields = list(leaf_fields(cls))
@@ -39,20 +130,16 @@ def config_options(cls=RunConfig, with_preset: bool = True):
         @functools.wraps(fn)
         def wrapper(*args, config_file=None, preset=None, **kwargs):
             overrides = {}
-            for dotted, info in fields:
-                key = "cfg__" + dotted.replace(".", "__")
-                raw = kwargs.pop(key, None)
-                if raw is not None:
-                    overrides[dotted] = _parse_value(info, raw)
-            cfg = build_config(preset=preset, file=config_file, overrides=overrides, cls=cls)
+            for key in [k for k in kwargs if k.startswith("cfg__")]:
+                value = kwargs.pop(key)
+                if value is not None:
+                    overrides[key[len("cfg__"):].replace("__", ".")] = value
+            cfg = build_config(preset=preset, file=config_file, overrides=overrides, cls=cls,
+                               section_presets=section_presets)
             return fn(*args, cfg=cfg, **kwargs)
 
         for dotted, info in reversed(fields):
-            default = info.default
-            shown = "none" if default is None else default
-            help_text = f"{info.description or ''} [config: {dotted}; default: {shown}]"
-            wrapper = click.option(_flag(dotted), "cfg__" + dotted.replace(".", "__"), default=None,
-                                   metavar="VALUE", help=help_text)(wrapper)
+            wrapper = _option(dotted, info)(wrapper)
         if with_preset:
             wrapper = click.option("--preset", default=None, help="Preset: quick (minutes on a laptop CPU) or default.")(wrapper)
         wrapper = click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,

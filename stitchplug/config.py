@@ -76,29 +76,6 @@ class StitchConfig(_Section):
     """Tokens used for SVCCA layer selection."""
 
 
-class SAEConfig(_Section):
-    source: str = "train"
-    """'train' to train a TopK SAE on A, a SAELens-format folder, or 'release:ID' from the hub."""
-    width: int = 4608
-    """Number of latents of the source SAE."""
-    k: int = 32
-    """TopK sparsity."""
-    lr: float = 1e-4
-    """SAE learning rate."""
-    train_tokens: int = 2_000_000
-    """Tokens of SAE training (cached activations are reused across epochs)."""
-    batch_size: int = 1024
-    """Tokens per SAE training step."""
-    aux_k_coef: float = Field(0.0, ge=0.0)
-    """AuxK loss coefficient on dead latents (0: off, the paper's setting; Gao et al. use 1/32)."""
-    dead_window: int = Field(200, ge=1)
-    """Steps without firing after which a latent counts as dead (for AuxK)."""
-    lr_width_ref: int | None = Field(None, ge=1)
-    """If set, the SAE lr is scaled by sqrt(lr_width_ref / width) (1/sqrt(width) scaling)."""
-    normalize: Literal["none", "expected_norm"] = "none"
-    """'expected_norm': train on activations scaled to mean norm sqrt(d_in); the scale is folded back on save."""
-
-
 class EvalConfig(_Section):
     docs: int = Field(64, ge=1)
     """Held-out documents (after the cached slice) for next-token-loss evaluations (stitched CE, Delta loss)."""
@@ -112,7 +89,7 @@ class RunConfig(_Section):
     """A whole `stitchplug run`."""
 
     artifact: str = "sae"
-    """Artifact kind to transfer (a registered artifact: sae, probe, steering)."""
+    """Artifact kind to transfer (a registered artifact kind; `stitchplug plugins` lists them)."""
     output_dir: str = "runs/default"
     """Run folder; finished stages in it are reused."""
     seed: int = Field(0, ge=0)
@@ -124,15 +101,16 @@ class RunConfig(_Section):
     models: ModelsConfig = ModelsConfig()
     cache: CacheConfig = CacheConfig()
     stitch: StitchConfig = StitchConfig()
-    sae: SAEConfig = SAEConfig()
     eval: EvalConfig = EvalConfig()
 
 
-PRESETS: dict[str, dict[str, Any]] = {
+CORE_SECTIONS = frozenset(RunConfig.model_fields)
+
+
+PRESETS: dict[str, dict[str, Any]] = {  # core sections; artifact kinds bring their own (ArtifactKind.presets)
     "quick": {
         "cache": {"tokens": 24_000, "context_size": 128},
         "stitch": {"solver": "lstsq", "refine_iters": 100, "svcca_tokens": 4_000},
-        "sae": {"width": 2304, "k": 32, "train_tokens": 240_000, "lr": 4e-4},
         "eval": {"docs": 16, "max_windows": 16},
     },
     "default": {},
@@ -183,14 +161,65 @@ def read_file(path: str | Path) -> dict:
     return data
 
 
+def artifact_sections() -> tuple[dict[str, type[BaseModel]], dict[str, dict[str, dict]]]:
+    """``({kind: config class}, {kind: presets})`` of every registered artifact kind that declares a
+    ``config_class``. A kind that cannot be built, or whose name cannot be a section, is a warning."""
+    from .artifacts import ArtifactKind
+    from .plugins import WARNINGS, registry
+
+    reg = registry()
+    classes, presets = {}, {}
+    for name in reg.names("artifacts"):
+        entry = reg.get("artifacts", name)
+        try:
+            kind = entry.factory()
+        except Exception as exc:  # one broken kind must not take `stitchplug run` down
+            WARNINGS.append(f"artifact kind {name!r} of plugin {entry.plugin!r} cannot be built and is skipped: "
+                            f"{type(exc).__name__}: {exc}")
+            continue
+        if not isinstance(kind, ArtifactKind):
+            WARNINGS.append(f"artifact {name!r} of plugin {entry.plugin!r} is not a stitchplug.api.ArtifactKind "
+                            "and is skipped")
+            continue
+        if kind.config_class is None:
+            continue
+        if not name.isidentifier() or name in CORE_SECTIONS:
+            WARNINGS.append(f"artifact kind {name!r} of plugin {entry.plugin!r} declares a config but its name "
+                            "cannot be a config section (a Python identifier, not a core section); config ignored")
+            continue
+        classes[name], presets[name] = kind.config_class, dict(kind.presets)
+    return classes, presets
+
+
+def run_config_class(sections: dict[str, type[BaseModel]] | None = None) -> type[RunConfig]:
+    """:class:`RunConfig` plus one section per artifact kind config (default: every registered kind's)."""
+    from pydantic import create_model
+
+    if sections is None:
+        sections = artifact_sections()[0]
+    if not sections:
+        return RunConfig
+    fields = {name: (cls, Field(default_factory=cls, description=(cls.__doc__ or "").strip() or None))
+              for name, cls in sections.items()}
+    return create_model("RunConfig", __base__=RunConfig, **fields)
+
+
 def build_config(preset: str | None = None, file: str | Path | None = None,
-                 overrides: dict[str, Any] | None = None, cls: type[BaseModel] = RunConfig) -> BaseModel:
-    """Layer defaults < preset < file < overrides (dotted keys such as ``stitch.solver``)."""
+                 overrides: dict[str, Any] | None = None, cls: type[BaseModel] = RunConfig,
+                 section_presets: dict[str, dict[str, dict]] | None = None) -> BaseModel:
+    """Layer defaults < preset < file < overrides (dotted keys such as ``stitch.solver``).
+
+    ``section_presets`` (``{section: {preset: values}}``) adds the artifact kinds' own presets.
+    """
     data: dict = {}
     if preset is not None:
-        if preset not in PRESETS:
-            raise ConfigError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
-        data = _merge(data, PRESETS[preset])
+        known = set(PRESETS) | {p for ps in (section_presets or {}).values() for p in ps}
+        if preset not in known:
+            raise ConfigError(f"unknown preset {preset!r} (known: {', '.join(sorted(known))})")
+        data = _merge(data, PRESETS.get(preset, {}))
+        for section, ps in (section_presets or {}).items():
+            if preset in ps and section in cls.model_fields:
+                data = _merge(data, {section: ps[preset]})
     if file is not None:
         data = _merge(data, read_file(file))
     for dotted, value in (overrides or {}).items():
@@ -215,6 +244,16 @@ def leaf_fields(cls: type[BaseModel], prefix: str = ""):
             yield f"{prefix}{name}", info
 
 
+def run_config_dict(cfg: RunConfig) -> dict:
+    """The resolved run config as plain data: the core sections and the section of ``cfg.artifact``
+    (other kinds' sections, all defaults, are left out)."""
+    data = cfg.model_dump(mode="json")
+    return {k: v for k, v in data.items() if k in CORE_SECTIONS or k == cfg.artifact}
+
+
 def snapshot(cfg: BaseModel, path: str | Path) -> None:
-    """Write the resolved config next to a run's outputs (YAML)."""
-    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    """Write the resolved config next to a run's outputs (YAML, atomically)."""
+    from .atomic import write_text_atomic
+
+    data = run_config_dict(cfg) if isinstance(cfg, RunConfig) else cfg.model_dump(mode="json")
+    write_text_atomic(path, yaml.safe_dump(data, sort_keys=False))

@@ -92,7 +92,7 @@ def test_cached_rows_equal_an_unbatched_forward(built, pair):
 
 def _cli_args(out):
     return [sys.executable, "-m", "stitchplug.cli", "cache", "--models-source", SOURCE, "--models-target", TARGET,
-            "--output", str(out), "--progress", "false", "--cache-tokens", str(KW["tokens"]),
+            "--output", str(out), "--no-progress", "--cache-tokens", str(KW["tokens"]),
             "--cache-context-size", str(KW["context_size"]), "--cache-batch-size", str(KW["batch_size"]),
             "--cache-source-layers", ",".join(map(str, KW["source_layers"])),
             "--cache-target-layers", ",".join(map(str, KW["target_layers"])),

@@ -239,7 +239,7 @@ def run_folder(tmp_path_factory):
 
     run = tmp_path_factory.mktemp("initrun")
     a, b = load_model("tiny-llama-a"), load_model("tiny-gemma3")  # widths 32 and 40, different tokenizers
-    cache_path = build_cache(run / "cache" / "activations.h5", a, b, tokens=3000, context_size=48,
+    cache_path = build_cache(run / "cache.h5", a, b, tokens=3000, context_size=48,
                              source_layers=[1], target_layers=[1], progress=False, log=lambda m: None)
     cache = open_cache(cache_path)
     api.train(cache, StitchConfig(solver="lstsq", target_layer=1), run / "stitch" / "stitch.safetensors")
@@ -249,8 +249,10 @@ def run_folder(tmp_path_factory):
     cache.close()
     stitch = Stitch.load(run / "stitch" / "stitch.safetensors")
     save_sae(transfer_sae(sae, stitch, "up", target_model="tiny-gemma3", target_hook="blocks.1.hook_resid_pre"),
-             run / "sae_target")
-    (run / "report.md").write_text("# Report\n\nearlier sections\n")
+             run / "artifacts" / "sae" / "transferred")
+    from stitchplug.api import RunFolder
+
+    RunFolder(run).add_report_section("run", "# Report\n\nearlier sections", order=0)
     return run
 
 
@@ -272,16 +274,16 @@ def test_experiment_command_on_run_folder(run_folder, capsys):
     from stitchplug.metrics import recon_metrics
     from stitchplug_sae.io import load_sae_folder
 
-    with open_cache(run_folder / "cache" / "activations.h5") as cache:
+    with open_cache(run_folder / "cache.h5") as cache:
         x = torch.from_numpy(cache.array("target", 1, split="eval")[:256]).float()
-    sae = load_sae_folder(run_folder / "sae_target")
+    sae = load_sae_folder(run_folder / "artifacts" / "sae" / "transferred")
     with torch.no_grad():
         ev_saelens = 1 - recon_metrics(x, sae(x))["fvu"]
     assert w["init_renorm"]["ev_before_fold"] == pytest.approx(ev_saelens, abs=1e-4)
     report = (run_folder / "report.md").read_text()
-    assert report.startswith("# Report") and report.count("<!-- init_experiment -->") == 1
+    assert report.startswith("# Report") and report.count("## Transferred SAE as initialisation") == 1
     main(args)  # a re-run replaces the section instead of appending a second one
-    assert (run_folder / "report.md").read_text().count("<!-- init_experiment -->") == 1
+    assert (run_folder / "report.md").read_text().count("## Transferred SAE as initialisation") == 1
     assert all((run_folder / "plots" / n).exists() for n in ("init_savings.png", "init_fvu_vs_flops.png"))
     assert "savings at EV thresholds" in capsys.readouterr().out
 
@@ -299,12 +301,8 @@ def test_experiment_command_errors_are_one_line(tmp_path, capsys, run_folder):
     assert exc.value.code == 2 and len(err) == 1 and "threshold" in err[0]
 
 
-def test_run_folder_layouts_resolve(tmp_path):
-    from stitchplug_sae.flops_cli import CACHE_CANDIDATES, SAE_CANDIDATES, resolve
+def test_run_folder_default_paths(tmp_path):
+    from stitchplug_sae.flops_cli import default_paths
 
-    assert resolve(tmp_path, None, CACHE_CANDIDATES) == tmp_path / "cache" / "activations.h5"  # nothing there yet
-    (tmp_path / "cache.h5").write_bytes(b"")
-    (tmp_path / "artifact_target").mkdir()
-    assert resolve(tmp_path, None, CACHE_CANDIDATES) == tmp_path / "cache.h5"
-    assert resolve(tmp_path, None, SAE_CANDIDATES) == tmp_path / "artifact_target"
-    assert resolve(tmp_path, "x/y.h5", CACHE_CANDIDATES) == tmp_path.__class__("x/y.h5")
+    assert default_paths(tmp_path) == (tmp_path / "cache.h5", tmp_path / "stitch" / "stitch.safetensors",
+                                       tmp_path / "artifacts" / "sae" / "transferred")

@@ -32,11 +32,12 @@ def tiny_run(tmp_path_factory):
 def test_run_folder_has_every_stage_output(tiny_run):
     out, res = tiny_run
     for f in ("config.yaml", "cache.h5", "stitch/stitch.safetensors", "metrics.json", "report.md",
-              "artifact_source/cfg.json", "artifact_source/sae_weights.safetensors",
-              "artifact_target/cfg.json", "artifact_random/cfg.json", "svcca_profile.png", "latent_frequency.png"):
+              "artifacts/sae/source/cfg.json", "artifacts/sae/source/sae_weights.safetensors",
+              "artifacts/sae/transferred/cfg.json", "artifacts/sae/random/cfg.json", "svcca_profile.png",
+              "latent_frequency.png", "report/run.md", "report/sae.md"):
         assert (out / f).exists(), f
     m = json.loads((out / "metrics.json").read_text())
-    ev = m["evaluation"]
+    ev = m["sae"]
     assert set(ev) == {"source_on_A", "transferred_on_B", "random_on_B", "diagnostics"}
     # the diagnostics recompute the transferred SAE's FVU on the same held-out tokens
     diag = ev["diagnostics"]
@@ -49,7 +50,7 @@ def test_run_folder_has_every_stage_output(tiny_run):
     # cross-tokenizer pair: alignment is by character offsets, so not every token is kept
     assert 0 < m["cache"]["alignment_rate"]["source"] <= 1
     assert m["stitch"]["meta"]["target_model"] == "tiny-gemma3"
-    cfg = json.loads((out / "artifact_target" / "cfg.json").read_text())
+    cfg = json.loads((out / "artifacts" / "sae" / "transferred" / "cfg.json").read_text())
     assert cfg["d_in"] == 40  # tiny-gemma3's width
     report = (out / "report.md").read_text()
     assert "paper Table 2" in report and "transferred SAE on B" in report and "(paper)" in report
@@ -59,7 +60,7 @@ def test_transferred_sae_loads_with_sae_lens(tiny_run):
     from sae_lens import SAE
 
     out, _ = tiny_run
-    sae = SAE.load_from_disk(str(out / "artifact_target"))
+    sae = SAE.load_from_disk(str(out / "artifacts" / "sae" / "transferred"))
     assert sae.cfg.d_in == 40 and sae.cfg.d_sae == 64
 
 
@@ -69,7 +70,7 @@ def test_rerun_reuses_finished_stages(tiny_run):
     res = stitchplug("run", "--models-source", "tiny-llama-a", "--models-target", "tiny-gemma3",
                      "--output-dir", str(out), *TINY)
     assert res.returncode == 0, res.stderr[-2000:]
-    for stage in ("cache", "stitch", "stitch_ce", "source", "transfer", "baseline", "evaluate"):
+    for stage in ("cache", "stitch", "stitch_ce", "sae.source", "sae.transfer", "sae.baseline", "sae.evaluate"):
         assert f"[{stage}] reused" in res.stderr
     assert (out / "stages" / "stitch.json").read_text() == before
 
@@ -117,30 +118,76 @@ def test_sae_of_wrong_width_is_refused(tiny_run, tmp_path):
     out, _ = tiny_run
     res = stitchplug("run", "--models-source", "tiny-llama-a", "--models-target", "tiny-gemma3",
                      "--output-dir", str(tmp_path / "wrong"), *TINY,
-                     "--sae-source", str(out / "artifact_target"))  # a 40-wide SAE for a 32-wide model
+                     "--sae-source", str(out / "artifacts" / "sae" / "transferred"))  # a 40-wide SAE for a 32-wide model
     assert res.returncode != 0 and "Traceback" not in res.stderr
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("Error:") and "width" in last
 
 
-def test_invalid_flag_value_exits_2_with_one_line_per_field(tmp_path):
-    res = stitchplug("run", "--output-dir", str(tmp_path / "x"), "--cache-tokens", "many", "--stitch-solver", "magic")
+def test_wrong_flag_type_is_refused_by_click_naming_the_flag(tmp_path):
+    for flag, value, expect in (("--cache-tokens", "many", "is not an integer"),
+                                ("--stitch-solver", "magic", "is not one of 'lstsq', 'adam', 'lstsq+adam'"),
+                                ("--sae-width", "wide", "is not an integer"),
+                                ("--cache-source-layers", "1,x", "comma-separated list of ints")):
+        res = stitchplug("run", "--output-dir", str(tmp_path / "x"), flag, value)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        assert f"Invalid value for '{flag}'" in res.stderr and expect in res.stderr, res.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_range_errors_are_one_line_per_field(tmp_path):
+    res = stitchplug("run", "--output-dir", str(tmp_path / "x"), "--cache-tokens", "0", "--eval-docs", "-1")
     assert res.returncode == 2
     errs = [l for l in res.stderr.strip().splitlines() if l.startswith("Error:")]
-    assert len(errs) == 2 and any("cache.tokens" in e for e in errs) and any("stitch.solver" in e for e in errs)
+    assert len(errs) == 2 and any("cache.tokens" in e for e in errs) and any("eval.docs" in e for e in errs)
 
 
-def test_rerun_keeps_what_experiment_commands_added(tiny_run, tmp_path):
+def test_help_shows_types_choices_and_kind_sections():
+    res = stitchplug("run", "--help")
+    assert res.returncode == 0, res.stderr
+    text = " ".join(res.stdout.split())
+    assert "--stitch-solver [lstsq|adam|lstsq+adam]" in text
+    assert "--cache-tokens INTEGER" in text and "--stitch-alpha FLOAT" in text
+    assert "--cache-source-layers INTS|none" in text and "--stitch-target-layer INTEGER|auto" in text
+    assert "--sae-width INTEGER" in text and "[config: sae.width" in text  # the SAE kind's own section
+
+
+def test_config_snapshot_has_the_kind_section(tiny_run):
+    import yaml
+
+    out, _ = tiny_run
+    snap = yaml.safe_load((out / "config.yaml").read_text())
+    assert snap["artifact"] == "sae" and snap["sae"]["width"] == 64 and snap["sae"]["k"] == 4
+
+
+def test_layers_and_stitch_eval_default_to_the_run_folder(tiny_run):
+    """`stitchplug layers` and `stitchplug stitch eval` read RUN/cache.h5 and RUN/stitch/ without --cache."""
+    out, _ = tiny_run
+    res = stitchplug("layers", "--output-dir", str(out), "--stitch-svcca-tokens", "500", "--json")
+    assert res.returncode == 0, res.stderr[-2000:]
+    prof = json.loads(res.stdout.strip().splitlines()[-1])
+    assert prof["best_target_layer"] == json.loads((out / "metrics.json").read_text())["stitch"]["meta"]["target_layer"]
+    res = stitchplug("stitch", "eval", "--output-dir", str(out), "--json")
+    assert res.returncode == 0, res.stderr[-2000:]
+    ev = json.loads(res.stdout.strip().splitlines()[-1])
+    recon = json.loads((out / "metrics.json").read_text())["stitch"]["recon"]
+    assert ev["recon"]["up"]["fvu"] == pytest.approx(recon["up"]["fvu"], rel=1e-5)
+
+
+def test_rerun_keeps_what_other_commands_added(tiny_run, tmp_path):
+    from stitchplug.api import RunFolder
+
     out, _ = tiny_run
     copy = tmp_path / "copy3"
     shutil.copytree(out, copy)
-    m = json.loads((copy / "metrics.json").read_text())
-    m["init_experiment"] = {"savings": [0.3]}
-    (copy / "metrics.json").write_text(json.dumps(m))
-    (copy / "init_experiment.md").write_text("## Transferred SAE as initialisation\n\nsavings +30%")
+    rf = RunFolder(copy)
+    rf.add_metrics("init_experiment", {"savings": [0.3]})
+    rf.add_report_section("init_experiment", "## Transferred SAE as initialisation\n\nsavings +30%")
+    report = (copy / "report.md").read_text()
+    assert report.index("paper Table 2") < report.index("savings +30%") < report.index("Stage wall time")
     res = stitchplug("run", "--models-source", "tiny-llama-a", "--models-target", "tiny-gemma3",
                      "--output-dir", str(copy), *TINY)
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads((copy / "metrics.json").read_text())["init_experiment"] == {"savings": [0.3]}
     report = (copy / "report.md").read_text()
-    assert "<!-- init_experiment -->" in report and "savings +30%" in report
+    assert report.count("savings +30%") == 1 and report.index("paper Table 2") < report.index("savings +30%")

@@ -40,7 +40,7 @@ def test_quick_preset_stitched_loss_is_between_clean_and_broken(quick_run):
 
 def test_quick_preset_transferred_sae_beats_random_and_trails_source(quick_run):
     _, m = quick_run
-    ev = m["evaluation"]
+    ev = m["sae"]
     src, tgt, rnd = ev["source_on_A"], ev["transferred_on_B"], ev["random_on_B"]
     for e in (src, tgt, rnd):
         assert abs(e["reconstruction"]["l0"] - 32) < 1e-6  # TopK k is unchanged by Eq. 6

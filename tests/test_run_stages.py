@@ -5,7 +5,7 @@ import json
 import pytest
 
 from stitchplug.errors import StageError
-from stitchplug.run.stages import RunFolder
+from stitchplug.runfolder import RunFolder
 
 
 def test_finished_stage_is_reused(tmp_path):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from stitchplug.artifacts import ArtifactContext
-from stitchplug.config import SAEConfig
+from stitchplug_sae.config import SAEConfig
 from stitchplug.errors import StageError
 from stitchplug.metrics import recon_metrics
 from stitchplug.plugins import registry

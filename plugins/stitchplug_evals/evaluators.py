@@ -1,7 +1,7 @@
 """The first-party evaluators. Each applies to artifacts with ``encode``/``decode`` (SAEs) and reads
 an :class:`stitchplug.artifacts.ArtifactContext`; results are JSON-serialisable dicts.
 
-Shared work is cached in ``context.extras``: one activation pass per SAE (reconstruction, dead
+Shared work is cached in ``context.memo``: one activation pass per SAE (reconstruction, dead
 latents, frequencies) and one clean/spliced/zero-ablated loss pass per SAE (Delta loss, CE recovered).
 """
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from stitchplug.artifacts import ArtifactContext, Evaluator
+from stitchplug.api import ArtifactContext, Evaluator
 
 from .loss import ce_loss_score, spliced_losses
 from .stats import cached_stats
@@ -30,11 +30,11 @@ def reconstruct_fn(sae: Any):
 def _losses(sae: Any, context: ArtifactContext, zero: bool) -> dict:
     """Clean CE (cached per adapter), spliced CE (cached per SAE) and zero-ablated CE (cached per layer).
 
-    ``context.extras["loss_batch_size"]`` (default 4) sets windows per forward pass: the logits of a
+    ``context.loss_batch_size`` (default 4) sets windows per forward pass: the logits of a
     262k-vocabulary model take ~0.5 GB per 4 windows of 128 tokens.
     """
     context.need("adapter", "layer", "eval_windows", who="loss evaluation")
-    ex = context.extras
+    ex = context.memo
     out: dict = {}
     clean_key = ("_ce_clean", id(context.adapter))
     zero_key = ("_ce_zero", id(context.adapter), context.layer)
@@ -45,7 +45,7 @@ def _losses(sae: Any, context: ArtifactContext, zero: bool) -> dict:
     res = spliced_losses(context.adapter, context.layer, context.eval_windows,
                          None if hit is not None else reconstruct_fn(sae),
                          clean=need_clean, zero_ablation=need_zero,
-                         batch_size=int(ex.get("loss_batch_size", 4)))
+                         batch_size=int(context.loss_batch_size))
     if need_clean:
         ex[clean_key] = res["ce_clean"]
     if need_zero:

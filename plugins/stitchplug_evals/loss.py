@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from stitchplug.errors import StageError
+from stitchplug.api import StageError
 
 Recon = Callable[[torch.Tensor], torch.Tensor]
 """``x [n, d] -> x_hat [n, d]``: what gets spliced in."""

@@ -10,8 +10,8 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from stitchplug.errors import StageError
-from stitchplug.metrics import ReconAccumulator
+from stitchplug.api import StageError
+from stitchplug.api import ReconAccumulator
 
 
 @torch.no_grad()
@@ -48,9 +48,9 @@ def sae_activation_stats(sae: Any, batches: Iterable[torch.Tensor], exclude: Seq
 
 def cached_stats(sae: Any, context: Any) -> dict:
     """:func:`sae_activation_stats` on ``context.eval_activations()``, computed once per (sae, context)
-    and kept in ``context.extras`` so several evaluators share one pass."""
+    and kept in ``context.memo`` so several evaluators share one pass."""
     context.need("eval_activations", who="SAE evaluation")
-    store = context.extras.setdefault("_sae_stats", [])
+    store = context.memo.setdefault("_sae_stats", [])
     for obj, stats in store:
         if obj is sae:
             return stats

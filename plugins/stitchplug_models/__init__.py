@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 
-from stitchplug.hookspecs import hookimpl
+from stitchplug.api import hookimpl
 
 from . import gguf_models, hub, tiny
 from .cli import register_commands  # noqa: F401  (stitchplug model-info)

@@ -9,7 +9,7 @@ from typing import Iterator
 
 import torch
 
-from stitchplug.errors import ModelLoadError
+from stitchplug.api import ModelLoadError
 
 OFFLINE_MODELS = ("smollm2-135m", "gemma-3-270m")
 """Models that load without any hub access (shipped inside pip packages)."""

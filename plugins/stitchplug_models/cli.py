@@ -7,7 +7,7 @@ import time
 
 import click
 
-from stitchplug.hookspecs import hookimpl
+from stitchplug.api import hookimpl
 
 
 def model_facts(adapter, load_s: float | None = None) -> dict:
@@ -40,7 +40,7 @@ def register_commands(cli):
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per model.")
     def model_info(names, device, dtype, cache_dir, as_json):
         """Load each model NAME and print d_model, layers, hooks, BOS and special tokens."""
-        from stitchplug.adapter import load_model
+        from stitchplug.api import load_model
 
         for name in names:
             start = time.perf_counter()

@@ -42,8 +42,8 @@ from typing import Callable
 
 import torch
 
-from stitchplug.adapter import TLAdapter
-from stitchplug.errors import ModelLoadError
+from stitchplug.api import TLAdapter
+from stitchplug.api import ModelLoadError
 
 from ._common import cache_root, hf_offline, model_on, torch_dtype
 

@@ -14,8 +14,8 @@ import threading
 import time
 from urllib.parse import urlparse
 
-from stitchplug.adapter import TLAdapter
-from stitchplug.errors import ModelLoadError
+from stitchplug.api import TLAdapter
+from stitchplug.api import ModelLoadError
 
 from ._common import OFFLINE_MODELS, hf_offline, model_on, torch_dtype
 

@@ -28,7 +28,7 @@ import warnings
 
 import torch
 
-from stitchplug.adapter import TLAdapter
+from stitchplug.api import TLAdapter
 
 from ._common import model_on, torch_dtype
 

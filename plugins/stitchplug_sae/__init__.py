@@ -10,7 +10,7 @@ Public API (for the run pipeline and other plugins):
   :func:`~stitchplug_sae.io.load_sae_folder`, :func:`~stitchplug_sae.io.read_sidecar`
 """
 
-from stitchplug.hookspecs import hookimpl
+from stitchplug.api import hookimpl
 
 
 def _factory():

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from sae_lens import SAE
 
-from stitchplug.artifacts import ArtifactContext, ArtifactKind
-from stitchplug.errors import StageError
+from stitchplug.api import ArtifactContext, ArtifactKind, StageError
 
-from .io import load_sae, load_sae_folder, save_sae
-from .trainer import train_topk_sae
-from .transfer import check_compatible, random_sae_like, transfer_sae
+from . import config
+
+if TYPE_CHECKING:  # pragma: no cover
+    from sae_lens import SAE
 
 
 def _first_batch(batches) -> torch.Tensor:
@@ -41,14 +40,20 @@ class SAEArtifact(ArtifactKind):
     """SAEs in SAELens format. The artifact object is a ``sae_lens.SAE`` (inference class)."""
 
     name = "sae"
+    config_class = config.SAEConfig
+    presets = config.PRESETS
+    supports_baseline = True
 
     def obtain(self, context: ArtifactContext, cfg: Any) -> SAE:
         """Train a TopK SAE (``cfg.source == "train"``) on ``context.train_activations`` or load one
-        (SAELens folder or ``release:...``); ``cfg`` is a :class:`stitchplug.config.SAEConfig`.
+        (SAELens folder or ``release:...``); ``cfg`` is a :class:`stitchplug_sae.config.SAEConfig`.
 
         A trained SAE carries its training summary (incl. a subsampled loss curve) in
         ``sae.cfg.metadata.stitchplug_training``.
         """
+        from .io import load_sae
+        from .trainer import train_topk_sae
+
         if cfg.source == "train":
             context.need("train_activations", who="SAE training")
             batches = context.train_activations(batch_size=cfg.batch_size, seed=context.seed)
@@ -59,7 +64,7 @@ class SAEArtifact(ArtifactKind):
                 d_in = int(first.shape[-1])
             hook = context.hook_name if context.layer is not None else None
             sae, _ = train_topk_sae(batches, d_in, cfg, seed=context.seed, device=context.device,
-                                    progress=bool(context.extras.get("progress", True)),
+                                    progress=context.progress,
                                     model_name=context.model_name or None, hook_name=hook)
             return sae
         sae = load_sae(cfg.source, device=context.device)
@@ -79,10 +84,14 @@ class SAEArtifact(ArtifactKind):
     def transfer(self, artifact: SAE, stitch: Any, direction: str = "up", **target: Any) -> SAE:
         """Eq. 6 (see :func:`stitchplug_sae.transfer.transfer_sae`); ``target`` may hold
         ``target_model``, ``target_hook``, ``check_model``."""
+        from .transfer import transfer_sae
+
         return transfer_sae(artifact, stitch, direction, **target)
 
     def check(self, artifact: SAE, stitch: Any, direction: str = "up", check_model: bool = True) -> None:
         """Validate before transferring (width, models, layer): one-line StageError."""
+        from .transfer import check_compatible
+
         check_compatible(artifact, stitch, direction, check_model=check_model)
 
     def save(self, artifact: SAE, folder: str | Path, sidecar: dict | None = None) -> Path:
@@ -91,15 +100,21 @@ class SAEArtifact(ArtifactKind):
         training = artifact.cfg.metadata.get("stitchplug_training") or {}
         if isinstance(training, dict) and isinstance(training.get("train_flops"), int):
             sidecar = {"source_sae_flops": training["train_flops"], **(sidecar or {})}
+        from .io import save_sae
+
         return save_sae(artifact, folder, sidecar)
 
     def load(self, folder: str | Path) -> SAE:
+        from .io import load_sae_folder
+
         return load_sae_folder(folder)
 
     def baseline(self, like: SAE, context: ArtifactContext) -> SAE:
         """Random SAE shaped like ``like`` with ``b_dec`` = mean of the target's training
         activations (first 16k tokens) when ``context.train_activations`` is given, else ``like``'s
         own ``b_dec``. See :func:`stitchplug_sae.transfer.random_sae_like`."""
+        from .transfer import random_sae_like
+
         b_dec = None
         if context.train_activations is not None:
             batches = context.train_activations(batch_size=1024, seed=context.seed)
@@ -127,8 +142,18 @@ class SAEArtifact(ArtifactKind):
             out["source_input_variance"] = float((s2 - s ** 2 / n).sum() / max(n - 1, 1))
         return out
 
-    def report_markdown(self, metrics: dict, folder: str | Path) -> str:
+    def report_markdown(self, metrics: dict, folder) -> str:
         """Table-2-style section of ``report.md`` with plots (see :mod:`stitchplug_sae.report`)."""
         from .report import report_markdown
 
         return report_markdown(metrics, folder)
+
+    def summary(self, results: dict) -> list[str]:
+        """One line per evaluated arm: FVU (also excluding massive dims) and L0."""
+        out = []
+        for label, res in results.items():
+            rec = res.get("reconstruction", {}) if isinstance(res, dict) else {}
+            if rec:
+                out.append(f"{label}: FVU {rec.get('fvu', float('nan')):.3f} "
+                           f"(excl. massive {rec.get('fvu_excl_massive', float('nan')):.3f}), L0 {rec.get('l0', 0):.1f}")
+        return out

@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 import torch
 
-from stitchplug.metrics import ReconAccumulator
+from stitchplug.api import ReconAccumulator
 
 
 def _sae(sae: Any, x: torch.Tensor) -> torch.Tensor:

@@ -1,29 +1,16 @@
 """``stitchplug experiment init``: the transferred-SAE-as-initialisation experiment on a run folder.
 
-Reuses the run folder's cache, stitch and transferred SAE(s); writes ``init_experiment`` into
-``metrics.json``, PNG plots, and a Markdown section (``init_experiment.md``, also spliced into
-``report.md`` between markers when that file exists). Registered through the ``register_commands``
-hook of the ``stitchplug_sae`` plugin.
+Reuses the run folder's cache, stitch and transferred SAE(s); writes the ``init_experiment`` section
+of ``metrics.json`` and of ``report.md`` through :class:`stitchplug.api.RunFolder`, and PNG plots.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 
 import click
 
-from stitchplug.errors import ConfigError, StageError
-from stitchplug.hookspecs import hookimpl
-from stitchplug.run.stages import write_text_atomic
-
-BEGIN, END = "<!-- init_experiment -->", "<!-- /init_experiment -->"
-
-
-def _layer_from_hook(hook: str | None) -> int | None:
-    m = re.search(r"blocks\.(\d+)\.", hook or "")
-    return int(m.group(1)) if m else None
+from stitchplug.api import ConfigError, RunFolder, StageError, hook_layer, hookimpl
 
 
 def load_transferred_weights(folder: str | Path) -> tuple[dict, dict]:
@@ -44,25 +31,12 @@ def load_transferred_weights(folder: str | Path) -> tuple[dict, dict]:
     return weights, side
 
 
-def splice_report(report: Path, section: str) -> None:
-    """Insert or replace the experiment's section in ``report.md`` between markers."""
-    block = f"{BEGIN}\n{section}\n{END}"
-    text = report.read_text() if report.exists() else ""
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + ("\n\n" if text else "") + block + "\n"
-    write_text_atomic(report, text)
-
-
-def run_on_folder(run: Path, cache_path: Path, stitch_path: Path, sae_dirs: list[Path], metrics_path: Path,
-                  cfg, epochs: int, eval_tokens: int, stitch_flops: int | None = None,
+def run_on_folder(run: Path, cache_path: Path, stitch_path: Path, sae_dirs: list[Path], cfg, epochs: int, eval_tokens: int, stitch_flops: int | None = None,
                   target_layer: int | None = None, log=click.echo) -> dict:
     """Load the run folder's pieces, run :func:`run_init_experiment`, write metrics, plots and report."""
     import torch
 
-    from stitchplug.cache.reader import open_cache
-    from stitchplug.run.stages import write_json_atomic
+    from stitchplug.api import open_cache
 
     from .flops_ledger import read_stitch_flops, read_stitch_sidecar
     from .flops_report import markdown, plot
@@ -74,7 +48,7 @@ def run_on_folder(run: Path, cache_path: Path, stitch_path: Path, sae_dirs: list
     meta = read_stitch_sidecar(stitch_path)
     s_flops = int(stitch_flops) if stitch_flops is not None else read_stitch_flops(stitch_path)
     loaded = [load_transferred_weights(d) for d in sae_dirs]
-    layers = {_layer_from_hook(side.get("hook_name")) for _, side in loaded} - {None}
+    layers = {hook_layer(side.get("hook_name")) for _, side in loaded} - {None}
     lB = target_layer if target_layer is not None else (meta.get("target_layer") if meta.get("target_layer") is not None
                                                        else (layers.pop() if len(layers) == 1 else None))
     if lB is None:
@@ -103,31 +77,18 @@ def run_on_folder(run: Path, cache_path: Path, stitch_path: Path, sae_dirs: list
         cache.close()
     result.update({"target_layer": int(lB), "cache": str(cache_path), "stitch": str(stitch_path),
                    "sae_dirs": [str(d) for d in sae_dirs], "synthetic": False})
-    plots = plot(result, run / "plots")
+    rf = RunFolder(run)
+    plots = plot(result, rf.path("plots"))
     result["plots"] = [str(p) for p in plots]
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    metrics["init_experiment"] = result
-    write_json_atomic(metrics_path, metrics)
-    section = markdown(result)
-    write_text_atomic(run / "init_experiment.md", section + "\n")
-    splice_report(run / "report.md", section)
+    rf.add_metrics("init_experiment", result)
+    rf.add_report_section("init_experiment", markdown(result))
     return result
 
 
-# Run-folder layouts: the one assumed by the brief first, then the pipeline's (stitchplug/run/pipeline.py).
-CACHE_CANDIDATES = ("cache/activations.h5", "cache.h5")
-STITCH_CANDIDATES = ("stitch/stitch.safetensors",)
-SAE_CANDIDATES = ("sae_target", "artifact_target")
-
-
-def resolve(run: Path, given: str | None, candidates: tuple[str, ...]) -> Path:
-    """``given`` if set, else the first candidate that exists under ``run`` (else the first one)."""
-    if given:
-        return Path(given)
-    for cand in candidates:
-        if (run / cand).exists():
-            return run / cand
-    return run / candidates[0]
+def default_paths(run: Path) -> tuple[Path, Path, Path]:
+    """The cache, stitch and transferred-SAE folder of a run folder (the layout `stitchplug run` writes)."""
+    rf = RunFolder(run)
+    return rf.cache, rf.stitch, rf.artifact("sae", "transferred")
 
 
 def _experiment_group(cli: click.Group) -> click.Group:
@@ -148,11 +109,10 @@ def register_commands(cli):
     @group.command("init")
     @click.option("--run", "run_dir", type=click.Path(file_okay=False), default="runs/default", show_default=True,
                   help="Run folder whose cache, stitch and transferred SAE are reused.")
-    @click.option("--cache", "cache_path", default=None, help="Activation cache [default: RUN/cache/activations.h5 or RUN/cache.h5].")
+    @click.option("--cache", "cache_path", default=None, help="Activation cache [default: RUN/cache.h5].")
     @click.option("--stitch", "stitch_path", default=None, help="Stitch file [default: RUN/stitch/stitch.safetensors].")
     @click.option("--sae-target", "sae_dirs", multiple=True,
-                  help="Transferred SAE folder(s), SAELens format; repeat for a width sweep [default: RUN/sae_target or RUN/artifact_target].")
-    @click.option("--metrics", "metrics_path", default=None, help="metrics.json to update [default: RUN/metrics.json].")
+                  help="Transferred SAE folder(s), SAELens format; repeat for a width sweep [default: RUN/artifacts/sae/transferred].")
     @click.option("--steps", type=int, default=2000, show_default=True, help="Training steps per arm.")
     @click.option("--batch-size", type=int, default=1024, show_default=True, help="Tokens per step.")
     @click.option("--epochs", type=int, default=100, show_default=True, help="Max passes over the cached training tokens.")
@@ -171,7 +131,7 @@ def register_commands(cli):
     @click.option("--stitch-flops", type=int, default=None, help="Override the stitch sidecar's 'flops'.")
     @click.option("--source-sae-flops", type=int, default=None, help="FLOPs of the source SAE on A, if known.")
     @click.option("--target-layer", type=int, default=None, help="Target layer (default: from the stitch sidecar).")
-    def init_cmd(run_dir, cache_path, stitch_path, sae_dirs, metrics_path, steps, batch_size, epochs, lr, eval_every,
+    def init_cmd(run_dir, cache_path, stitch_path, sae_dirs, steps, batch_size, epochs, lr, eval_every,
                  eval_tokens, ma_window, thresholds, aux_k, b_dec_in, scratch_b_dec, seed, stitch_flops,
                  source_sae_flops, target_layer):
         """Train an SAE on model B from the transferred SAE and from scratch; report FLOPs savings."""
@@ -190,12 +150,13 @@ def register_commands(cli):
             raise ConfigError(f"invalid option --{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}") from None
         except ValueError as exc:
             raise ConfigError(f"invalid --thresholds {thresholds!r}: {exc}") from None
-        result = run_on_folder(
-            run, resolve(run, cache_path, CACHE_CANDIDATES), resolve(run, stitch_path, STITCH_CANDIDATES),
-            [Path(d) for d in sae_dirs] or [resolve(run, None, SAE_CANDIDATES)],
-            Path(metrics_path or run / "metrics.json"), cfg, epochs, eval_tokens, stitch_flops, target_layer)
+        d_cache, d_stitch, d_sae = default_paths(run)
+        result = run_on_folder(run, Path(cache_path) if cache_path else d_cache,
+                               Path(stitch_path) if stitch_path else d_stitch,
+                               [Path(d) for d in sae_dirs] or [d_sae], cfg, epochs, eval_tokens, stitch_flops,
+                               target_layer)
         for width, w in result["widths"].items():
             row = ", ".join(f"{t}: " + ("n/a" if v["savings"] is None else f"{100 * v['savings']:+.0f}%")
                             for t, v in w["savings"]["fvu"].items())
             click.echo(f"width {width} savings at EV thresholds: {row}")
-        click.echo(f"wrote {run / 'init_experiment.md'} and init_experiment in metrics.json")
+        click.echo(f"wrote the init_experiment sections of {run / 'report.md'} and {run / 'metrics.json'}")

@@ -18,10 +18,10 @@ from typing import Any, Callable
 
 import torch
 
-from stitchplug.errors import StageError
+from stitchplug.api import StageError
 
 try:  # the shared counter (stitchplug/flops.py); keep a local copy so this module stands alone
-    from stitchplug.flops import count_step_flops
+    from stitchplug.api import count_step_flops
 except ImportError:  # pragma: no cover - only when the shared module is absent
     from torch.utils.flop_counter import FlopCounterMode
 

@@ -21,8 +21,8 @@ from typing import Callable, Iterable, Iterator, Literal, Sequence
 import torch
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from stitchplug.errors import ConfigError, StageError
-from stitchplug.metrics import ReconAccumulator, massive_dims
+from stitchplug.api import ConfigError, StageError
+from stitchplug.api import ReconAccumulator, massive_dims
 
 from . import scaling
 from .flops_ledger import ArmLedger, analytic_step_flops, measure_step_flops

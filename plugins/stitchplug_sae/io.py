@@ -13,7 +13,7 @@ from typing import Any
 
 from sae_lens import SAE
 
-from stitchplug.errors import StageError, StitchplugError
+from stitchplug.api import StageError, StitchplugError
 
 SIDECAR = "stitchplug.json"
 CFG_FILE = "cfg.json"

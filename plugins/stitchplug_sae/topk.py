@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from stitchplug.errors import StageError
+from stitchplug.api import StageError
 
 
 class TopKSAE(nn.Module):

@@ -35,7 +35,7 @@ from sae_lens import SAE, TopKSAE as SaeLensTopK, TopKSAEConfig
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from stitchplug.errors import StageError
+from stitchplug.api import StageError
 
 from .topk import TopKSAE, fold_decoder_norms  # noqa: F401  (re-exported: the module the trainer trains)
 

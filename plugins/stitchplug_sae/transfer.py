@@ -19,16 +19,14 @@ and ``apply_b_dec_to_input = False``. Thresholds (JumpReLU) and ``k`` (TopK) are
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import torch
 from sae_lens import SAE
 
-from stitchplug.errors import StageError
+from stitchplug.api import StageError, hook_layer, resid_hook
 
 SUPPORTED = ("standard", "topk", "jumprelu")
-_RESID_PRE = re.compile(r"^blocks\.(\d+)\.hook_resid_pre$")
 
 
 def _maps(stitch: Any, direction: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -78,9 +76,7 @@ def canonical_weights(sae: SAE) -> dict[str, torch.Tensor]:
     return {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec, "b_e": b_e}
 
 
-def _layer_of(hook: str | None) -> int | None:
-    m = _RESID_PRE.match(hook or "")
-    return int(m.group(1)) if m else None
+_layer_of = hook_layer
 
 
 def check_compatible(sae: SAE, stitch: Any, direction: str = "up", check_model: bool = True) -> None:
@@ -107,7 +103,7 @@ def check_compatible(sae: SAE, stitch: Any, direction: str = "up", check_model: 
     if want_layer is not None and hook:
         layer = _layer_of(hook)
         if layer is None:
-            raise StageError(f"the SAE reads hook {hook!r} but the stitch maps blocks.{want_layer}.hook_resid_pre")
+            raise StageError(f"the SAE reads hook {hook!r} but the stitch maps {resid_hook(int(want_layer))}")
         if layer != int(want_layer):
             raise StageError(f"the SAE reads layer {layer} ({hook}) but the stitch's {side} layer is {want_layer}")
 
@@ -155,7 +151,7 @@ def transfer_sae(sae: SAE, stitch: Any, direction: str = "up", *, target_model: 
     if target_model is None:
         target_model = meta.get(f"{other}_model")
     if target_hook is None and meta.get(f"{other}_layer") is not None:
-        target_hook = f"blocks.{int(meta[f'{other}_layer'])}.hook_resid_pre"
+        target_hook = resid_hook(int(meta[f"{other}_layer"]))
     md = sae.cfg.metadata
     return _build(sae, P_out.shape[1], new_w, apply_b_dec_to_input=False, rescale=False, metadata={
         "model_name": target_model, "hook_name": target_hook,

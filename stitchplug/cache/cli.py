@@ -9,6 +9,7 @@ import click
 from pydantic import BaseModel, ConfigDict
 
 from ..config import CacheConfig, ModelsConfig
+from ..runfolder import RunFolder
 
 
 class CacheCommandConfig(BaseModel):
@@ -46,7 +47,7 @@ def run_cache(cfg: CacheCommandConfig, log=None) -> Path:
     from .corpus import open_corpus
     from .writer import build_cache, check_existing
 
-    out = Path(cfg.output) if cfg.output else Path(cfg.output_dir) / "cache.h5"
+    out = Path(cfg.output) if cfg.output else RunFolder(cfg.output_dir).cache
     # A foreign or corrupt file at the output path is reported before any model is loaded.
     check_existing(out, {"source_model": cfg.models.source, "target_model": cfg.models.target,
                          "corpus": cfg.cache.corpus})
@@ -66,7 +67,7 @@ def verify_command(cfg: CacheCommandConfig) -> int:
     from ..errors import CacheError
     from .integrity import UNVERIFIABLE, shard_files, verify_cache
 
-    out = Path(cfg.output) if cfg.output else Path(cfg.output_dir) / "cache.h5"
+    out = Path(cfg.output) if cfg.output else RunFolder(cfg.output_dir).cache
     shards = shard_files(out)
     if not shards:
         raise CacheError(f"no cache shards to verify next to {out} (expected {out}.shards/shard_*.h5)")

@@ -4,28 +4,28 @@ from __future__ import annotations
 
 import click
 
-from ..config import RunConfig
-
 
 def register(cli: click.Group) -> None:
     from ..cli import config_options
+    from ..config import artifact_sections, run_config_class
+
+    sections, presets = artifact_sections()  # every registered kind's config: --sae-width, --probe-k ...
+    RunConfigWithKinds = run_config_class(sections)
 
     @cli.command("run")
-    @config_options(RunConfig)
+    @config_options(RunConfigWithKinds, section_presets=presets)
     @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
-    def run_cmd(cfg: RunConfig, no_progress: bool):
+    def run_cmd(cfg, no_progress: bool):
         """Cache activations, fit the stitch, transfer the artifact, evaluate it, write a report.
 
-        Finished stages in the run folder are reused; a stage finished with a different config is
-        refused rather than overwritten.
+        The artifact kind's own settings are its section (`--artifact sae` reads `sae:` and the
+        `--sae-*` flags). Finished stages in the run folder are reused; a stage finished with a
+        different config is refused rather than overwritten.
         """
-        from .pipeline import run
+        from .pipeline import Pipeline
 
-        metrics = run(cfg, log=lambda m: click.echo(m, err=True), progress=not no_progress)
+        pipeline = Pipeline(cfg, log=lambda m: click.echo(m, err=True), progress=not no_progress)
+        metrics = pipeline.run()
         click.echo(f"{cfg.output_dir}/report.md")
-        ev = metrics.get("evaluation", {})
-        for label, res in ev.items():
-            rec = res.get("reconstruction", {})
-            if rec:
-                click.echo(f"{label}: FVU {rec.get('fvu', float('nan')):.3f} "
-                           f"(excl. massive {rec.get('fvu_excl_massive', float('nan')):.3f}), L0 {rec.get('l0', 0):.1f}")
+        for line in pipeline.kind.summary(metrics.get(cfg.artifact, {})):
+            click.echo(line)

@@ -1,32 +1,42 @@
 """The staged pipeline behind ``stitchplug run``.
 
-Stages (each reused when finished with the same config, see :mod:`stitchplug.run.stages`):
+Stages (each reused when finished with the same config, see :mod:`stitchplug.runfolder`):
 
-``cache``     paired activations of A and B on the corpus slice (resumable HDF5)
-``stitch``    SVCCA layer choice (unless given), fit, held-out reconstruction metrics
-``stitch_ce`` stitched next-token losses (paper Table 1) on held-out documents
-``source``    the source artifact on A (trained or loaded)
-``transfer``  the artifact carried to B through the stitch
-``baseline``  a random artifact of the same shape on B
-``evaluate``  every registered evaluator that applies, on source (A), transferred and random (B)
-``report``    ``metrics.json``, ``report.md`` and plots
+``cache``           paired activations of A and B on the corpus slice (resumable HDF5)
+``stitch``          SVCCA layer choice (unless given), fit, held-out reconstruction metrics
+``stitch_ce``       stitched next-token losses (paper Table 1) on held-out documents
+``<kind>.source``   the source artifact on A (trained or loaded)
+``<kind>.transfer`` the artifact carried to B through the stitch
+``<kind>.baseline`` a random artifact of the same shape on B (kinds with ``supports_baseline``)
+``<kind>.evaluate`` every registered evaluator that applies, on every arm, and the kind's diagnostics
+then ``metrics.json`` sections and ``report.md`` sections through :class:`~stitchplug.runfolder.RunFolder`.
+
+Stages of different artifact kinds have different names and folders (``artifacts/<kind>/<role>``),
+so ``--artifact sae`` and ``--artifact probe`` runs can share one run folder (cache and stitch).
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import itertools
 from typing import Any, Callable
 
-from ..artifacts import ArtifactContext
-from ..config import RunConfig, snapshot
-from ..errors import StageError
+from ..artifacts import ArtifactContext, ArtifactKind, Arm
+from ..config import RunConfig, run_config_class, run_config_dict, snapshot
+from ..errors import PluginError, StageError
 from ..plugins import registry
-from .stages import RunFolder, write_json_atomic
+from ..runfolder import CACHE_FILE, ORDER_ARTIFACT, ORDER_CORE, ORDER_LAST, STITCH_FILE, RunFolder
 
-CACHE_FILE = "cache.h5"
-STITCH_FILE = "stitch/stitch.safetensors"
-ARTIFACT_DIRS = {"source": "artifact_source", "transfer": "artifact_target", "baseline": "artifact_random"}
+LABELS = {"source": "source_on_A", "transferred": "transferred_on_B", "random": "random_on_B"}
+
+
+def artifact_kind(name: str) -> ArtifactKind:
+    """The registered artifact kind ``name`` (one-line PluginError if it is not an ArtifactKind)."""
+    entry = registry().get("artifacts", name)
+    kind = entry.factory()
+    if not isinstance(kind, ArtifactKind):
+        raise PluginError(f"artifact {name!r} of plugin {entry.plugin!r} does not implement "
+                          "stitchplug.api.ArtifactKind")
+    return kind
 
 
 class Pipeline:
@@ -40,7 +50,11 @@ class Pipeline:
         self._models: dict[str, Any] = {}
         self._cache = None
         self._eval_windows = None
-        self.kind = registry().get("artifacts", cfg.artifact).factory()
+        self.kind = artifact_kind(cfg.artifact)
+        cls = self.kind.config_class
+        if cls is not None and cfg.artifact not in type(cfg).model_fields:  # built without the kind's section
+            self.cfg = run_config_class({cfg.artifact: cls}).model_validate(cfg.model_dump() | {cfg.artifact: {}})
+        self.art_cfg = getattr(self.cfg, cfg.artifact) if cls is not None else None
 
     # -- shared resources ------------------------------------------------------------------
     def model(self, side: str):
@@ -57,12 +71,12 @@ class Pipeline:
         if self._cache is None:
             from ..cache.reader import open_cache
 
-            self._cache = open_cache(self.rf.path(CACHE_FILE), eval_fraction=self.cfg.cache.eval_fraction,
+            self._cache = open_cache(self.rf.cache, eval_fraction=self.cfg.cache.eval_fraction,
                                      split_seed=self.cfg.seed)
         return self._cache
 
     def deps(self, *sections: str) -> dict:
-        data = self.cfg.model_dump(mode="json")
+        data = run_config_dict(self.cfg)
         keep = {"seed", "device", "dtype", "models", "cache"} | set(sections)
         return {k: v for k, v in data.items() if k in keep}
 
@@ -74,7 +88,7 @@ class Pipeline:
         source_layers = c.source_layers
         if source_layers is None and self.cfg.stitch.source_layer is not None:
             source_layers = [self.cfg.stitch.source_layer]
-        path = build_cache(self.rf.path(CACHE_FILE), self.model("source"), self.model("target"), corpus=c.corpus,
+        path = build_cache(self.rf.cache, self.model("source"), self.model("target"), corpus=c.corpus,
                            doc_start=c.doc_start, max_docs=c.max_docs, tokens=c.tokens,
                            context_size=c.context_size, source_layers=source_layers,
                            target_layers=c.target_layers, dtype=c.dtype, batch_size=c.batch_size,
@@ -88,19 +102,16 @@ class Pipeline:
     def stage_stitch(self) -> dict:
         from ..stitch.api import train
 
-        res = train(self.cache(), self.cfg.stitch, self.rf.path(STITCH_FILE), seed=self.cfg.seed,
+        res = train(self.cache(), self.cfg.stitch, self.rf.stitch, seed=self.cfg.seed,
                     progress=self.progress)
         res.pop("stitch", None)
         res["fit"].pop("history", None)
         return res
 
     def load_stitch(self, meta: dict):
-        from ..stitch.model import Stitch
-
-        self.rf.require("stitch", STITCH_FILE)
         expect = {k: meta[k] for k in ("source_model", "target_model", "source_layer", "target_layer",
                                        "d_source", "d_target") if meta.get(k) is not None}
-        return Stitch.load(self.rf.path(STITCH_FILE), expect=expect)
+        return self.rf.load_stitch(expect=expect)
 
     def heldout_windows(self):
         if self._eval_windows is None:
@@ -121,7 +132,23 @@ class Pipeline:
         return stitched_ce(self.model("source"), self.model("target"), stitch, int(m["source_layer"]),
                            int(m["target_layer"]), self.heldout_windows())
 
-    def context(self, side: str, layer: int, massive: list[int]) -> ArtifactContext:
+    def documents(self, split: str):
+        """Corpus documents (all fields) of the cache's ``split`` ("train" or "eval"), in corpus order."""
+        from ..cache.corpus import open_corpus
+
+        if split not in ("train", "eval"):
+            raise StageError(f"documents(split) takes 'train' or 'eval', not {split!r}")
+        cache = self.cache()
+        index = [int(i) for i in cache.doc_index]
+        if not index:
+            return iter(())
+        held = {int(i) for i in cache.eval_docs()}
+        keep = {i for i in index if (i in held) == (split == "eval")}
+        first = min(index)
+        docs = open_corpus(self.cfg.cache.corpus, start=first, limit=max(index) - first + 1)
+        return (d for i, d in zip(itertools.count(first), docs) if i in keep)
+
+    def context(self, side: str, layer: int, massive: list[int], stitch=None) -> ArtifactContext:
         cache, key = self.cache(), (side, layer)
         seed = self.cfg.seed
 
@@ -136,26 +163,26 @@ class Pipeline:
 
         adapter = self.model(side)
         windows = [(w[0] if side == "source" else w[1]).ids for w in self.heldout_windows()]
-        return ArtifactContext(model_name=adapter.name, layer=layer, adapter=adapter, train_activations=train_acts,
-                               eval_activations=eval_acts, eval_windows=windows, massive_dims=list(massive),
-                               device=self.cfg.device, seed=seed,
-                               extras={"loss_batch_size": self.cfg.eval.loss_batch_size,
-                                       "progress": self.progress})
+        return ArtifactContext(model_name=adapter.name, layer=layer, adapter=adapter, side=side,
+                               train_activations=train_acts, eval_activations=eval_acts, eval_windows=windows,
+                               documents=self.documents, massive_dims=list(massive), stitch=stitch,
+                               folder=self.rf, config=self.art_cfg, device=self.cfg.device, seed=seed,
+                               loss_batch_size=self.cfg.eval.loss_batch_size, progress=self.progress)
 
     def evaluators(self) -> list:
         reg = registry()
         out = []
         for name in reg.names("evaluators"):
             ev = reg.get("evaluators", name).factory()
-            if self.cfg.artifact in getattr(ev, "applies_to", ()):
+            if self.cfg.artifact in ev.applies_to:
                 out.append(ev)
         return out
 
     # -- the whole run ---------------------------------------------------------------------
     def run(self) -> dict:
-        cfg, rf = self.cfg, self.rf
-        snapshot(cfg, rf.path("config.yaml"))
-        art_cfg = getattr(cfg, cfg.artifact, None)
+        cfg, rf, kind, name = self.cfg, self.rf, self.kind, self.cfg.artifact
+        (rf.root / "stages").mkdir(parents=True, exist_ok=True)
+        snapshot(cfg, rf.config_file)
         cache_res = rf.run("cache", self.deps(), self.stage_cache, self.log)
         rf.require("cache", CACHE_FILE)
         stitch_res = rf.run("stitch", self.deps("stitch"), self.stage_stitch, self.log)
@@ -165,81 +192,81 @@ class Pipeline:
         massive = stitch_res["recon"]["massive_dims"]
         ce_res = rf.run("stitch_ce", self.deps("stitch", "eval"), lambda: self.stage_stitch_ce(stitch), self.log)
 
-        ctx_a = self.context("source", lA, massive["source"])
-        ctx_b = self.context("target", lB, massive["target"])
-        art_deps = self.deps("stitch", "eval", cfg.artifact) | {"artifact": cfg.artifact}
-        kind = self.kind
-        paths = {k: rf.path(v) for k, v in ARTIFACT_DIRS.items()}
+        ctx_a = self.context("source", lA, massive["source"], stitch)
+        ctx_b = self.context("target", lB, massive["target"], stitch)
+        ctx_a.other, ctx_b.other = ctx_b, ctx_a
+        art_deps = self.deps("stitch", "eval", name) | {"artifact": name}
+        paths = {role: rf.artifact(name, role) for role in LABELS}
+
+        def rel(role: str) -> str:
+            return str(paths[role].relative_to(rf.root))
 
         def source():
-            art = kind.obtain(ctx_a, art_cfg)
+            art = kind.obtain(ctx_a, self.art_cfg)
             kind.save(art, paths["source"], {"stage": "source", "model": cfg.models.source, "layer": lA})
             return {"folder": str(paths["source"])}
 
-        rf.run("source", art_deps, source, self.log)
-        rf.require("source", ARTIFACT_DIRS["source"])
+        rf.run(f"{name}.source", art_deps, source, self.log)
+        rf.require(f"{name}.source", rel("source"))
         src_art = kind.load(paths["source"])
 
         def transfer():
-            if hasattr(kind, "check"):
-                kind.check(src_art, stitch, "up")
+            kind.check(src_art, stitch, "up")
             art = kind.transfer(src_art, stitch, "up", target_model=cfg.models.target,
                                 target_hook=self.model("target").hook_name(lB))
-            kind.save(art, paths["transfer"], {"stage": "transfer", "source_folder": str(paths["source"]),
-                                               "stitch": str(rf.path(STITCH_FILE)), "stitch_meta": meta})
-            return {"folder": str(paths["transfer"])}
+            kind.save(art, paths["transferred"], {"stage": "transfer", "source_folder": str(paths["source"]),
+                                                  "stitch": str(rf.stitch), "stitch_meta": meta})
+            return {"folder": str(paths["transferred"])}
 
-        rf.run("transfer", art_deps, transfer, self.log)
-        rf.require("transfer", ARTIFACT_DIRS["transfer"])
-        tgt_art = kind.load(paths["transfer"])
+        rf.run(f"{name}.transfer", art_deps, transfer, self.log)
+        rf.require(f"{name}.transfer", rel("transferred"))
+        tgt_art = kind.load(paths["transferred"])
+        arms = {LABELS["source"]: Arm(src_art, ctx_a), LABELS["transferred"]: Arm(tgt_art, ctx_b)}
 
-        def baseline():
-            art = kind.baseline(tgt_art, ctx_b)
-            kind.save(art, paths["baseline"], {"stage": "baseline", "like": str(paths["transfer"])})
-            return {"folder": str(paths["baseline"])}
+        if kind.supports_baseline:
+            def baseline():
+                art = kind.baseline(tgt_art, ctx_b)
+                kind.save(art, paths["random"], {"stage": "baseline", "like": str(paths["transferred"])})
+                return {"folder": str(paths["random"])}
 
-        rf.run("baseline", art_deps, baseline, self.log)
-        rf.require("baseline", ARTIFACT_DIRS["baseline"])
-        rnd_art = kind.load(paths["baseline"])
+            rf.run(f"{name}.baseline", art_deps, baseline, self.log)
+            rf.require(f"{name}.baseline", rel("random"))
+            arms[LABELS["random"]] = Arm(kind.load(paths["random"]), ctx_b)
 
         def evaluate():
+            all_arms = dict(arms)
+            for label, arm in kind.extra_arms(src_art, tgt_art, ctx_a, ctx_b).items():
+                if label in all_arms or label == "diagnostics":
+                    raise StageError(f"artifact kind {name!r} adds an arm named {label!r}, which is taken")
+                all_arms[label] = arm
             out: dict[str, dict] = {}
-            for label, art, ctx in (("source_on_A", src_art, ctx_a), ("transferred_on_B", tgt_art, ctx_b),
-                                    ("random_on_B", rnd_art, ctx_b)):
+            evaluators = self.evaluators()
+            for label, arm in all_arms.items():
                 out[label] = {}
-                for ev in self.evaluators():
+                for ev in evaluators:
                     self.log(f"  {ev.name} on {label}")
-                    out[label][ev.name] = ev.evaluate(art, ctx)
-            if hasattr(kind, "diagnose"):
-                out["diagnostics"] = kind.diagnose(src_art, tgt_art, stitch, ctx_b, ctx_a)
+                    out[label][ev.name] = ev.evaluate(arm.artifact, arm.context)
+            diag = kind.diagnose(src_art, tgt_art, stitch, ctx_b, ctx_a)
+            if diag is not None:
+                out["diagnostics"] = diag
             return out
 
-        eval_res = rf.run("evaluate", art_deps, evaluate, self.log)
-        metrics = {"config": cfg.model_dump(mode="json"), "cache": cache_res, "stitch": stitch_res,
-                   "stitched_ce": ce_res, "artifact": cfg.artifact, "evaluation": eval_res,
-                   "stage_seconds": self._stage_seconds()}
-        from .report import write_report
+        eval_res = rf.run(f"{name}.evaluate", art_deps, evaluate, self.log)
+        for section, data in (("config", run_config_dict(cfg)), ("cache", cache_res), ("stitch", stitch_res),
+                              ("stitched_ce", ce_res), (name, eval_res), ("stage_seconds", rf.stage_seconds())):
+            rf.add_metrics(section, data)
+        metrics = rf.metrics()
+        from .report import core_markdown, stage_times_markdown
 
-        previous = rf.path("metrics.json")
-        if previous.exists():  # keep what later commands added (e.g. `stitchplug experiment init`)
-            try:
-                for key, value in json.loads(previous.read_text()).items():
-                    metrics.setdefault(key, value)
-            except json.JSONDecodeError:
-                self.log(f"warning: {previous} was unreadable; writing a fresh one")
-        write_json_atomic(rf.path("metrics.json"), metrics)
-        write_report(rf.root, metrics, log=self.log)
+        rf.add_report_section("run", core_markdown(metrics, rf), ORDER_CORE)
+        section = kind.report_markdown(metrics, rf)
+        if section is not None:
+            rf.add_report_section(name, section, ORDER_ARTIFACT)
+        path = rf.add_report_section("stage_times", stage_times_markdown(metrics), ORDER_LAST)
+        self.log(f"report: {path}")
         return metrics
-
-    def _stage_seconds(self) -> dict:
-        out = {}
-        for marker in sorted((self.rf.root / "stages").glob("*.json")):
-            try:
-                out[marker.stem] = json.loads(marker.read_text()).get("seconds")
-            except json.JSONDecodeError:
-                pass
-        return out
 
 
 def run(cfg: RunConfig, log: Callable[[str], None] = print, progress: bool = True) -> dict:
+    """Run (or resume) the whole pipeline for ``cfg``; returns the run folder's ``metrics.json``."""
     return Pipeline(cfg, log=log, progress=progress).run()

@@ -1,16 +1,15 @@
-"""``report.md`` and plots of a run folder, from its ``metrics.json`` content.
+"""The core's sections of ``report.md`` (header, SVCCA profile, reconstruction, Table 1, stage times).
 
-The stitch part (SVCCA profile, reconstruction, Table 1) is generic; the artifact part comes from
-the artifact kind's optional ``report_markdown(metrics, folder) -> str`` so plugins own their tables.
+Artifact kinds and other plugins add their own sections with
+:meth:`~stitchplug.runfolder.RunFolder.add_report_section`; the run folder assembles ``report.md``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from ..plugins import registry
-from .stages import write_text_atomic
+from ..runfolder import RunFolder
 from ..stitch.report import recon_markdown, svcca_markdown, table1_markdown
 
 
@@ -33,8 +32,8 @@ def _plot_svcca(profile: dict, source_layer: int, best: int, path: Path) -> None
     plt.close(fig)
 
 
-def write_report(folder: str | Path, metrics: dict[str, Any], log: Callable[[str], None] = print) -> Path:
-    folder = Path(folder)
+def core_markdown(metrics: dict[str, Any], folder: RunFolder) -> str:
+    """Header, layer choice (with its plot), stitch reconstruction and Table 1 of a run."""
     cfg = metrics["config"]
     stitch = metrics["stitch"]
     meta = stitch["meta"]
@@ -49,7 +48,7 @@ def write_report(folder: str | Path, metrics: dict[str, Any], log: Callable[[str
               f"Stitch solver `{cfg['stitch']['solver']}`, seed {cfg['seed']}.", ""]
     if stitch.get("svcca"):
         prof = {int(k): v for k, v in stitch["svcca"]["profile"].items()}
-        _plot_svcca(prof, lA, lB, folder / "svcca_profile.png")
+        _plot_svcca(prof, lA, lB, folder.plot("svcca_profile.png"))
         lines += ["## Layer choice (mean SVCCA)", "", svcca_markdown(prof, lA), "", "![](svcca_profile.png)", ""]
     lines += ["## Stitch reconstruction (held-out)", "", recon_markdown(stitch["recon"]), ""]
     fit = stitch.get("fit", {})
@@ -61,16 +60,11 @@ def write_report(folder: str | Path, metrics: dict[str, Any], log: Callable[[str
               "For a pair with different tokenizers only aligned positions are patched "
               "(share patched in the last column); CE is over all predicted non-special tokens. "
               "Paper rows are same-tokenizer pairs trained on ~200M tokens.", ""]
-    kind = registry().get("artifacts", cfg["artifact"]).factory()
-    if hasattr(kind, "report_markdown"):
-        lines += [kind.report_markdown(metrics, folder), ""]
-    for extra in sorted(folder.glob("*_experiment.md")):  # sections written by experiment commands
-        lines += [f"<!-- {extra.stem} -->", extra.read_text().rstrip(), f"<!-- /{extra.stem} -->", ""]
+    return "\n".join(lines)
+
+
+def stage_times_markdown(metrics: dict[str, Any]) -> str:
     secs = metrics.get("stage_seconds", {})
-    if secs:
-        lines += ["## Stage wall time (s)", "", "| stage | seconds |", "|---|---|"]
-        lines += [f"| {k} | {v:.1f} |" for k, v in secs.items() if v is not None]
-    path = folder / "report.md"
-    write_text_atomic(path, "\n".join(lines) + "\n")
-    log(f"report: {path}")
-    return path
+    lines = ["## Stage wall time (s)", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in secs.items() if v is not None]
+    return "\n".join(lines)

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..config import StitchConfig
 from ..errors import StageError
+from ..hooks import resid_hook
 from .data import CacheSource
 from .evaluate import evaluate_recon
 from .fit import fit_stitch
@@ -57,8 +58,8 @@ def pair_meta(cache, lA: int, lB: int) -> dict[str, Any]:
         "target_model": _attr(cache, "target_model", "target"),
         "source_layer": lA,
         "target_layer": lB,
-        "source_hook": f"blocks.{lA}.hook_resid_pre",
-        "target_hook": f"blocks.{lB}.hook_resid_pre",
+        "source_hook": resid_hook(lA),
+        "target_hook": resid_hook(lB),
         "d_source": int(cache.d_source),
         "d_target": int(cache.d_target),
     }

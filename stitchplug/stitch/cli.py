@@ -9,11 +9,13 @@ import click
 
 from ..cli import config_options
 from ..config import RunConfig
+from ..runfolder import RunFolder
 
 
 def _paths(cfg: RunConfig, cache: str | None, out: str | None = None) -> tuple[Path, Path]:
-    root = Path(cfg.output_dir)
-    return Path(cache) if cache else root / "cache", Path(out) if out else root / "stitch" / "stitch.safetensors"
+    """The cache and stitch paths: given ones, else the run folder's (the layout `stitchplug run` writes)."""
+    rf = RunFolder(cfg.output_dir)
+    return Path(cache) if cache else rf.cache, Path(out) if out else rf.stitch
 
 
 def _write(results: dict, markdown: str, out_stem: Path, as_json: bool) -> None:
@@ -34,7 +36,7 @@ def register(cli: click.Group) -> None:
 
     @cli.command("layers")
     @config_options(RunConfig)
-    @click.option("--cache", "cache_path", default=None, help="Paired activation cache (default: OUTPUT_DIR/cache).")
+    @click.option("--cache", "cache_path", default=None, help="Paired activation cache (default: OUTPUT_DIR/cache.h5).")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
     def layers(cfg: RunConfig, cache_path, as_json):
         """Mean SVCCA correlation of A at the source layer with every cached layer of B; prints the argmax."""
@@ -55,7 +57,7 @@ def register(cli: click.Group) -> None:
 
     @stitch_group.command("train")
     @config_options(RunConfig)
-    @click.option("--cache", "cache_path", default=None, help="Paired activation cache (default: OUTPUT_DIR/cache).")
+    @click.option("--cache", "cache_path", default=None, help="Paired activation cache (default: OUTPUT_DIR/cache.h5).")
     @click.option("--out", "out_path", default=None,
                   help="Stitch file to write (default: OUTPUT_DIR/stitch/stitch.safetensors).")
     @click.option("--max-steps", type=int, default=None, help="Stop Adam after this many steps.")
@@ -80,7 +82,7 @@ def register(cli: click.Group) -> None:
 
     @stitch_group.command("eval")
     @config_options(RunConfig)
-    @click.option("--cache", "cache_path", default=None, help="Paired activation cache (default: OUTPUT_DIR/cache).")
+    @click.option("--cache", "cache_path", default=None, help="Paired activation cache (default: OUTPUT_DIR/cache.h5).")
     @click.option("--stitch", "stitch_path", default=None,
                   help="Stitch file (default: OUTPUT_DIR/stitch/stitch.safetensors).")
     @click.option("--ce-docs", type=int, default=0,

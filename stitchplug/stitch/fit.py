@@ -139,11 +139,16 @@ def refine_on_moments(stitch: Stitch, mom: Moments, alpha: float = 1.0, max_iter
 
 
 # ----------------------------------------------------------------------------------------- adam
-def adam_step_flops(stitch: Stitch, batch_size: int, alpha: float) -> int:
-    """FLOPs of one forward+backward of Eq. 3 on a dummy batch of ``batch_size`` tokens."""
-    dummy = Stitch(stitch.d_source, stitch.d_target, seed=None)
-    hA, hB = torch.zeros(batch_size, stitch.d_source), torch.zeros(batch_size, stitch.d_target)
+def stitch_step_flops(d_source: int, d_target: int, batch_size: int, alpha: float = 1.0) -> int:
+    """FLOPs of one forward+backward of Eq. 3 (:meth:`Stitch.loss`) on a dummy batch of ``batch_size`` tokens."""
+    dummy = Stitch(d_source, d_target, seed=None)
+    hA, hB = torch.zeros(batch_size, d_source), torch.zeros(batch_size, d_target)
     return count_step_flops(lambda: dummy.loss(hA, hB, alpha)[0].backward())
+
+
+def adam_step_flops(stitch: Stitch, batch_size: int, alpha: float) -> int:
+    """:func:`stitch_step_flops` for ``stitch``'s widths."""
+    return stitch_step_flops(stitch.d_source, stitch.d_target, batch_size, alpha)
 
 
 def train_adam(stitch: Stitch, source: BatchSource, cfg: StitchConfig, steps_per_epoch: int,

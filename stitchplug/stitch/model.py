@@ -33,6 +33,12 @@ def sidecar_path(path: str | Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
+
+def eq3_total(parts: dict, alpha: float = 1.0):
+    """Paper Eq. 3 from its four MSE terms (the one place they are combined):
+    ``up + down + alpha * (aba + bab)``. Works on floats and on tensors."""
+    return parts["up"] + parts["down"] + alpha * (parts["aba"] + parts["bab"])
+
 class Stitch(nn.Module):
     """Affine maps up (A -> B) and down (B -> A); biases start at zero, weights at small random values."""
 
@@ -78,7 +84,7 @@ class Stitch(nn.Module):
             "aba": mse(self.down(up_a), hA),
             "bab": mse(self.up(down_b), hB),
         }
-        total = parts_t["up"] + parts_t["down"] + alpha * (parts_t["aba"] + parts_t["bab"])
+        total = eq3_total(parts_t, alpha)
         parts = {k: float(v.detach()) for k, v in parts_t.items()}
         parts["total"] = float(total.detach())
         return total, parts

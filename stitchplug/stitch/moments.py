@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..flops import count_step_flops
+from .model import eq3_total
 
 F64 = torch.float64
 
@@ -80,7 +81,7 @@ class Moments:
             "aba": affine_mse(mA, Caa, mA, Caa, Caa, P_up @ P_dn, b_up @ P_dn + b_dn),
             "bab": affine_mse(mB, Cbb, mB, Cbb, Cbb, P_dn @ P_up, b_dn @ P_up + b_up),
         }
-        parts["total"] = parts["up"] + parts["down"] + alpha * (parts["aba"] + parts["bab"])
+        parts["total"] = eq3_total(parts, alpha)
         return parts
 
 

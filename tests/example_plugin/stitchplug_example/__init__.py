@@ -1,8 +1,10 @@
-"""A third-party plugin: one model alias, one corpus, one evaluator and one command."""
+"""A third-party plugin: a model alias, a corpus, an aligner, a command, and a real artifact kind
+(a difference-of-means direction, :mod:`stitchplug_example.diffmean`) with its own config section and
+evaluator. It imports stitchplug only through ``stitchplug.api``."""
 
 import click
 
-from stitchplug.hookspecs import hookimpl
+from stitchplug.api import hookimpl
 
 
 @hookimpl
@@ -24,6 +26,13 @@ def register_evaluators(register):
 
     register("example-count", Count, description="counts to one")
 
+    def separation():
+        from .diffmean import Separation
+
+        return Separation()
+
+    register("diffmean-separation", separation, description="AUROC of the direction on held-out documents")
+
 
 @hookimpl
 def register_commands(cli):
@@ -36,7 +45,7 @@ def register_commands(cli):
 @hookimpl
 def register_models(register):
     def factory(device="cpu", dtype="float32", cache_dir=None, **kwargs):
-        from stitchplug.adapter import load_model
+        from stitchplug.api import load_model
 
         return load_model("tiny-llama-a", device=device, dtype=dtype, cache_dir=cache_dir)
 
@@ -57,7 +66,9 @@ def register_aligners(register):
 
 @hookimpl
 def register_artifacts(register):
-    class Nothing:
-        name = "example-nothing"
+    def diffmean():
+        from .diffmean import DiffMean
 
-    register("example-nothing", Nothing, description="an artifact kind that does nothing")
+        return DiffMean()
+
+    register("diffmean", diffmean, description="difference-of-means direction between labelled documents")

@@ -1,0 +1,113 @@
+"""The public API: everything a plugin author or a notebook user needs, from one module.
+
+First-party plugins import the core only through this module (a test enforces it), so anything a
+third-party plugin could need is here. Names are loaded lazily: importing ``stitchplug.api`` costs
+nothing until a name is used.
+
+Plugin authors: :data:`hookimpl`, :class:`ArtifactKind`, :class:`Evaluator`, :class:`Arm`,
+:class:`ArtifactContext`, :class:`Example` (+ :func:`examples_from_documents`,
+:func:`examples_from_file`), :class:`ModelAdapter`/:class:`TLAdapter`, :class:`RunFolder`, the
+errors, the atomic writers, :func:`count_step_flops`, the reconstruction metrics.
+
+Notebook users::
+
+    from stitchplug.api import Stitch, load_model, transfer
+    stitch = Stitch.load("runs/quick/stitch/stitch.safetensors")
+    sae_b = transfer(sae_a, stitch)            # any SAELens SAE on A's stitch layer -> an SAE on B
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    # plugin machinery
+    "hookimpl": "stitchplug.hookspecs",
+    "ArtifactKind": "stitchplug.artifacts",
+    "Evaluator": "stitchplug.artifacts",
+    "ArtifactContext": "stitchplug.artifacts",
+    "Arm": "stitchplug.artifacts",
+    "Example": "stitchplug.artifacts",
+    "examples_from_documents": "stitchplug.examples",
+    "examples_from_file": "stitchplug.examples",
+    "registry": "stitchplug.plugins",
+    # models
+    "ModelAdapter": "stitchplug.adapter",
+    "TLAdapter": "stitchplug.adapter",
+    "Encoded": "stitchplug.adapter",
+    "load_model": "stitchplug.adapter",
+    "resid_hook": "stitchplug.hooks",
+    "hook_layer": "stitchplug.hooks",
+    # data, stitch, run folder
+    "open_cache": "stitchplug.cache.reader",
+    "open_corpus": "stitchplug.cache.corpus",
+    "align_by_end_offsets": "stitchplug.cache.align",
+    "align_identity": "stitchplug.cache.align",
+    "Stitch": "stitchplug.stitch.model",
+    "RunFolder": "stitchplug.runfolder",
+    "write_text_atomic": "stitchplug.atomic",
+    "write_json_atomic": "stitchplug.atomic",
+    # measurement
+    "count_step_flops": "stitchplug.flops",
+    "ReconAccumulator": "stitchplug.metrics",
+    "massive_dims": "stitchplug.metrics",
+    # errors
+    "StitchplugError": "stitchplug.errors",
+    "ConfigError": "stitchplug.errors",
+    "PluginError": "stitchplug.errors",
+    "ModelLoadError": "stitchplug.errors",
+    "CacheError": "stitchplug.errors",
+    "StageError": "stitchplug.errors",
+}
+
+__all__ = sorted([*_EXPORTS, "transfer", "artifact_kind"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'stitchplug.api' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+def artifact_kind(name: str):
+    """The registered :class:`ArtifactKind` called ``name`` (e.g. ``"sae"``)."""
+    from .run.pipeline import artifact_kind as _kind
+
+    return _kind(name)
+
+
+def transfer(artifact: Any, stitch: Any, kind: str | None = None, direction: str = "up", check: bool = True,
+             **target: Any) -> Any:
+    """Carry ``artifact`` through ``stitch`` with its kind's transfer (``"up"``: A -> B, ``"down"``).
+
+    ``kind`` defaults to ``"sae"`` for SAELens SAEs; give it for other artifacts. ``check`` runs the
+    kind's compatibility check first (widths, models, layers). ``stitch`` may be a
+    :class:`Stitch` or a path to its safetensors file.
+    """
+    from pathlib import Path
+
+    from .errors import StageError
+    from .stitch.model import Stitch
+
+    if isinstance(stitch, (str, Path)):
+        stitch = Stitch.load(stitch)
+    if kind is None:
+        try:
+            from sae_lens import SAE
+        except ImportError:  # pragma: no cover
+            SAE = ()
+        if not isinstance(artifact, SAE):
+            raise StageError(f"cannot tell the artifact kind of a {type(artifact).__name__}; pass kind=")
+        kind = "sae"
+    k = artifact_kind(kind)
+    if check:
+        k.check(artifact, stitch, direction)
+    return k.transfer(artifact, stitch, direction, **target)

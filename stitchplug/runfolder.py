@@ -1,0 +1,250 @@
+"""The run folder: one layout, owned by the core, and the only way anything writes into it.
+
+Layout (every command defaults to these paths)::
+
+    RUN/config.yaml                    resolved config of the last `stitchplug run`
+    RUN/cache.h5 (+ cache.h5.shards/)  paired activation cache          RunFolder.cache
+    RUN/stitch/stitch.safetensors      the stitch (+ .json sidecar)      RunFolder.stitch
+    RUN/artifacts/<kind>/<role>/       one artifact (roles: source, transferred, random, or a kind's own)
+    RUN/stages/<stage>.json            finished-stage markers
+    RUN/metrics.json                   sections, written only through add_metrics
+    RUN/report/<name>.md               report sections, written only through add_report_section
+    RUN/report.md                      assembled from the sections on every add_report_section
+    RUN/*.png                          plots referenced by report sections (RunFolder.plot)
+
+Stages finish atomically: a stage writes its outputs, then a marker ``stages/<name>.json`` holding a
+fingerprint of the config it depends on. Only a marker makes a stage finished: an interrupted stage
+has no marker and is redone. Re-running with a different config for a finished stage is refused,
+naming what changed, rather than overwriting results already written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .atomic import write_json_atomic, write_text_atomic
+from .errors import StageError
+
+CACHE_FILE = "cache.h5"
+STITCH_FILE = "stitch/stitch.safetensors"
+ROLES = ("source", "transferred", "random")
+"""Roles every artifact kind has (``random`` only when the kind supports a baseline)."""
+
+# report section order: core header first, artifact kinds next, other plugins after, stage times last
+ORDER_CORE, ORDER_ARTIFACT, ORDER_PLUGIN, ORDER_LAST = 0, 10, 50, 100
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+class RunFolder:
+    """Named paths of a run folder, its stages, and the writers for metrics and report sections."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @classmethod
+    def existing(cls, root: str | Path) -> "RunFolder":
+        """Open a folder written by ``stitchplug run``; one-line StageError if it is not one."""
+        rf = cls(root)
+        if not rf.root.is_dir():
+            raise StageError(f"run folder {rf.root} does not exist (run `stitchplug run --output-dir {rf.root}` first)")
+        if not (rf.root / "stages").is_dir() and not rf.cache.exists():
+            raise StageError(f"{rf.root} is not a stitchplug run folder (no stages/ and no {CACHE_FILE})")
+        return rf
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.root)!r})"
+
+    # -- named paths -----------------------------------------------------------------------
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    @property
+    def cache(self) -> Path:
+        """The paired activation cache (HDF5 entry file)."""
+        return self.root / CACHE_FILE
+
+    @property
+    def stitch(self) -> Path:
+        """The stitch's safetensors file (its sidecar is ``stitch.safetensors.json``)."""
+        return self.root / STITCH_FILE
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def report_file(self) -> Path:
+        return self.root / "report.md"
+
+    def artifact(self, kind: str, role: str) -> Path:
+        """Folder of artifact ``kind`` in ``role`` (``source``, ``transferred``, ``random`` or a kind's own)."""
+        for part, what in ((kind, "kind"), (role, "role")):
+            if not part or "/" in part or part.startswith("."):
+                raise StageError(f"invalid artifact {what} name {part!r}")
+        return self.root / "artifacts" / kind / role
+
+    def plot(self, name: str) -> Path:
+        """Where a report section's plot goes (reference it in Markdown as ``![](name)``)."""
+        return self.root / name
+
+    def marker(self, name: str) -> Path:
+        return self.root / "stages" / f"{name}.json"
+
+    # -- reading what earlier stages left --------------------------------------------------
+    def config(self) -> dict:
+        """The resolved config snapshot (``config.yaml``) as a dict."""
+        import yaml
+
+        self.require("run", "config.yaml")
+        return yaml.safe_load(self.config_file.read_text()) or {}
+
+    def open_cache(self, **kwargs):
+        """:func:`stitchplug.cache.reader.open_cache` on this folder's cache."""
+        from .cache.reader import open_cache
+
+        self.require("cache", CACHE_FILE)
+        return open_cache(self.cache, **kwargs)
+
+    def load_stitch(self, expect: dict | None = None):
+        """The folder's :class:`~stitchplug.stitch.model.Stitch` (``expect``: sidecar fields that must match)."""
+        from .stitch.model import Stitch
+
+        self.require("stitch", STITCH_FILE)
+        return Stitch.load(self.stitch, expect=expect)
+
+    def load_artifact(self, kind: str, role: str):
+        """Load artifact ``kind``/``role`` with the registered kind's ``load``."""
+        from .plugins import registry
+
+        self.require(f"{kind}.{role}", self.artifact(kind, role).relative_to(self.root))
+        return registry().get("artifacts", kind).factory().load(self.artifact(kind, role))
+
+    def load_model(self, side: str, device: str | None = None):
+        """The model adapter of ``side`` (``source`` = A, ``target`` = B) named in ``config.yaml``."""
+        from .adapter import load_model
+
+        cfg = self.config()
+        models = cfg.get("models", {})
+        if side not in ("source", "target") or not models.get(side):
+            raise StageError(f"{self.config_file} names no {side!r} model")
+        return load_model(models[side], device=device or cfg.get("device", "cpu"), dtype=cfg.get("dtype", "float32"),
+                          cache_dir=models.get("cache_dir"))
+
+    def metrics(self) -> dict:
+        """``metrics.json`` as a dict (empty if there is none yet)."""
+        if not self.metrics_file.exists():
+            return {}
+        try:
+            return json.loads(self.metrics_file.read_text())
+        except json.JSONDecodeError:
+            raise StageError(f"{self.metrics_file} is not valid JSON; delete it and re-run `stitchplug run`") from None
+
+    # -- the only writers of metrics.json and report.md -----------------------------------
+    def add_metrics(self, section: str, data: dict) -> None:
+        """Set ``metrics.json[section] = data`` (atomically; other sections are kept)."""
+        try:
+            metrics = self.metrics()
+        except StageError:
+            metrics = {}
+        metrics[section] = data
+        write_json_atomic(self.metrics_file, metrics)
+
+    def add_report_section(self, name: str, markdown: str, order: int = ORDER_PLUGIN) -> Path:
+        """Add or replace report section ``name`` and re-assemble ``report.md``; returns its path.
+
+        Sections are sorted by ``order`` (core 0, artifact kinds 10, other plugins 50, stage times
+        100), then by name; a section keeps the order it was first added with.
+        """
+        if not name or "/" in name or name.startswith("."):
+            raise StageError(f"invalid report section name {name!r}")
+        index_path = self.root / "report" / "index.json"
+        index = json.loads(index_path.read_text()) if index_path.exists() else {}
+        index.setdefault(name, order)
+        write_text_atomic(self.root / "report" / f"{name}.md", markdown.rstrip() + "\n")
+        write_json_atomic(index_path, index)
+        return self.render_report()
+
+    def report_sections(self) -> list[str]:
+        index_path = self.root / "report" / "index.json"
+        index = json.loads(index_path.read_text()) if index_path.exists() else {}
+        return [n for n, _ in sorted(index.items(), key=lambda kv: (kv[1], kv[0]))
+                if (self.root / "report" / f"{n}.md").exists()]
+
+    def render_report(self) -> Path:
+        parts = [(self.root / "report" / f"{n}.md").read_text().rstrip() for n in self.report_sections()]
+        write_text_atomic(self.report_file, "\n\n".join(parts) + "\n")
+        return self.report_file
+
+    # -- stages ----------------------------------------------------------------------------
+    def done(self, name: str, deps: dict) -> dict | None:
+        """The stage's recorded result if it finished with the same ``deps``; refuse if they differ."""
+        marker = self.marker(name)
+        if not marker.exists():
+            return None
+        try:
+            rec = json.loads(marker.read_text())
+        except json.JSONDecodeError:
+            return None  # a marker is written atomically; an unreadable one means it never finished
+        old, new = _flatten(rec.get("deps", {})), _flatten(json.loads(json.dumps(deps, default=str)))
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if changed:
+            shown = ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in changed[:4])
+            raise StageError(
+                f"run folder {self.root} finished stage '{name}' with a different config: {shown}; "
+                f"use another --output-dir or delete {marker} to redo it"
+            )
+        return rec.get("result", {})
+
+    def run(self, name: str, deps: dict, fn: Callable[[], dict], log: Callable[[str], None] = print) -> dict:
+        """Run ``fn`` unless the stage already finished with the same deps; record its result."""
+        rec = self.done(name, deps)
+        if rec is not None:
+            log(f"[{name}] reused (finished earlier)")
+            return rec
+        log(f"[{name}] running")
+        t0 = time.perf_counter()
+        result = fn() or {}
+        seconds = time.perf_counter() - t0
+        write_json_atomic(self.marker(name), {"deps": deps, "result": result, "seconds": seconds,
+                                              "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        log(f"[{name}] done in {seconds:.1f}s")
+        return result
+
+    def stage_seconds(self) -> dict:
+        out = {}
+        for marker in sorted((self.root / "stages").glob("*.json")):
+            try:
+                out[marker.stem] = json.loads(marker.read_text()).get("seconds")
+            except json.JSONDecodeError:
+                pass
+        return out
+
+    def require(self, name: str, *files: str | Path) -> None:
+        """Refuse with one line when a stage's files are missing (e.g. deleted by hand)."""
+        for f in files:
+            p = self.root / f
+            if not p.exists():
+                raise StageError(f"stage '{name}' is marked finished but {p} is missing; delete {self.marker(name)} "
+                                 "to redo it" if self.marker(name).exists() else
+                                 f"{p} is missing (stage '{name}' of `stitchplug run --output-dir {self.root}` writes it)")
+
+
+def fingerprint(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
