@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from stitchplug.errors import StitchplugError
+from stitchplug.api import StitchplugError
 from stitchplug_probe import probes, stats, tasks
 from stitchplug_probe.arms import run_task, split
 

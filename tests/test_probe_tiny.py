@@ -6,8 +6,7 @@ import pytest
 import torch
 from sae_lens import TopKSAE, TopKSAEConfig
 
-from stitchplug.adapter import ModelAdapter, load_model
-from stitchplug.stitch.model import Stitch
+from stitchplug.api import ModelAdapter, Stitch, load_model
 from stitchplug_probe import features
 from stitchplug_probe.experiment import ProbeSettings, run_probes
 from stitchplug_sae.transfer import random_sae_like, transfer_sae

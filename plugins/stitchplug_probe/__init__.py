@@ -5,7 +5,7 @@ Public API: :class:`stitchplug_probe.artifact.ProbeArtifact` (registered as arti
 :mod:`stitchplug_probe.probes` (fit, top_k, through_affine).
 """
 
-from stitchplug.hookspecs import hookimpl
+from stitchplug.api import hookimpl
 
 
 def _factory():

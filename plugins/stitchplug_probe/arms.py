@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stitchplug.errors import StageError
+from stitchplug.api import StageError
 
 from . import probes
 from .stats import summarise

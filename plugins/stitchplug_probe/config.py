@@ -65,7 +65,7 @@ class ProbeConfig(BaseModel):
     @field_validator("tasks")
     @classmethod
     def _tasks(cls, v: list[str]) -> list[str]:
-        from stitchplug.errors import StitchplugError
+        from stitchplug.api import StitchplugError
 
         from .tasks import check_spec
 

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from stitchplug.errors import StageError
+from stitchplug.api import StageError
 
 Encoder = Callable[[torch.Tensor], torch.Tensor]
 POOLINGS = ("mean", "last")

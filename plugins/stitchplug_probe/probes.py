@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stitchplug.errors import StageError
+from stitchplug.api import StageError
 
 
 @dataclass

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stitchplug.errors import StitchplugError
+from stitchplug.api import StitchplugError
 
 WIKI_TOPICS = ("People", "Biology and health sciences", "Geography", "Physical sciences",
                "Society and social sciences", "Arts", "Technology", "History", "Everyday life",
