@@ -105,3 +105,25 @@ def test_rerun_reuses_and_bad_task_is_one_line(probe_run, tmp_path):
     res = stitchplug("run", "--config", str(bad), "--no-progress")
     assert res.returncode != 0 and "Traceback" not in res.stderr
     assert "unknown wiki topic 'Astrology'" in res.stderr.strip().splitlines()[-1]
+
+
+def test_own_source_sae_when_not_reusing(probe_run, tmp_path):
+    import shutil
+
+    out, probe_cfg, _ = probe_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("probe*"))
+    for marker in (copy / "stages").glob("probe.*"):
+        marker.unlink()
+    cfg = yaml.safe_load(probe_cfg.read_text())
+    cfg["output_dir"] = str(copy)
+    cfg["probe"].update(reuse_sae_run=False, tasks=cfg["probe"]["tasks"][:1], sae_width=32, sae_k=4,
+                        sae_train_tokens=2048, sae_batch_size=256)
+    path = tmp_path / "own.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = stitchplug("run", "--config", str(path), "--no-progress")
+    assert res.returncode == 0, res.stderr[-2000:]
+    r = json.loads((copy / "metrics.json").read_text())["probe"]["diagnostics"]
+    assert r["saes"]["source"] == "artifacts/probe/sae_source" and "warning" not in r["saes"]
+    native = json.loads((copy / "artifacts/probe/native_sae/cfg.json").read_text())
+    assert native["d_sae"] == 32  # the native SAE on B gets the source SAE's budget

@@ -40,6 +40,8 @@ class ProbeConfig(BaseModel):
     """Inverse L2 strength of the logistic regression (SAEBench: 1.0)."""
     batch_size: int = Field(8, ge=1)
     """Examples per forward pass."""
+    reuse_sae_run: bool = True
+    """Reuse the source/transferred/random SAEs of an SAE run in the same folder (off: train the source SAE here with the sae_* budget)."""
     native_sae: bool = True
     """Train a native SAE on B (same trainer, width, k and token budget as the source SAE) for the native arm."""
     sae_width: int = Field(4608, ge=1)

@@ -1,6 +1,7 @@
 """The four SAEs the probe arms read: source (A), transferred (B), random (B) and native (B).
 
-An SAE run in the same folder (``stitchplug run --artifact sae``, e.g. ``make demo``) is reused:
+An SAE run in the same folder (``stitchplug run --artifact sae``, e.g. ``make demo``) is reused
+(unless ``reuse_sae_run`` is off):
 its source, transferred and random SAEs (``artifacts/sae/<role>/``, or the older
 ``artifact_source``/``artifact_target``/``artifact_random`` folders). Otherwise the source SAE is
 trained on A with the project's TopK trainer and carried to B by Eq. 6. The native SAE on B is
@@ -64,14 +65,17 @@ def resolve(ctx_a, ctx_b, stitch, cfg, log: Callable[[str], None] = print) -> tu
     ctx_a.need("folder", who="the probe kind")
     kind = SAEArtifact()
     saes, origin = {}, {}
-    src = _find(folder, "source")
+    src = _find(folder, "source") if cfg.reuse_sae_run else None
+    own = folder.artifact("probe", "sae_source")
     if src is not None:
         saes["source"], origin["source"] = load_sae_folder(src), str(src.relative_to(folder.root))
+    elif (own / "cfg.json").is_file():
+        saes["source"], origin["source"] = load_sae_folder(own), str(own.relative_to(folder.root))
     else:
-        log("  no SAE run in the folder: training the source SAE on A")
+        log("  training the source SAE on A" + ("" if cfg.reuse_sae_run else " (reuse_sae_run is off)"))
         saes["source"] = train_sae(ctx_a, budget(None, cfg))
-        p = save_sae(saes["source"], folder.artifact("probe", "sae_source"), {"stage": "probe source SAE"})
-        origin["source"] = str(p.relative_to(folder.root))
+        save_sae(saes["source"], own, {"stage": "probe source SAE"})
+        origin["source"] = str(own.relative_to(folder.root))
     check_compatible(saes["source"], stitch, "up", check_model=False)
     tr = _find(folder, "transferred") if src is not None else None
     if tr is not None:
