@@ -27,6 +27,14 @@ def test_file_task_balanced_and_deterministic(tmp_path):
     assert all(int(s.split()[-1]) % 3 == 0 for s, l in zip(t1.texts, t1.labels) if l == 1)
 
 
+def test_file_task_parquet_and_bool_labels(tmp_path):
+    import pandas as pd
+
+    p = tmp_path / "t.parquet"
+    pd.DataFrame({"sentence": [f"s{i}" for i in range(40)], "label": [bool(i % 2) for i in range(40)]}).to_parquet(p)
+    assert tasks.load_task(f"file:{p}").counts() == (20, 20)
+
+
 def test_file_task_jsonl_prompt_target(tmp_path):
     p = tmp_path / "t.jsonl"
     p.write_text("\n".join(json.dumps({"prompt": f"p{i}", "target": i % 2}) for i in range(40)))

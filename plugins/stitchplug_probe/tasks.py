@@ -7,7 +7,7 @@
 - ``sae-probes:<name>``   a dataset shipped inside the ``sae-probes`` package (Kantamneni et al. 2025):
   ``sae_probes/data/cleaned_data/<name>.csv.zst`` with columns ``prompt`` and ``target``. The package
   is located, never imported (its import pulls heavy dependencies); the file is read with pandas.
-- ``file:PATH``           a csv / jsonl / json / parquet file (read through ``datasets``) with a text
+- ``file:PATH``           a csv / jsonl file (read by the core's ``examples_from_file``) or parquet, with a text
   column (``text``, ``prompt`` or ``sentence``) and a 0/1 label column (``label`` or ``target``).
 
 Every task is balanced (equal classes) and subsampled deterministically from ``seed`` to at most
@@ -146,35 +146,74 @@ def _from_columns(name: str, df, text_cols, label_cols, max_examples, seed, min_
         want = "a text column (" + "/".join(text_cols) + ")" if text is None else "a label column (" + "/".join(label_cols) + ")"
         raise StitchplugError(f"task {name!r} has no {want}; its columns are {', '.join(map(str, cols)) or 'none'}")
     df = df[[text, label]].dropna()
-    bad = [v for v in df[label].unique().tolist() if v not in (0, 1, True, False)]
-    if bad:
-        raise StitchplugError(f"task {name!r}: column {label!r} must hold 0/1 labels, found {bad[:3]!r}")
     texts = [str(t) for t in df[text].tolist()]
-    return _balance(name, texts, df[label].astype(int).to_numpy(), max_examples, seed, min_per_class, source)
+    return _balance(name, texts, _label01(name, df[label].tolist()), max_examples, seed, min_per_class, source)
+
+
+def _header(p: Path) -> list[str]:
+    """Column names of a csv (header row) or jsonl (first record) file, without reading it all."""
+    import csv
+    import json
+
+    with p.open(newline="", encoding="utf-8", errors="replace") as f:
+        first = f.readline()
+    if p.suffix.lower() == ".csv":
+        return next(csv.reader([first]), [])
+    try:
+        rec = json.loads(first)
+    except json.JSONDecodeError:
+        return []
+    return list(rec) if isinstance(rec, dict) else []
+
+
+def _label01(name: str, values) -> np.ndarray:
+    table = {"0": 0, "1": 1, "false": 0, "true": 1, "0.0": 0, "1.0": 1}
+    out = []
+    for v in values:
+        key = str(v).strip().lower()
+        if key not in table:
+            raise StitchplugError(f"task {name!r}: the label column must hold 0/1 labels, found {v!r}")
+        out.append(table[key])
+    return np.asarray(out, dtype=np.int64)
 
 
 def file_task(path: str, max_examples: int | None = None, seed: int = 0,
               min_per_class: int = MIN_PER_CLASS) -> Task:
+    """csv/jsonl through the core's :func:`examples_from_file` (columns detected from the header);
+    parquet through pandas (the core reads csv and jsonl only)."""
+    from stitchplug.api import examples_from_file
+
     p = Path(path)
     name = f"file:{path}"
     if not p.is_file():
         raise StitchplugError(f"task file not found: {path}")
-    kind = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(p.suffix.lower())
-    if kind is None:
-        raise StitchplugError(f"task file {path} must end in .csv, .jsonl, .json or .parquet")
-    try:
-        import pandas as pd
+    suffix = p.suffix.lower()
+    if suffix not in (".csv", ".jsonl", ".parquet"):
+        raise StitchplugError(f"task file {path} must end in .csv, .jsonl or .parquet")
+    if suffix == ".parquet":
+        try:
+            import pandas as pd
 
-        if kind == "csv":
-            df = pd.read_csv(p)
-        elif kind == "parquet":
             df = pd.read_parquet(p)
-        else:
-            df = pd.read_json(p, lines=p.suffix.lower() == ".jsonl")
-    except Exception as exc:  # parser errors of any kind: one line
-        first = (str(exc).splitlines() or [""])[0][:200]
-        raise StitchplugError(f"cannot read task file {path}: {type(exc).__name__}: {first}") from None
-    return _from_columns(name, df, TEXT_COLUMNS, LABEL_COLUMNS, max_examples, seed, min_per_class, str(p))
+        except Exception as exc:  # parser errors of any kind: one line
+            first = (str(exc).splitlines() or [""])[0][:200]
+            raise StitchplugError(f"cannot read task file {path}: {type(exc).__name__}: {first}") from None
+        cols = [str(c) for c in df.columns]
+    else:
+        cols = _header(p)
+    text = next((c for c in TEXT_COLUMNS if c in cols), None)
+    label = next((c for c in LABEL_COLUMNS if c in cols), None)
+    if text is None or label is None:
+        want = ("a text column (" + "/".join(TEXT_COLUMNS) + ")" if text is None
+                else "a label column (" + "/".join(LABEL_COLUMNS) + ")")
+        raise StitchplugError(f"task {name!r} has no {want}; its columns are {', '.join(cols) or 'none'}")
+    if suffix == ".parquet":
+        df = df[[text, label]].dropna()
+        texts, raw = [str(t) for t in df[text].tolist()], df[label].tolist()
+    else:
+        ex = examples_from_file(p, text_field=text, label_field=label)
+        texts, raw = [e.text for e in ex], [e.label for e in ex]
+    return _balance(name, texts, _label01(name, raw), max_examples, seed, min_per_class, str(p))
 
 
 def check_spec(spec: str) -> None:
