@@ -59,7 +59,7 @@ class ProbeArtifact(ArtifactKind):
 
         context.need("other", "stitch", "folder", "adapter", who="the probe kind")
         other = context.other
-        log = print if context.progress else (lambda m: None)
+        log = print
         saes, origin = saes_mod.resolve(context, other, context.stitch, cfg, log=log)
         s = settings_from(cfg, context)
         res = run_probes(context.adapter, context.layer, other.adapter, other.layer, context.stitch, saes, s,
