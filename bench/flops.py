@@ -37,9 +37,9 @@ def _summary(res: dict) -> dict:
 def synthetic(steps: int) -> dict:
     import torch
 
-    from stitchplug_sae.flops_ledger import stitch_step_flops
-    from stitchplug_sae.flops_synthetic import make_synthetic, transferred_init
-    from stitchplug_sae.init_experiment import InitExperimentConfig, run_init_experiment
+    from stitchplug.api import stitch_step_flops
+    from stitchplug_sae_init.synthetic import make_synthetic, transferred_init
+    from stitchplug_sae_init.experiment import InitExperimentConfig, run_init_experiment
 
     torch.set_num_threads(1)
     d, d_a, batch = 64, 48, 128
@@ -64,8 +64,8 @@ def real(run: Path, steps: int, scratch_b_dec: str, lr: float) -> dict:
 
     import click
 
-    from stitchplug_sae.flops_cli import default_paths, run_on_folder
-    from stitchplug_sae.init_experiment import InitExperimentConfig
+    from stitchplug_sae_init.command import default_paths, run_on_folder
+    from stitchplug_sae_init.experiment import InitExperimentConfig
 
     cfg = InitExperimentConfig(steps=steps, batch_size=1024, lr=lr, eval_every=max(steps // 40, 1),
                                scratch_b_dec=scratch_b_dec)
@@ -89,7 +89,7 @@ def main() -> None:
     args = ap.parse_args()
     run = Path(args.run)
     t0 = time.time()
-    from stitchplug_sae.flops_cli import default_paths
+    from stitchplug_sae_init.command import default_paths
 
     have_run = all(p.exists() for p in default_paths(run))
     out = real(run, args.steps or 2000, args.scratch_b_dec, args.lr) if have_run else synthetic(args.steps or 1500)

@@ -45,6 +45,8 @@ _EXPORTS = {
     "align_by_end_offsets": "stitchplug.cache.align",
     "align_identity": "stitchplug.cache.align",
     "Stitch": "stitchplug.stitch.model",
+    "eq3_total": "stitchplug.stitch.model",
+    "stitch_step_flops": "stitchplug.stitch.fit",
     "RunFolder": "stitchplug.runfolder",
     "write_text_atomic": "stitchplug.atomic",
     "write_json_atomic": "stitchplug.atomic",

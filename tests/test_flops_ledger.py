@@ -1,13 +1,12 @@
-"""FLOPs ledger of the init experiment: FlopCounterMode counts vs the analytic derivation (docs/flops.md)."""
-
-import json
+"""FLOPs of the init experiment: FlopCounterMode counts vs the analytic derivation (docs/flops.md), the
+arms' ledger, and the stitch's fitting FLOPs read through Stitch.load."""
 
 import pytest
 import torch
 
-from stitchplug.errors import StageError
-from stitchplug_sae.flops_ledger import (ArmLedger, analytic_step_flops, measure_step_flops, read_stitch_flops,
-                                         stitch_step_flops)
+from stitchplug.api import StageError, stitch_step_flops
+from stitchplug_sae.step_flops import analytic_step_flops, measure_step_flops
+from stitchplug_sae_init.ledger import ArmLedger, read_stitch_flops
 
 
 @pytest.mark.parametrize("d,width,k,batch", [(16, 64, 4, 8), (64, 256, 8, 32), (96, 384, 16, 24)])
@@ -30,6 +29,7 @@ def test_step_flops_scale_linearly_in_batch_and_width():
 
 
 def test_stitch_step_flops_is_eq3_cost():
+    """The core's count of one step of Stitch.loss (the one Eq. 3), which the init experiment reuses."""
     # 4 products forward (2 B dA dB each); backward: 2 weight grads + 2 (weight, input) pairs = 6 products
     assert stitch_step_flops(24, 40, 8) == 20 * 8 * 24 * 40
 
@@ -53,11 +53,13 @@ def test_read_stitch_flops_from_sidecar(tmp_path):
 
 
 def test_read_stitch_flops_errors(tmp_path):
+    from stitchplug.api import Stitch
+
     path = tmp_path / "stitch.safetensors"
     path.write_bytes(b"")
-    with pytest.raises(StageError, match="no JSON sidecar"):
+    with pytest.raises(StageError, match="no metadata sidecar"):
         read_stitch_flops(path)
-    (tmp_path / "stitch.safetensors.json").write_text(json.dumps({"solver": "lstsq"}))
+    Stitch(4, 6).save(path, meta={"solver": "lstsq"})
     with pytest.raises(StageError, match="no 'flops'"):
         read_stitch_flops(path)
     (tmp_path / "stitch.safetensors.json").write_text("{not json")
@@ -68,7 +70,7 @@ def test_read_stitch_flops_errors(tmp_path):
 def test_training_does_not_leak_flops_outside_matmuls():
     """The optimizer step and decoder renormalisation add no counted FLOPs (elementwise only)."""
     from stitchplug.flops import count_step_flops
-    from stitchplug_sae.init_experiment import TopKSAE
+    from stitchplug_sae.trainer import TopKSAE
 
     sae = TopKSAE.random(32, 128, 4, generator=torch.Generator().manual_seed(0))
     opt = torch.optim.Adam(sae.parameters(), lr=1e-3)

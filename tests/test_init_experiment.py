@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from stitchplug.errors import StageError
-from stitchplug_sae import scaling
-from stitchplug_sae.flops_synthetic import make_synthetic, transferred_init
-from stitchplug_sae.init_experiment import (InitExperimentConfig, TopKSAE, fold_decoder_norms, run_init_experiment,
+from stitchplug_sae_init import scaling
+from stitchplug_sae_init.synthetic import make_synthetic, transferred_init
+from stitchplug_sae_init.experiment import (InitExperimentConfig, TopKSAE, fold_decoder_norms, run_init_experiment,
                                             run_width, selection_agreement)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -190,7 +190,7 @@ def test_end_to_end_true_dictionary_init_saves_flops(synth, tmp_path):
     assert res["fits"]["fvu"]["stitched"]["beta"] is not None
     json.dumps(res)
 
-    from stitchplug_sae.flops_report import markdown, plot
+    from stitchplug_sae_init.report import markdown, plot
 
     md = markdown(res)
     assert "| 0.50 |" in md and "Table 4" in md and "a=41.2" in md
@@ -302,7 +302,7 @@ def test_experiment_command_errors_are_one_line(tmp_path, capsys, run_folder):
 
 
 def test_run_folder_default_paths(tmp_path):
-    from stitchplug_sae.flops_cli import default_paths
+    from stitchplug_sae_init.command import default_paths
 
     assert default_paths(tmp_path) == (tmp_path / "cache.h5", tmp_path / "stitch" / "stitch.safetensors",
                                        tmp_path / "artifacts" / "sae" / "transferred")

@@ -163,7 +163,9 @@ def test_config_snapshot_has_the_kind_section(tiny_run):
 def test_layers_and_stitch_eval_default_to_the_run_folder(tiny_run):
     """`stitchplug layers` and `stitchplug stitch eval` read RUN/cache.h5 and RUN/stitch/ without --cache."""
     out, _ = tiny_run
-    res = stitchplug("layers", "--output-dir", str(out), "--stitch-svcca-tokens", "500", "--json")
+    full = out.parent / "full_run_config.yaml"  # one config file serves run, layers and stitch (its sae: is ignored)
+    full.write_text("sae:\n  width: 64\nstitch:\n  svcca_tokens: 500\n")
+    res = stitchplug("layers", "--output-dir", str(out), "--config", str(full), "--json")
     assert res.returncode == 0, res.stderr[-2000:]
     prof = json.loads(res.stdout.strip().splitlines()[-1])
     assert prof["best_target_layer"] == json.loads((out / "metrics.json").read_text())["stitch"]["meta"]["target_layer"]

@@ -9,7 +9,7 @@ from sae_lens import SAE
 from sae_reference import reference_forward, train_reference
 from stitchplug.errors import StageError
 from stitchplug.metrics import recon_metrics
-from stitchplug_sae.flops_ledger import analytic_step_flops
+from stitchplug_sae.step_flops import analytic_step_flops
 from stitchplug_sae.io import save_sae
 from stitchplug_sae.trainer import TopKSAE, TopKTrainer, TrainerConfig, train_topk_sae
 

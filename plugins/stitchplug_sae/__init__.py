@@ -3,7 +3,7 @@
 Public API (for the run pipeline and other plugins):
 
 - :class:`stitchplug_sae.artifact.SAEArtifact` (registered as artifact ``sae``)
-- :func:`stitchplug_sae.train.train_topk_sae`
+- :func:`stitchplug_sae.trainer.train_topk_sae` (the one TopK trainer), :mod:`stitchplug_sae.step_flops`
 - :func:`stitchplug_sae.transfer.transfer_sae`, :func:`~stitchplug_sae.transfer.check_compatible`,
   :func:`~stitchplug_sae.transfer.random_sae_like`, :func:`~stitchplug_sae.transfer.canonical_weights`
 - :func:`stitchplug_sae.io.save_sae`, :func:`~stitchplug_sae.io.load_sae`,
@@ -24,4 +24,3 @@ def register_artifacts(register):
     register("sae", _factory,
              description="Sparse autoencoder (TopK/ReLU/JumpReLU, SAELens format), transferred by Eq. 6",
              source="stitchplug (first party)")
-from .flops_cli import register_commands  # noqa: E402,F401  (stitchplug experiment init)

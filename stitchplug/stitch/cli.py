@@ -8,8 +8,17 @@ from pathlib import Path
 import click
 
 from ..cli import config_options
+from pydantic import ConfigDict
+
 from ..config import RunConfig
 from ..runfolder import RunFolder
+
+
+class StitchCommandConfig(RunConfig):
+    """The run config minus nothing: artifact kinds' sections (``sae:``, ``probe:`` ...) of a full run
+    config file are ignored, so one file serves ``stitchplug run``, ``layers`` and ``stitch``."""
+
+    model_config = ConfigDict(extra="ignore", use_attribute_docstrings=True, validate_assignment=True)
 
 
 def _paths(cfg: RunConfig, cache: str | None, out: str | None = None) -> tuple[Path, Path]:
@@ -35,7 +44,7 @@ def register(cli: click.Group) -> None:
     """Add ``layers`` and the ``stitch`` group to the top-level CLI."""
 
     @cli.command("layers")
-    @config_options(RunConfig)
+    @config_options(StitchCommandConfig)
     @click.option("--cache", "cache_path", default=None, help="Paired activation cache (default: OUTPUT_DIR/cache.h5).")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
     def layers(cfg: RunConfig, cache_path, as_json):
@@ -56,7 +65,7 @@ def register(cli: click.Group) -> None:
         """Fit and evaluate the affine stitch between A and B."""
 
     @stitch_group.command("train")
-    @config_options(RunConfig)
+    @config_options(StitchCommandConfig)
     @click.option("--cache", "cache_path", default=None, help="Paired activation cache (default: OUTPUT_DIR/cache.h5).")
     @click.option("--out", "out_path", default=None,
                   help="Stitch file to write (default: OUTPUT_DIR/stitch/stitch.safetensors).")
@@ -81,7 +90,7 @@ def register(cli: click.Group) -> None:
         _write(res, "\n".join(md), out_p.with_name(out_p.stem + "_train"), as_json)
 
     @stitch_group.command("eval")
-    @config_options(RunConfig)
+    @config_options(StitchCommandConfig)
     @click.option("--cache", "cache_path", default=None, help="Paired activation cache (default: OUTPUT_DIR/cache.h5).")
     @click.option("--stitch", "stitch_path", default=None,
                   help="Stitch file (default: OUTPUT_DIR/stitch/stitch.safetensors).")

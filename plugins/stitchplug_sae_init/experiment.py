@@ -21,12 +21,12 @@ from typing import Callable, Iterable, Iterator, Literal, Sequence
 import torch
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from stitchplug.api import ConfigError, StageError
-from stitchplug.api import ReconAccumulator, massive_dims
+from stitchplug.api import ConfigError, ReconAccumulator, StageError, massive_dims
+from stitchplug_sae.step_flops import analytic_step_flops, measure_step_flops
+from stitchplug_sae.trainer import TopKSAE, TopKTrainer, fold_decoder_norms, sae_step  # noqa: F401  (the one trainer)
 
 from . import scaling
-from .flops_ledger import ArmLedger, analytic_step_flops, measure_step_flops
-from .trainer import TopKSAE, TopKTrainer, fold_decoder_norms, sae_step  # noqa: F401  (the one trainer)
+from .ledger import ArmLedger
 
 METRICS = ("fvu", "fvu_excl_massive")
 

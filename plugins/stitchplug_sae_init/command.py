@@ -1,7 +1,8 @@
 """``stitchplug experiment init``: the transferred-SAE-as-initialisation experiment on a run folder.
 
-Reuses the run folder's cache, stitch and transferred SAE(s); writes the ``init_experiment`` section
-of ``metrics.json`` and of ``report.md`` through :class:`stitchplug.api.RunFolder`, and PNG plots.
+Reuses the run folder's cache, stitch and transferred SAE(s) (their default paths come from
+:class:`stitchplug.api.RunFolder`); writes the ``init_experiment`` section of ``metrics.json`` and of
+``report.md`` through it, and PNG plots.
 """
 
 from __future__ import annotations
@@ -10,14 +11,14 @@ from pathlib import Path
 
 import click
 
-from stitchplug.api import ConfigError, RunFolder, StageError, hook_layer, hookimpl
+from stitchplug.api import ConfigError, RunFolder, StageError, hook_layer
 
 
 def load_transferred_weights(folder: str | Path) -> tuple[dict, dict]:
     """``({W_enc, b_enc, W_dec, b_dec, k}, sidecar)`` of a SAELens-format TopK SAE folder, with the
     encoder bias made input-bias-free (so ``apply_b_dec_to_input`` is already folded in)."""
-    from .io import load_sae_folder, read_sidecar
-    from .transfer import canonical_weights
+    from stitchplug_sae.io import load_sae_folder, read_sidecar
+    from stitchplug_sae.transfer import canonical_weights
 
     sae = load_sae_folder(folder)
     k = getattr(sae.cfg, "k", None)
@@ -38,15 +39,15 @@ def run_on_folder(run: Path, cache_path: Path, stitch_path: Path, sae_dirs: list
 
     from stitchplug.api import open_cache
 
-    from .flops_ledger import read_stitch_flops, read_stitch_sidecar
-    from .flops_report import markdown, plot
-    from .init_experiment import run_init_experiment
+    from .experiment import run_init_experiment
+    from .ledger import read_stitch_flops, read_stitch_meta
+    from .report import markdown, plot
 
     for p in (cache_path, stitch_path, *sae_dirs):
         if not p.exists():
             raise StageError(f"missing stage output: {p} (run the earlier stages first or pass its path)")
-    meta = read_stitch_sidecar(stitch_path)
-    s_flops = int(stitch_flops) if stitch_flops is not None else read_stitch_flops(stitch_path)
+    meta = read_stitch_meta(stitch_path)
+    s_flops = int(stitch_flops) if stitch_flops is not None else read_stitch_flops(stitch_path, meta)
     loaded = [load_transferred_weights(d) for d in sae_dirs]
     layers = {hook_layer(side.get("hook_name")) for _, side in loaded} - {None}
     lB = target_layer if target_layer is not None else (meta.get("target_layer") if meta.get("target_layer") is not None
@@ -100,8 +101,8 @@ def _experiment_group(cli: click.Group) -> click.Group:
     return group
 
 
-@hookimpl
-def register_commands(cli):
+def add_init_command(cli):
+    """Add ``stitchplug experiment init`` to the CLI (called by the plugin's ``register_commands``)."""
     group = _experiment_group(cli)
     if "init" in getattr(group, "commands", {}):
         return
@@ -137,7 +138,7 @@ def register_commands(cli):
         """Train an SAE on model B from the transferred SAE and from scratch; report FLOPs savings."""
         from pydantic import ValidationError
 
-        from .init_experiment import InitExperimentConfig
+        from .experiment import InitExperimentConfig
 
         run = Path(run_dir)
         try:
