@@ -37,16 +37,17 @@ def heldout_metrics(forward, codes, x_eval: torch.Tensor, massive: list[int], wi
             "dead_share": round(1 - float(fired.float().mean()), 4)}
 
 
-def load_pair_data(run: Path, steps: int, batch: int, seed: int = 0):
-    """``(train batches, x_eval, massive dims, source layer)`` from a run folder's cache and stitch."""
+def load_pair_data(run: Path, steps: int, batch: int, seed: int = 0, layer: int | None = None):
+    """``(train batches, x_eval, massive dims, source layer)`` from a run folder's cache; the layer is
+    the stitch's source layer unless given."""
     from stitchplug.cache.reader import open_cache
     from stitchplug.metrics import massive_dims
 
     cache_path = run / "cache.h5"
     meta_path = run / "stitch.safetensors.json"
-    if not cache_path.exists() or not meta_path.exists():
+    if not cache_path.exists() or (layer is None and not meta_path.exists()):
         raise SystemExit(f"error: {run} has no cache.h5 / stitch.safetensors.json (run `make demo` first)")
-    lA = int(json.loads(meta_path.read_text())["source_layer"])
+    lA = int(json.loads(meta_path.read_text())["source_layer"]) if layer is None else layer
     with open_cache(cache_path) as cache:
         it = cache.batches(keys=[("source", lA)], batch_size=batch, split="train", seed=seed, shuffle=True,
                            epochs=10_000, drop_last=True)
@@ -58,6 +59,7 @@ def load_pair_data(run: Path, steps: int, batch: int, seed: int = 0):
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", default="runs/quick")
+    p.add_argument("--layer", type=int, default=None, help="source layer [default: the stitch's]")
     p.add_argument("--steps", type=int, default=234)
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--width", type=int, default=2304)
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     from sae_reference import reference_codes, reference_forward, train_reference
     from stitchplug_sae.trainer import train_topk_sae
 
-    train, x_eval, massive, lA = load_pair_data(Path(args.run), args.steps, args.batch_size)
+    train, x_eval, massive, lA = load_pair_data(Path(args.run), args.steps, args.batch_size, layer=args.layer)
     d = x_eval.shape[1]
     tokens = args.steps * args.batch_size
     t0 = time.perf_counter()
