@@ -7,6 +7,7 @@ latents (never firing on the held-out tokens), tokens/s of each, and the ratios 
 
     python bench/sae.py [--run runs/quick] [--steps 234] [--width 2304] [--k 32] [--lr 4e-4]
                         [--aux-k-coef 0] [--lr-width-ref N] [--normalize none|expected_norm]
+                        [--clip-grad-norm G] [--no-reference] [--layer L]
 """
 
 from __future__ import annotations
@@ -44,9 +45,9 @@ def load_pair_data(run: Path, steps: int, batch: int, seed: int = 0, layer: int 
     from stitchplug.metrics import massive_dims
 
     cache_path = run / "cache.h5"
-    meta_path = run / "stitch.safetensors.json"
+    meta_path = run / "stitch" / "stitch.safetensors.json"
     if not cache_path.exists() or (layer is None and not meta_path.exists()):
-        raise SystemExit(f"error: {run} has no cache.h5 / stitch.safetensors.json (run `make demo` first)")
+        raise SystemExit(f"error: {run} has no cache.h5 / stitch/stitch.safetensors.json (run `make demo` first)")
     lA = int(json.loads(meta_path.read_text())["source_layer"]) if layer is None else layer
     with open_cache(cache_path) as cache:
         it = cache.batches(keys=[("source", lA)], batch_size=batch, split="train", seed=seed, shuffle=True,
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dead-window", type=int, default=200)
     p.add_argument("--lr-width-ref", type=int, default=None)
     p.add_argument("--normalize", default="none", choices=["none", "expected_norm"])
+    p.add_argument("--clip-grad-norm", type=float, default=None)
     p.add_argument("--no-reference", action="store_true", help="measure the project trainer only")
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT / "tests"))
@@ -81,12 +83,14 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     sae, summary = train_topk_sae(train, d, width=args.width, k=args.k, lr=args.lr, train_tokens=tokens,
                                   batch_size=args.batch_size, aux_k_coef=args.aux_k_coef, dead_window=args.dead_window,
-                                  lr_width_ref=args.lr_width_ref, normalize=args.normalize, progress=False)
+                                  lr_width_ref=args.lr_width_ref, normalize=args.normalize, clip_grad_norm=args.clip_grad_norm,
+                                  progress=False)
     t_proj = time.perf_counter() - t0
     out = {"bench": "sae", "run": args.run, "source_layer": lA, "d_in": d, "steps": args.steps,
            "batch_size": args.batch_size, "train_tokens": tokens, "width": args.width, "k": args.k, "lr": args.lr,
            "options": {"aux_k_coef": args.aux_k_coef, "dead_window": args.dead_window,
-                       "lr_width_ref": args.lr_width_ref, "normalize": args.normalize},
+                       "lr_width_ref": args.lr_width_ref, "normalize": args.normalize,
+                       "clip_grad_norm": args.clip_grad_norm},
            "n_eval_tokens": int(x_eval.shape[0]), "massive_dims": massive, "threads": torch.get_num_threads()}
     out["project"] = {**heldout_metrics(sae, sae.encode, x_eval, massive, args.width),
                       "tokens_per_s": round(tokens / t_proj, 1), "train_flops": summary["train_flops"]}
