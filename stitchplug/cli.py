@@ -22,6 +22,9 @@ def _parse_value(info, raw: str):
     if raw.lower() in ("none", "null"):
         return None
     args = typing.get_args(info.annotation)
+    literals = {str(v) for a in args if typing.get_origin(a) is typing.Literal for v in typing.get_args(a)}
+    if raw in literals:
+        return raw
     if info.annotation is list or any(typing.get_origin(a) is list for a in args) or typing.get_origin(info.annotation) is list:
         return [int(x) for x in raw.split(",") if x.strip()]
     return raw

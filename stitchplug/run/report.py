@@ -50,7 +50,12 @@ def write_report(folder: str | Path, metrics: dict[str, Any], log: Callable[[str
     if stitch.get("svcca"):
         prof = {int(k): v for k, v in stitch["svcca"]["profile"].items()}
         _plot_svcca(prof, lA, lB, folder / "svcca_profile.png")
-        lines += ["## Layer choice (mean SVCCA)", "", svcca_markdown(prof, lA), "", "![](svcca_profile.png)", ""]
+        lines += ["## Layer choice (mean SVCCA)", ""]
+        sel = cache.get("layer_selection")
+        if sel:
+            lines += [f"Chosen by an SVCCA probe of {sel['tokens']:,} tokens over all of B's layers before caching "
+                      f"({sel['seconds']:.0f} s); the cache holds only B's layer {sel['target_layer']}.", ""]
+        lines += [svcca_markdown(prof, lA), "", "![](svcca_profile.png)", ""]
     lines += ["## Stitch reconstruction (held-out)", "", recon_markdown(stitch["recon"]), ""]
     fit = stitch.get("fit", {})
     if fit:
