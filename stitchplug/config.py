@@ -89,6 +89,14 @@ class SAEConfig(_Section):
     """Tokens of SAE training (cached activations are reused across epochs)."""
     batch_size: int = 1024
     """Tokens per SAE training step."""
+    aux_k_coef: float = Field(0.0, ge=0.0)
+    """AuxK loss coefficient on dead latents (0: off, the paper's setting; Gao et al. use 1/32)."""
+    dead_window: int = Field(200, ge=1)
+    """Steps without firing after which a latent counts as dead (for AuxK)."""
+    lr_width_ref: int | None = Field(None, ge=1)
+    """If set, the SAE lr is scaled by sqrt(lr_width_ref / width) (1/sqrt(width) scaling)."""
+    normalize: Literal["none", "expected_norm"] = "none"
+    """'expected_norm': train on activations scaled to mean norm sqrt(d_in); the scale is folded back on save."""
 
 
 class EvalConfig(_Section):

@@ -12,7 +12,7 @@ from stitchplug.artifacts import ArtifactContext, ArtifactKind
 from stitchplug.errors import StageError
 
 from .io import load_sae, load_sae_folder, save_sae
-from .train import train_topk_sae
+from .trainer import train_topk_sae
 from .transfer import check_compatible, random_sae_like, transfer_sae
 
 
@@ -58,12 +58,9 @@ class SAEArtifact(ArtifactKind):
                 first = _first_batch(context.train_activations(batch_size=cfg.batch_size, seed=context.seed))
                 d_in = int(first.shape[-1])
             hook = context.hook_name if context.layer is not None else None
-            sae, summary = train_topk_sae(batches, d_in, width=cfg.width, k=cfg.k, lr=cfg.lr,
-                                          train_tokens=cfg.train_tokens, batch_size=cfg.batch_size,
-                                          seed=context.seed, device=context.device,
-                                          progress=bool(context.extras.get("progress", True)),
-                                          model_name=context.model_name or None, hook_name=hook)
-            sae.cfg.metadata.stitchplug_training = summary
+            sae, _ = train_topk_sae(batches, d_in, cfg, seed=context.seed, device=context.device,
+                                    progress=bool(context.extras.get("progress", True)),
+                                    model_name=context.model_name or None, hook_name=hook)
             return sae
         sae = load_sae(cfg.source, device=context.device)
         self.check_fits(sae, context)
@@ -89,6 +86,11 @@ class SAEArtifact(ArtifactKind):
         check_compatible(artifact, stitch, direction, check_model=check_model)
 
     def save(self, artifact: SAE, folder: str | Path, sidecar: dict | None = None) -> Path:
+        """SAELens folder plus sidecar; a trained SAE's (or one transferred from it) training FLOPs go
+        into the sidecar as ``source_sae_flops`` (read by ``stitchplug experiment init``)."""
+        training = artifact.cfg.metadata.get("stitchplug_training") or {}
+        if isinstance(training, dict) and isinstance(training.get("train_flops"), int):
+            sidecar = {"source_sae_flops": training["train_flops"], **(sidecar or {})}
         return save_sae(artifact, folder, sidecar)
 
     def load(self, folder: str | Path) -> SAE:

@@ -4,7 +4,7 @@ Activations are cached, so the cost of training is one optimisation step on a du
 with :class:`torch.utils.flop_counter.FlopCounterMode`, times the number of steps. FlopCounterMode
 counts matrix products only (elementwise work, TopK, the Adam update and the decoder renormalisation
 are free), which is the paper's accounting. The derivation of :func:`analytic_step_flops` is in
-``docs/flops.md``: for the dense TopK step of :mod:`stitchplug_sae.init_experiment` it is exactly
+``docs/flops.md``: for the dense TopK step of :mod:`stitchplug_sae.trainer` it is exactly
 ``10 * B * d * M`` (``12 * B * d * M`` when the encoder reads ``x - b_dec``, the SAELens default;
 plus ``6 * B * d * M`` on steps where the AuxK loss is active).
 """
@@ -52,7 +52,7 @@ def measure_step_flops(d: int, width: int, k: int, batch: int, aux: bool = False
     With ``aux=True`` every latent is marked dead so the AuxK branch runs (its cost does not depend
     on how many latents are dead, because the decode is dense).
     """
-    from .init_experiment import TopKSAE, sae_step  # local import: init_experiment imports us
+    from .trainer import TopKSAE, sae_step  # local import: init_experiment imports us
 
     gen = torch.Generator().manual_seed(0)
     sae = TopKSAE.random(d, width, k, generator=gen, apply_b_dec_to_input=apply_b_dec_to_input)

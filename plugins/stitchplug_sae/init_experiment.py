@@ -6,9 +6,9 @@ fitting FLOPs; ``scratch`` starts from random init (encoder = decoder transpose)
 on held-out activations is logged every ``eval_every`` steps; the FLOPs at which its moving average
 first crosses each threshold give the savings ``(scratch - stitched) / scratch``.
 
-The trainer is plain torch so both arms are fully controlled: constant lr Adam, unnormalised
-activations, decoder rows renormalised to unit norm after every step, dense decode (the paper's
-SAELens accounting), optional AuxK loss. theta''s decoder rows are not unit norm; they are folded
+Both arms are trained by the project's one TopK trainer (:mod:`stitchplug_sae.trainer`): constant lr
+Adam, unnormalised activations, decoder rows renormalised to unit norm after every step, dense decode
+(the paper's SAELens accounting), optional AuxK loss. theta''s decoder rows are not unit norm; they are folded
 into the encoder at step 0 (see :func:`fold_decoder_norms` and docs/flops.md).
 """
 
@@ -20,13 +20,13 @@ from typing import Callable, Iterable, Iterator, Literal, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, field_validator
-from torch import nn
 
 from stitchplug.errors import ConfigError, StageError
 from stitchplug.metrics import ReconAccumulator, massive_dims
 
 from . import scaling
 from .flops_ledger import ArmLedger, analytic_step_flops, measure_step_flops
+from .trainer import TopKSAE, TopKTrainer, fold_decoder_norms, sae_step  # noqa: F401  (the one trainer)
 
 METRICS = ("fvu", "fvu_excl_massive")
 
@@ -74,127 +74,7 @@ class InitExperimentConfig(BaseModel):
         return sorted(v)
 
 
-# --------------------------------------------------------------------------- the SAE
-
-
-class TopKSAE(nn.Module):
-    """``f(x) = ReLU(TopK(x @ W_enc + b_enc))``, ``x_hat = f(x) @ W_dec + b_dec`` (dense decode).
-
-    With ``apply_b_dec_to_input`` (the SAELens default) the encoder reads ``x - b_dec`` instead, so the
-    decoder bias also centres the encoder's input; the backward pass then needs ``dpre @ W_enc^T``
-    (2BdM more FLOPs per step).
-    """
-
-    def __init__(self, W_enc: torch.Tensor, b_enc: torch.Tensor, W_dec: torch.Tensor, b_dec: torch.Tensor, k: int,
-                 apply_b_dec_to_input: bool = False):
-        super().__init__()
-        d, m = W_enc.shape
-        if tuple(W_dec.shape) != (m, d) or b_enc.shape != (m,) or b_dec.shape != (d,):
-            raise StageError(f"inconsistent SAE shapes: W_enc {tuple(W_enc.shape)}, W_dec {tuple(W_dec.shape)}, "
-                             f"b_enc {tuple(b_enc.shape)}, b_dec {tuple(b_dec.shape)}")
-        if not 0 < k <= m:
-            raise StageError(f"TopK k={k} must be between 1 and the width {m}")
-        self.W_enc = nn.Parameter(W_enc.detach().float().clone())
-        self.b_enc = nn.Parameter(b_enc.detach().float().clone())
-        self.W_dec = nn.Parameter(W_dec.detach().float().clone())
-        self.b_dec = nn.Parameter(b_dec.detach().float().clone())
-        self.k = int(k)
-        self.apply_b_dec_to_input = bool(apply_b_dec_to_input)
-
-    @property
-    def d(self) -> int:
-        return self.W_enc.shape[0]
-
-    @property
-    def width(self) -> int:
-        return self.W_enc.shape[1]
-
-    @classmethod
-    def random(cls, d: int, width: int, k: int, generator: torch.Generator | None = None,
-               b_dec: torch.Tensor | None = None, apply_b_dec_to_input: bool = False) -> "TopKSAE":
-        """Random unit-norm decoder rows, encoder = decoder transpose, zero encoder bias."""
-        W_dec = torch.randn(width, d, generator=generator)
-        W_dec = W_dec / W_dec.norm(dim=1, keepdim=True)
-        bd = torch.zeros(d) if b_dec is None else b_dec
-        return cls(W_dec.T.contiguous(), torch.zeros(width), W_dec, bd, k, apply_b_dec_to_input)
-
-    @classmethod
-    def from_weights(cls, w: dict, apply_b_dec_to_input: bool = False) -> "TopKSAE":
-        """From ``{W_enc [d,M], b_enc, W_dec [M,d], b_dec, k}`` (and optionally the weights' own
-        ``apply_b_dec_to_input`` flag). ``b_enc`` is re-expressed for this SAE's own flag, so the
-        function is unchanged: the pre-activation is ``x @ W_enc + c`` in both parametrisations."""
-        missing = [key for key in ("W_enc", "b_enc", "W_dec", "b_dec", "k") if key not in w]
-        if missing:
-            raise StageError(f"SAE weights lack {', '.join(missing)}")
-        W_enc, b_dec = w["W_enc"].float(), w["b_dec"].float()
-        shift = b_dec @ W_enc
-        c = w["b_enc"].float() - (shift if w.get("apply_b_dec_to_input") else 0.0)
-        b_enc = c + shift if apply_b_dec_to_input else c
-        return cls(W_enc, b_enc, w["W_dec"], b_dec, int(w["k"]), apply_b_dec_to_input)
-
-    def pre(self, x: torch.Tensor) -> torch.Tensor:
-        if self.apply_b_dec_to_input:
-            x = x - self.b_dec
-        return torch.addmm(self.b_enc, x, self.W_enc)
-
-    def topk(self, pre: torch.Tensor) -> torch.Tensor:
-        vals, idx = pre.topk(self.k, dim=-1, sorted=False)
-        return torch.zeros_like(pre).scatter(-1, idx, vals.relu())
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns ``(x_hat, z, pre)``."""
-        pre = self.pre(x)
-        z = self.topk(pre)
-        return torch.addmm(self.b_dec, z, self.W_dec), z, pre
-
-    @torch.no_grad()
-    def normalise_decoder_(self) -> None:
-        """Set every decoder row to unit norm (the per-step constraint; does not touch the encoder)."""
-        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
-
-
-@torch.no_grad()
-def fold_decoder_norms(sae: TopKSAE) -> torch.Tensor:
-    """Make decoder rows unit norm while keeping each latent's contribution: ``W_dec[i] /= n_i``,
-    ``W_enc[:, i] *= n_i``, ``b_enc[i] *= n_i``. Returns the norms ``n``.
-
-    For the selected latents the output is unchanged (ReLU commutes with ``n_i > 0``). TopK now ranks
-    ``n_i * pre_i`` instead of ``pre_i``, so the selected set can change where rescaling reorders the
-    k-th boundary; it is identical when all ``n_i`` are equal (see docs/flops.md).
-    """
-    n = sae.W_dec.norm(dim=1).clamp_min(1e-12)
-    sae.W_dec.div_(n[:, None])
-    sae.W_enc.mul_(n[None, :])
-    sae.b_enc.mul_(n)
-    return n
-
-
-def sae_step(sae: TopKSAE, opt: torch.optim.Optimizer, x: torch.Tensor,
-             dead_mask: torch.Tensor | None = None, aux_coef: float = 0.0) -> tuple[float, bool, torch.Tensor]:
-    """One Adam step on ``sum_d (x_hat - x)^2`` averaged over rows, plus AuxK when ``dead_mask`` marks
-    dead latents and ``aux_coef > 0``; then renormalise the decoder rows.
-
-    Returns ``(loss, aux_active, fired)`` where ``fired`` marks latents active in this batch.
-    """
-    x_hat, z, pre = sae(x)
-    loss = (x_hat - x).pow(2).sum(-1).mean()
-    aux_active = False
-    if aux_coef > 0 and dead_mask is not None and int(dead_mask.sum()) > 0:
-        aux_active = True
-        num_dead = int(dead_mask.sum())
-        k_aux = max(1, x.shape[-1] // 2)
-        scale = min(num_dead / k_aux, 1.0)
-        k_aux = min(k_aux, num_dead)
-        residual = (x - x_hat).detach()
-        masked = torch.where(dead_mask[None], pre, torch.full_like(pre, -torch.inf))
-        vals, idx = masked.topk(k_aux, dim=-1, sorted=False)
-        z_aux = torch.zeros_like(pre).scatter(-1, idx, vals)
-        loss = loss + aux_coef * scale * (z_aux @ sae.W_dec - residual).pow(2).sum(-1).mean()
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    sae.normalise_decoder_()
-    return float(loss.detach()), aux_active, (z > 0).any(0)
+# --------------------------------------------------------------------------- evaluation
 
 
 @torch.no_grad()
@@ -232,24 +112,21 @@ def train_arm(sae: TopKSAE, batches: Iterable[torch.Tensor], x_eval: torch.Tenso
     Returns ``{"curve": [{step, flops, mse, fvu, ...}], "ledger", "dead_fraction", "batch_digests"}``;
     the curve's first point is the initialisation (step 0, FLOPs = the ledger's offset).
     """
-    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr)
-    since_fired = torch.zeros(sae.width, dtype=torch.long)
+    trainer = TopKTrainer(sae, cfg.lr, cfg.aux_coef if cfg.aux_k else 0.0, cfg.dead_window)
     curve = [{"step": 0, "flops": ledger.total, **evaluate(sae, x_eval, exclude, cfg.eval_batch)}]
     digests: list[str] = []
     step = 0
     for xb in itertools.islice(batches, cfg.steps):  # never pulls a batch it will not train on
         xb = xb.reshape(-1, sae.d).float()
         digests.append(_digest(xb))
-        dead = since_fired >= cfg.dead_window if cfg.aux_k else None
-        _, aux_active, fired = sae_step(sae, opt, xb, dead, cfg.aux_coef if cfg.aux_k else 0.0)
-        since_fired = torch.where(fired, torch.zeros_like(since_fired), since_fired + 1)
+        info = trainer.step(xb)
         step += 1
-        flops = ledger.pay_step(aux_active)
+        flops = ledger.pay_step(info["aux_active"])
         if step % cfg.eval_every == 0 or step == cfg.steps:
             curve.append({"step": step, "flops": flops, **evaluate(sae, x_eval, exclude, cfg.eval_batch)})
     if curve[-1]["step"] != step:
         curve.append({"step": step, "flops": ledger.total, **evaluate(sae, x_eval, exclude, cfg.eval_batch)})
-    dead_frac = float((since_fired >= min(cfg.dead_window, max(step, 1))).float().mean())
+    dead_frac = trainer.dead_fraction()
     return {"curve": curve, "ledger": ledger.summary(cfg.source_sae_flops), "dead_fraction": dead_frac,
             "batch_digests": digests}
 

@@ -1,0 +1,312 @@
+"""The project's one TopK SAE trainer (source SAE on A, both init-experiment arms, native SAEs on B).
+
+Plain torch, so every SAE the project trains follows the same, fully visible recipe:
+
+- ``f(x) = ReLU(TopK(x' @ W_enc + b_enc))`` with ``x' = x - b_dec`` (``apply_b_dec_to_input``, the
+  SAELens default), ``x_hat = f(x) @ W_dec + b_dec`` (dense decode: the paper's FLOPs accounting);
+- init: random unit-norm decoder rows, ``W_enc = W_dec^T``, ``b_enc = 0``, ``b_dec`` = the mean of the
+  first training batches (``b_dec_init="mean"``; the residual stream's massive dimensions have a large
+  mean, which a zero ``b_dec`` spends the first steps learning);
+- loss ``sum_d (x_hat - x)^2`` averaged over rows, constant-lr Adam, decoder rows renormalised to unit
+  norm after every step.
+
+Options beyond the plain recipe, each off by default and measured in docs/sae.md: AuxK on dead
+latents (``aux_k_coef``, Gao et al. 2024), learning rate scaled as ``1/sqrt(width)``
+(``lr_width_ref``), activations scaled to mean norm ``sqrt(d_in)`` during training and the scale
+folded back into the saved weights (``normalize="expected_norm"``), gradient-norm clipping.
+
+Why not sae-lens's ``SAETrainer`` (what the project used until issue 9): its ``TopKTrainingSAE``
+starts the decoder at row norm 0.1 (``decoder_init_norm``) with ``rescale_acts_by_decoder_norm``, so
+Adam's per-element steps of size ``lr`` move 0.1-norm decoder rows about ten times faster in
+direction than unit-norm rows, and the encoder starts ten times too small; at the project's budgets
+this left 30-70% of the latents dead (measured in docs/sae.md).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from typing import Any, Callable, Iterable, Iterator, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from sae_lens import SAE, TopKSAE as SaeLensTopK, TopKSAEConfig
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from stitchplug.errors import StageError
+
+from .topk import TopKSAE, fold_decoder_norms  # noqa: F401  (re-exported: the module the trainer trains)
+
+
+class TrainerConfig(BaseModel):
+    """Hyperparameters of one TopK SAE training run (``stitchplug.config.SAEConfig`` carries the same
+    names, so a run's ``sae`` section can be passed as is)."""
+
+    model_config = ConfigDict(extra="ignore", use_attribute_docstrings=True)
+
+    width: int = Field(2304, ge=1)
+    """Number of latents."""
+    k: int = Field(32, ge=1)
+    """Active latents per token (TopK)."""
+    lr: float = Field(4e-4, gt=0)
+    """Constant Adam learning rate (at ``lr_width_ref`` latents when that is set)."""
+    train_tokens: int = Field(240_000, ge=1)
+    """Training tokens (a re-iterable stream is cycled until this many were seen)."""
+    batch_size: int = Field(1024, ge=1)
+    """Tokens per step."""
+    b_dec_init: Literal["mean", "zeros"] = "mean"
+    """Decoder bias at step 0: the mean of the first ``b_dec_init_batches`` batches, or zeros."""
+    b_dec_init_batches: int = Field(8, ge=1)
+    """Batches averaged for ``b_dec_init="mean"`` (and for the ``expected_norm`` scale)."""
+    apply_b_dec_to_input: bool = True
+    """The encoder reads ``x - b_dec`` (SAELens default)."""
+    aux_k_coef: float = Field(0.0, ge=0)
+    """AuxK loss coefficient on dead latents (0 = off, the paper's setting; Gao et al. use 1/32)."""
+    dead_window: int = Field(200, ge=1)
+    """A latent that has not fired for this many steps is dead (AuxK and the dead count)."""
+    lr_width_ref: int | None = Field(None, ge=1)
+    """If set, the lr used is ``lr * sqrt(lr_width_ref / width)`` (Gao et al.'s 1/sqrt(width) scaling)."""
+    normalize: Literal["none", "expected_norm"] = "none"
+    """``expected_norm``: train on ``x * s`` with ``s = sqrt(d_in) / mean ||x||``; undone on save."""
+    clip_grad_norm: float | None = Field(None, gt=0)
+    """Clip the gradient norm to this value (off by default)."""
+
+    def effective_lr(self) -> float:
+        return self.lr * math.sqrt(self.lr_width_ref / self.width) if self.lr_width_ref else self.lr
+
+
+# --------------------------------------------------------------------------- one step
+
+
+def sae_step(sae: TopKSAE, opt: torch.optim.Optimizer, x: torch.Tensor,
+             dead_mask: torch.Tensor | None = None, aux_coef: float = 0.0,
+             clip_grad_norm: float | None = None) -> tuple[float, bool, torch.Tensor]:
+    """One Adam step on ``sum_d (x_hat - x)^2`` averaged over rows, plus AuxK when ``dead_mask`` marks
+    dead latents and ``aux_coef > 0`` (``k_aux = d/2``, scaled by ``min(n_dead / k_aux, 1)`` as in
+    sae-lens); then renormalise the decoder rows.
+
+    Returns ``(reconstruction loss, aux_active, fired)`` where ``fired`` marks latents active in this
+    batch.
+    """
+    x_hat, z, pre = sae(x)
+    recon = (x_hat - x).pow(2).sum(-1).mean()
+    loss = recon
+    aux_active = False
+    if aux_coef > 0 and dead_mask is not None and int(dead_mask.sum()) > 0:
+        aux_active = True
+        num_dead = int(dead_mask.sum())
+        k_aux = max(1, x.shape[-1] // 2)
+        scale = min(num_dead / k_aux, 1.0)
+        k_aux = min(k_aux, num_dead)
+        residual = (x - x_hat).detach()
+        masked = torch.where(dead_mask[None], pre, torch.full_like(pre, -torch.inf))
+        vals, idx = masked.topk(k_aux, dim=-1, sorted=False)
+        z_aux = torch.zeros_like(pre).scatter(-1, idx, vals.relu())
+        loss = loss + aux_coef * scale * (z_aux @ sae.W_dec - residual).pow(2).sum(-1).mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_grad_norm is not None:
+        nn.utils.clip_grad_norm_(sae.parameters(), clip_grad_norm)
+    opt.step()
+    sae.normalise_decoder_()
+    return float(recon.detach()), aux_active, (z > 0).any(0)
+
+
+class TopKTrainer:
+    """Step-wise training of a :class:`TopKSAE` (the init experiment drives it step by step).
+
+    ``step(x)`` returns ``{"mse", "ev", "aux_active"}`` on the training batch. The FLOPs of a step
+    are counted with ``FlopCounterMode`` on the first plain step and on the first AuxK step, and
+    every later step of the same kind is charged the same count (the step's matmuls have fixed
+    shapes); ``flops`` is their running total.
+    """
+
+    def __init__(self, sae: TopKSAE, lr: float, aux_k_coef: float = 0.0, dead_window: int = 200,
+                 clip_grad_norm: float | None = None):
+        self.sae = sae
+        self.opt = torch.optim.Adam(sae.parameters(), lr=lr)
+        self.aux_k_coef = float(aux_k_coef)
+        self.dead_window = int(dead_window)
+        self.clip_grad_norm = clip_grad_norm
+        self.since_fired = torch.zeros(sae.width, dtype=torch.long, device=sae.W_dec.device)
+        self.steps = 0
+        self.flops = 0
+        self.step_flops: dict[bool, int] = {}
+
+    def dead_mask(self) -> torch.Tensor:
+        return self.since_fired >= self.dead_window
+
+    def step(self, x: torch.Tensor) -> dict:
+        dead = self.dead_mask() if self.aux_k_coef > 0 else None
+        will_aux = dead is not None and bool(dead.any())
+        counter = FlopCounterMode(display=False) if will_aux not in self.step_flops else None
+        if counter is not None:
+            with counter:
+                loss, aux_active, fired = sae_step(self.sae, self.opt, x, dead, self.aux_k_coef, self.clip_grad_norm)
+            self.step_flops[aux_active] = int(counter.get_total_flops())
+        else:
+            loss, aux_active, fired = sae_step(self.sae, self.opt, x, dead, self.aux_k_coef, self.clip_grad_norm)
+        self.flops += self.step_flops[aux_active]
+        self.since_fired = torch.where(fired, torch.zeros_like(self.since_fired), self.since_fired + 1)
+        self.steps += 1
+        with torch.no_grad():
+            var = (x - x.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
+        return {"mse": loss / x.shape[-1], "ev": 1.0 - loss / float(var), "aux_active": aux_active}
+
+    def dead_fraction(self) -> float:
+        """Share of latents that have not fired in the last ``min(dead_window, steps)`` steps."""
+        return float((self.since_fired >= min(self.dead_window, max(self.steps, 1))).float().mean())
+
+
+# --------------------------------------------------------------------------- the public function
+
+
+def rebatch(batches: Iterable[torch.Tensor], batch_size: int, d_in: int, max_tokens: int | None = None,
+            restart: bool = True) -> Iterator[torch.Tensor]:
+    """Yield float32 ``[batch_size, d_in]`` tensors from batches of any size.
+
+    If ``batches`` is re-iterable (not a one-shot iterator) and ``restart`` is true it is walked again
+    when exhausted (another epoch); a one-shot iterator simply ends. Stops after ``max_tokens``.
+    """
+    one_shot = iter(batches) is batches
+    buf: list[torch.Tensor] = []
+    have = sent = 0
+    while True:
+        got_any = False
+        for b in batches:
+            b = torch.as_tensor(b).reshape(-1, b.shape[-1])
+            if b.shape[-1] != d_in:
+                raise StageError(f"activation batch has width {b.shape[-1]}, the SAE expects d_in={d_in}")
+            got_any = True
+            buf.append(b.float())
+            have += b.shape[0]
+            while have >= batch_size:
+                cat = torch.cat(buf)
+                out, rest = cat[:batch_size], cat[batch_size:]
+                buf, have = ([rest] if rest.shape[0] else []), rest.shape[0]
+                yield out
+                sent += batch_size
+                if max_tokens is not None and sent >= max_tokens:
+                    return
+        if one_shot or not restart or not got_any:
+            return
+
+
+@torch.no_grad()
+def to_saelens(sae: TopKSAE, scale: float = 1.0, model_name: str | None = None,
+               hook_name: str | None = None) -> SAE:
+    """The sae-lens inference ``TopKSAE`` computing the same function on *unscaled* inputs.
+
+    ``scale`` is the factor the activations were multiplied by during training; it is folded back:
+    ``b_dec /= s``, ``b_enc /= s`` (the codes shrink by ``s``, which keeps the TopK selection).
+    """
+    cfg = TopKSAEConfig(d_in=sae.d, d_sae=sae.width, k=sae.k, dtype="float32", device="cpu",
+                        apply_b_dec_to_input=sae.apply_b_dec_to_input, normalize_activations="none",
+                        rescale_acts_by_decoder_norm=False)
+    cfg.metadata.model_name = model_name
+    cfg.metadata.hook_name = hook_name
+    out = SaeLensTopK(cfg)
+    out.load_state_dict({"W_enc": sae.W_enc.detach().cpu(), "b_enc": sae.b_enc.detach().cpu() / scale,
+                         "W_dec": sae.W_dec.detach().cpu(), "b_dec": sae.b_dec.detach().cpu() / scale})
+    return out
+
+
+def _as_config(cfg: Any, overrides: dict) -> TrainerConfig:
+    if cfg is None:
+        base: dict = {}
+    elif isinstance(cfg, TrainerConfig):
+        base = cfg.model_dump()
+    elif isinstance(cfg, dict):
+        base = dict(cfg)
+    else:  # a SAEConfig-like object (stitchplug.config.SAEConfig): read the fields we know
+        base = {f: getattr(cfg, f) for f in TrainerConfig.model_fields if getattr(cfg, f, None) is not None}
+    base.update({k_: v for k_, v in overrides.items() if v is not None})
+    try:
+        return TrainerConfig(**base)
+    except ValueError as exc:
+        raise StageError(f"invalid SAE training config: {exc}".splitlines()[0] + " "
+                         + " ".join(str(exc).splitlines()[1:3])) from None
+
+
+def train_topk_sae(batches: Iterable[torch.Tensor], d_in: int, cfg: Any = None, *, seed: int = 0,
+                   device: str = "cpu", model_name: str | None = None, hook_name: str | None = None,
+                   init: TopKSAE | None = None, on_step: Callable[[int, dict], None] | None = None,
+                   curve_points: int = 50, progress: bool = True, **overrides: Any) -> tuple[SAE, dict[str, Any]]:
+    """Train a TopK SAE on ``batches`` (``[n, d_in]`` tensors of any ``n``; a re-iterable is cycled
+    until ``cfg.train_tokens`` tokens were seen).
+
+    ``cfg`` is a :class:`TrainerConfig`, a dict, or any object with the same field names (the run's
+    ``SAEConfig``); keyword ``overrides`` (``width=``, ``k=``, ``lr=``, ...) replace its fields.
+    ``init`` starts from given weights instead of the random init (its width and k win).
+    ``on_step(step, info)`` is called after every step (``info``: mse, ev, aux_active, flops).
+
+    Returns ``(sae, summary)``: a sae-lens inference ``TopKSAE`` (save it with
+    :func:`stitchplug_sae.io.save_sae`; ``SAE.load_from_disk`` reads it back) carrying the summary in
+    ``sae.cfg.metadata.stitchplug_training``, and the JSON-ready summary (steps, tokens, seconds,
+    ``train_flops``, first/final MSE and explained variance, a subsampled curve, dead latents).
+    """
+    c = _as_config(cfg, overrides)
+    if c.train_tokens < c.batch_size:
+        raise StageError(f"SAE train_tokens ({c.train_tokens}) is smaller than one batch ({c.batch_size})")
+    if not 0 < c.k <= c.width:
+        raise StageError(f"SAE k={c.k} must be between 1 and the width {c.width}")
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    total = c.train_tokens // c.batch_size
+    stream = rebatch(batches, c.batch_size, d_in, max_tokens=total * c.batch_size)
+    head = [b for _, b in zip(range(c.b_dec_init_batches), stream)]
+    if not head:
+        raise StageError("no activations to train the SAE on (the activation stream is empty)")
+    first = torch.cat(head).double()
+    scale = 1.0
+    if c.normalize == "expected_norm":
+        scale = math.sqrt(d_in) / max(float(first.norm(dim=-1).mean()), 1e-12)
+    if init is None:
+        b_dec = (first.mean(0) * scale).float() if c.b_dec_init == "mean" else None
+        sae = TopKSAE.random(d_in, c.width, c.k, generator=gen, b_dec=b_dec, apply_b_dec_to_input=c.apply_b_dec_to_input)
+    else:
+        if c.normalize != "none":
+            raise StageError("an SAE started from given weights is trained on unscaled activations (normalize='none')")
+        sae = init
+    sae = sae.to(device)
+    trainer = TopKTrainer(sae, c.effective_lr(), c.aux_k_coef, c.dead_window, c.clip_grad_norm)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total, desc="SAE", leave=False)
+    mse: list[float] = []
+    ev: list[float] = []
+    t0 = time.perf_counter()
+    for xb in itertools.chain(head, stream):
+        info = trainer.step(xb.to(device) * scale if scale != 1.0 else xb.to(device))
+        mse.append(info["mse"] / scale ** 2)
+        ev.append(info["ev"])
+        if on_step is not None:
+            on_step(trainer.steps, {**info, "flops": trainer.flops})
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(mse=f"{mse[-1]:.4g}", ev=f"{ev[-1]:.3f}")
+    if bar is not None:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    steps = len(mse)
+    if steps == 0:
+        raise StageError("the activation stream ended before one full SAE training batch")
+    tail = max(1, steps // 20)
+    stride = max(1, math.ceil(steps / curve_points))
+    summary = {
+        "trainer": "stitchplug_sae.trainer", "steps": steps, "tokens": steps * c.batch_size,
+        "seconds": round(seconds, 3), "tokens_per_s": round(steps * c.batch_size / max(seconds, 1e-9), 1),
+        "train_flops": int(trainer.flops), "step_flops": trainer.step_flops.get(False),
+        "seed": seed, **c.model_dump(), "lr_used": c.effective_lr(), "input_scale": scale,
+        "mse_first": sum(mse[:tail]) / tail, "mse_final": sum(mse[-tail:]) / tail,
+        "explained_variance_first": sum(ev[:tail]) / tail, "explained_variance_final": sum(ev[-tail:]) / tail,
+        "curve": {"step": list(range(0, steps, stride)), "mse": mse[::stride], "explained_variance": ev[::stride]},
+        "dead_latents_train": int((trainer.since_fired >= min(c.dead_window, steps)).sum()),
+        "stopped_early": steps < total,
+    }
+    out = to_saelens(sae, scale, model_name, hook_name)
+    out.cfg.metadata.stitchplug_training = summary
+    return out, summary

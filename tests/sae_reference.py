@@ -1,0 +1,46 @@
+"""The plain TopK SAE reference recipe of issue 9 (~40 lines of torch), used by tests and bench/sae.py.
+
+Adam at a constant lr, loss sum_d (x_hat - x)^2 averaged over rows, decoder rows unit-norm after every
+step, W_enc = W_dec^T at init, b_enc = 0, b_dec = the training mean, no auxiliary loss, the encoder
+reading x - b_dec. Deliberately independent of stitchplug_sae.trainer: it is what that trainer is
+measured against.
+"""
+
+import torch
+
+
+def train_reference(batches, d, width, k, lr=4e-4, seed=0, b_dec_mean=None):
+    """Train on ``batches`` (a list of ``[B, d]`` tensors, one step each). ``b_dec_mean`` defaults to
+    the mean of all the batches. Returns ``(W_enc, b_enc, W_dec, b_dec)``."""
+    g = torch.Generator().manual_seed(seed)
+    W_dec = torch.randn(width, d, generator=g)
+    W_dec = W_dec / W_dec.norm(dim=1, keepdim=True)
+    W_enc = W_dec.T.clone().requires_grad_()
+    W_dec.requires_grad_()
+    b_enc = torch.zeros(width, requires_grad=True)
+    mean = torch.cat(batches).double().mean(0).float() if b_dec_mean is None else b_dec_mean
+    b_dec = mean.clone().requires_grad_()
+    opt = torch.optim.Adam([W_enc, b_enc, W_dec, b_dec], lr=lr)
+    for x in batches:
+        x_hat = reference_forward(x, W_enc, b_enc, W_dec, b_dec, k)
+        loss = (x_hat - x).pow(2).sum(-1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            W_dec /= W_dec.norm(dim=1, keepdim=True)
+    return W_enc.detach(), b_enc.detach(), W_dec.detach(), b_dec.detach()
+
+
+def reference_forward(x, W_enc, b_enc, W_dec, b_dec, k):
+    pre = (x - b_dec) @ W_enc + b_enc
+    vals, idx = pre.topk(k, dim=-1)
+    z = torch.zeros_like(pre).scatter(-1, idx, vals.relu())
+    return z @ W_dec + b_dec
+
+
+@torch.no_grad()
+def reference_codes(x, W_enc, b_enc, W_dec, b_dec, k):
+    pre = (x - b_dec) @ W_enc + b_enc
+    vals, idx = pre.topk(k, dim=-1)
+    return torch.zeros_like(pre).scatter(-1, idx, vals.relu())
