@@ -109,3 +109,22 @@ def test_bfloat16_storage_is_raw_bits_read_back_as_float32(tmp_path, pair, full)
     with h5py.File(shard, "r+") as f:
         f["target/resid_pre_2"][0, 0] = np.uint16(0x7FC0)  # a bfloat16 NaN
     assert "does not match its digest" in integrity.verify_cache(p)[shard]
+
+
+def test_self_pair_runs_one_forward_with_the_same_bits(tmp_path, pair):
+    """build_cache(A, A): one encode and one forward per window, bit-identical to two separate adapters."""
+    from stitchplug.cache import writer
+
+    a = pair[0]
+    kw = {**KW, "tokens": 400, "target_layers": [1]}
+    writer.FORWARD_STATS.update(positions=0, tokens=0)
+    once = build_cache(tmp_path / "once" / "c.h5", a, a, log=lambda m: None, **kw)
+    one_pass = writer.FORWARD_STATS["tokens"]
+    writer.FORWARD_STATS.update(positions=0, tokens=0)
+    twice = build_cache(tmp_path / "twice" / "c.h5", a, load_model(SOURCE), log=lambda m: None, **kw)
+    assert writer.FORWARD_STATS["tokens"] == 2 * one_pass > 0
+    with open_cache(once) as c1, open_cache(twice) as c2:
+        for side in ("source", "target"):
+            np.testing.assert_array_equal(c1.array(side, 1), c2.array(side, 1))
+            np.testing.assert_array_equal(c1.array(side, "token_ids"), c2.array(side, "token_ids"))
+        np.testing.assert_array_equal(c1.array("source", 1), c1.array("target", 1))

@@ -1,5 +1,6 @@
 """torchrun on CPU (gloo, 2 ranks, tiny models): the cache is bit-identical to one process, a killed
-run resumes, the closed-form moments are all-reduced and Adam runs under DDP with the same result."""
+run resumes, the closed-form moments are all-reduced, and the Adam stitch and the TopK SAE trainer
+run under DDP with the same result as one process on the same global batches."""
 
 import json
 import os
@@ -127,7 +128,7 @@ def test_killed_two_rank_run_resumes_bit_identical(reference, tmp_path):
     assert_same(arrays(out), arrays(reference))
 
 
-def test_moments_all_reduce_and_adam_under_ddp_match_one_process(reference, tmp_path):
+def test_moments_adam_and_sae_under_ddp_match_one_process(reference, tmp_path):
     one, two = tmp_path / "one.pt", tmp_path / "two.pt"
     worker = str(TESTS / "dist_worker.py")
     run([sys.executable, worker, str(reference), str(one), "64"])
@@ -139,6 +140,11 @@ def test_moments_all_reduce_and_adam_under_ddp_match_one_process(reference, tmp_
         torch.testing.assert_close(b["stats"][k], v, rtol=1e-10, atol=1e-10 * float(v.abs().max()))
     for k, v in a["stitch"].items():  # same global batches; float32 sums in another order
         torch.testing.assert_close(b["stitch"][k], v, rtol=1e-4, atol=1e-5)
+    # the SAE trainer: same weights as one process with the same global batch (AuxK on, dead window 3)
+    assert a["sae_summary"]["steps"] == b["sae_summary"]["steps"] == 12
+    for k, v in a["sae"].items():
+        torch.testing.assert_close(b["sae"][k], v, rtol=1e-4, atol=1e-5)
+    assert b["sae_summary"]["dead_latents_train"] == a["sae_summary"]["dead_latents_train"]
     from stitchplug.stitch.model import Stitch
 
     init = Stitch(a["stitch"]["P_up"].shape[0], a["stitch"]["P_up"].shape[1], seed=0)

@@ -43,6 +43,21 @@ def is_bfloat16(ds: h5py.Dataset) -> bool:
     return ds.dtype == np.uint16 and ds.attrs.get(BF16_ATTR) == "bfloat16"
 
 
+def store(x: np.ndarray, dtype: str, what: str) -> np.ndarray:
+    """``x`` as stored in ``dtype``; a one-line :class:`CacheError` naming ``what`` if it cannot be."""
+    if not np.isfinite(x).all():
+        raise CacheError(f"{what} holds non-finite values (inf/nan); the model's activations are broken")
+    if dtype == "float16":
+        peak = float(np.abs(x).max(initial=0.0))
+        if peak > FLOAT16_MAX:
+            raise CacheError(f"float16 cannot store {what}: values reach {peak:,.0f}, beyond float16's "
+                             f"maximum {FLOAT16_MAX:,.0f}; use --cache-dtype bfloat16 (same range as float32) or float32")
+        return x.astype(np.float16)
+    if dtype == "bfloat16":
+        return bfloat16_bits(x)
+    return x.astype(np.float32, copy=False)
+
+
 def layer_key(layer: int) -> str:
     return f"resid_pre_{int(layer)}"
 

@@ -30,8 +30,8 @@ from ..errors import CacheError
 from . import integrity
 from .align import get_aligner
 from .corpus import corpus_fingerprint
-from .format import (BF16_ATTR, FLOAT16_MAX, FORMAT, FORMAT_VERSION, RESUME_FIELDS, SIDES, STORAGE_DTYPES,
-                     bfloat16_bits, config_diff, layer_key, open_h5, refuse_mismatch, shard_dir, stored_config)
+from .format import (BF16_ATTR, FORMAT, FORMAT_VERSION, RESUME_FIELDS, SIDES, STORAGE_DTYPES,
+                     config_diff, layer_key, open_h5, refuse_mismatch, shard_dir, store, stored_config)
 from .windows import Window, fingerprint, paired_windows
 
 SHARD_BYTES = 64 * 2**20
@@ -97,20 +97,6 @@ def _forward(adapter: ModelAdapter, encs: list, layers: list[int], batch_size: i
     return out
 
 
-def _store(x: np.ndarray, dtype: str, what: str) -> np.ndarray:
-    if not np.isfinite(x).all():
-        raise CacheError(f"{what} holds non-finite values (inf/nan); the model's activations are broken")
-    if dtype == "float16":
-        peak = float(np.abs(x).max(initial=0.0))
-        if peak > FLOAT16_MAX:
-            raise CacheError(f"float16 cannot store {what}: values reach {peak:,.0f}, beyond float16's "
-                             f"maximum {FLOAT16_MAX:,.0f}; use dtype float32 (--cache-dtype float32)")
-        return x.astype(np.float16)
-    if dtype == "bfloat16":
-        return bfloat16_bits(x)
-    return x.astype(np.float32, copy=False)
-
-
 class _Writer:
     def __init__(self, path: Path, source: ModelAdapter, target: ModelAdapter, cfg: dict, batch_size: int,
                  tick: Callable[[float], None]):
@@ -130,8 +116,14 @@ class _Writer:
         def tick(t):
             self.tick(t * scale)
 
-        acts = {"source": _forward(self.source, [w.source for _, w in wins], cfg["source_layers"], self.batch_size, tick),
-                "target": _forward(self.target, [w.target for _, w in wins], cfg["target_layers"], self.batch_size, tick)}
+        acts = {"source": _forward(self.source, [w.source for _, w in wins], cfg["source_layers"], self.batch_size, tick)}
+        if self.target is self.source and cfg["target_layers"] == cfg["source_layers"] \
+                and all(w.target is w.source for _, w in wins):
+            acts["target"] = acts["source"]  # one model and one set of hooks: one forward pass (same bits)
+            tick(sum(len(w.target) for _, w in wins))
+        else:
+            acts["target"] = _forward(self.target, [w.target for _, w in wins], cfg["target_layers"],
+                                      self.batch_size, tick)
         cols = {side: {l: [] for l in cfg[f"{side}_layers"]} for side in SIDES}
         meta = {k2: [] for k2 in ("source/token_ids", "target/token_ids", "source/ends", "target/ends", "doc_ids")}
         wi = 0
@@ -160,7 +152,7 @@ class _Writer:
                 for l, parts in cols[side].items():
                     x = np.concatenate(parts) if parts else np.zeros((0, d), np.float32)
                     ds = f.create_dataset(f"{side}/{layer_key(l)}",
-                                          data=_store(x, cfg["dtype"], f"{side} layer {l} ({cfg[f'{side}_model']})"))
+                                          data=store(x, cfg["dtype"], f"{side} layer {l} ({cfg[f'{side}_model']})"))
                     if cfg["dtype"] == "bfloat16":
                         ds.attrs[BF16_ATTR] = "bfloat16"
             for key, parts in meta.items():
