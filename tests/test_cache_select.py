@@ -128,3 +128,18 @@ def test_self_pair_runs_one_forward_with_the_same_bits(tmp_path, pair):
             np.testing.assert_array_equal(c1.array(side, 1), c2.array(side, 1))
             np.testing.assert_array_equal(c1.array(side, "token_ids"), c2.array(side, "token_ids"))
         np.testing.assert_array_equal(c1.array("source", 1), c1.array("target", 1))
+
+
+def test_cli_all_layers_and_bfloat16_flags(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "c.h5"
+    res = subprocess.run([sys.executable, "-m", "stitchplug", "cache", "--models-source", SOURCE, "--models-target",
+                          TARGET, "--output", str(out), "--progress", "false", "--cache-tokens", "200",
+                          "--cache-context-size", "48", "--cache-target-layers", "all", "--cache-dtype", "bfloat16"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    with open_cache(out) as c:
+        assert c.target_layers == [0, 1, 2] and c.attrs["dtype"] == "bfloat16" and "layer_selection" not in c.attrs
+        assert c.array("target", 1).dtype == np.float32
