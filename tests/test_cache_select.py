@@ -34,9 +34,10 @@ def test_probe_picks_what_svcca_on_the_full_cache_picks_and_only_that_layer_is_c
     logs = []
     path, sel = build_selected_cache(tmp_path / "c.h5", *pair, target_layers=None, svcca_tokens=300,
                                      log=logs.append, **KW)
-    with open_cache(full) as c:
-        x = c.array("source", 1)[:300]
-        ys = {l: c.array("target", l)[:300] for l in c.target_layers}
+    with open_cache(full) as c:  # what SVCCA read on the all-layer cache: the first rows of the train split
+        x = c.array("source", 1, split="train")[:300]
+        ys = {l: c.array("target", l, split="train")[:300] for l in c.target_layers}
+        assert len(c.eval_docs()) >= 1 and c.ranges("train")[0] != (0, c.n_tokens)
         best, profile = choose_layer(x, ys)
         ref = {l: c.array("target", l) for l in c.target_layers}
         ref_src = c.array("source", 1)
@@ -74,7 +75,21 @@ def test_all_layers_stays_an_explicit_option(tmp_path, pair, full):
         build_selected_cache(tmp_path / "d.h5", *pair, target_layers="every", **KW)
 
 
-def test_probe_tokens_are_the_first_rows_of_the_slice(pair):
+def test_probe_reads_the_rows_svcca_read_on_the_full_cache(pair, full):
+    """With the budget: the first train-split rows of the cache it plans; without: the slice's first rows."""
+    from stitchplug.cache.select import probe_rows
+
+    kw = dict(corpus="wiki-en", doc_start=0, context_size=48, batch_size=4, source_layer=1, target_layers=[2])
+    with open_cache(full) as c:  # every train row: a held-out document lies among them
+        n = len(c.rows("train"))
+        train, every = c.array("source", 1, split="train"), c.array("source", 1)[:n]
+        target_train = c.array("target", 2, split="train")
+    xa, xb = probe_rows(*pair, n_tokens=n, tokens=900, **kw)
+    xa0, _ = probe_rows(*pair, n_tokens=n, **kw)
+    np.testing.assert_allclose(xb[2], target_train, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(xa, train, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(xa0, every, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(train, every)  # the split matters here: the test can fail
     sel = svcca_probe(*pair, source_layer=1, n_tokens=123, corpus="wiki-en", doc_start=0, context_size=48,
                       batch_size=4)
     assert sel["tokens"] == 123 and set(sel["profile"]) == {"0", "1", "2"}

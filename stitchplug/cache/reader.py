@@ -17,6 +17,14 @@ from .format import SIDES, bfloat16_to_float32, is_bfloat16, layer_key, open_h5,
 Key = tuple[str, "int | str"]
 
 
+def eval_positions(n: int, eval_fraction: float, split_seed: int) -> np.ndarray:
+    """Positions (in the cache's document order) of the held-out documents among ``n``."""
+    n_eval = int(round(eval_fraction * n))
+    if eval_fraction > 0 and n >= 2:
+        n_eval = min(max(n_eval, 1), n - 1)
+    return np.random.default_rng(split_seed).permutation(n)[:n_eval]
+
+
 class PairedCache:
     """An open, complete cache. Use :func:`open_cache` to get one; close it (or use ``with``)."""
 
@@ -103,12 +111,7 @@ class PairedCache:
     def eval_docs(self) -> np.ndarray:
         """Corpus indices of the held-out documents: a seeded random ``eval_fraction`` of the
         cache's documents (at least one when the fraction is positive and there are >= 2 documents)."""
-        n = len(self.doc_index)
-        n_eval = int(round(self.eval_fraction * n))
-        if self.eval_fraction > 0 and n >= 2:
-            n_eval = min(max(n_eval, 1), n - 1)
-        perm = np.random.default_rng(self.split_seed).permutation(n)
-        return np.sort(self.doc_index[perm[:n_eval]])
+        return np.sort(self.doc_index[eval_positions(len(self.doc_index), self.eval_fraction, self.split_seed)])
 
     def ranges(self, split: str | None = None) -> list[tuple[int, int]]:
         """Row ranges ``[start, stop)`` of ``split`` ('train', 'eval' or None for all), merged."""

@@ -3,8 +3,9 @@
 Caching every layer of B so that SVCCA can pick one costs ``n_layers`` times the disk of the one
 layer used afterwards, and runs B's forward through all its blocks. Instead:
 
-1. **probe**: the first ``svcca_tokens`` aligned tokens of the same corpus slice, windowed exactly
-   like the cache, are run through A (to its source layer) and B (all layers); nothing is written;
+1. **probe**: the tokens SVCCA read on an all-layer cache (the first ``svcca_tokens`` rows of its
+   training split: a planning pass windows the slice like the writer and applies the reader's
+   document split), run through A (to its source layer) and B (all layers); nothing is written;
 2. :func:`~stitchplug.stitch.svcca.choose_layer` picks ``lB`` on those rows;
 3. :func:`~stitchplug.cache.writer.build_cache` caches the source layer(s) and ``lB`` only, each
    model's forward stopping right after its last cached layer.
@@ -34,22 +35,49 @@ SELECTION_ATTR = "layer_selection"
 
 def probe_rows(source: ModelAdapter, target: ModelAdapter, *, corpus: str, doc_start: int, n_tokens: int,
                context_size: int, source_layer: int, target_layers: list[int], batch_size: int,
-               aligner: str = "auto", corpus_cache_dir: str | None = None) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-    """The first ``n_tokens`` aligned rows of the slice: A at ``source_layer`` ``[n, dA]`` and B at
-    each of ``target_layers`` ``{l: [n, dB]}`` (float32, in memory; nothing is written)."""
+               aligner: str = "auto", corpus_cache_dir: str | None = None, tokens: int | None = None,
+               max_docs: int | None = None, eval_fraction: float = 0.1,
+               split_seed: int = 0) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """The rows SVCCA reads: A at ``source_layer`` ``[n, dA]`` and B at each of ``target_layers``
+    ``{l: [n, dB]}`` (float32, in memory; nothing is written).
+
+    With ``tokens`` (the cache's budget) these are exactly the rows SVCCA read on an all-layer cache:
+    the first ``n_tokens`` rows of its training split. A planning pass windows the slice as the
+    writer will (rows per document, truncated to the budget), the reader's seeded document split
+    is applied, and held-out documents are skipped. Without ``tokens``: the first ``n_tokens`` rows.
+    """
     from .corpus import open_corpus
+    from .reader import eval_positions
     from .windows import fingerprint, paired_windows
 
     method = aligner if aligner != "auto" else ("identity" if fingerprint(source) == fingerprint(target)
                                                 else "end-offsets")
     _, align = get_aligner(method, source, target)
+    budget: list[int] | None = None
+    skip: set[int] = set()
+    if tokens is not None:
+        budget, total = [], 0
+        for rec in open_corpus(corpus, start=doc_start, limit=max_docs, cache_dir=corpus_cache_dir):
+            rows = min(sum(len(w.idx_source) for w in paired_windows(rec["text"], source, target, context_size,
+                                                                   aligner=align)), tokens - total)
+            budget.append(rows)
+            total += rows
+            if total >= tokens:
+                break
+        skip = set(int(i) for i in eval_positions(len(budget), eval_fraction, split_seed))
     wins, have = [], 0
-    for rec in open_corpus(corpus, start=doc_start, cache_dir=corpus_cache_dir):
+    for pos, rec in enumerate(open_corpus(corpus, start=doc_start, limit=max_docs, cache_dir=corpus_cache_dir)):
+        if budget is not None and pos >= len(budget):
+            break
+        if pos in skip:
+            continue
+        left = budget[pos] if budget is not None else n_tokens
         for w in paired_windows(rec["text"], source, target, context_size, aligner=align):
-            keep = min(len(w.idx_source), n_tokens - have)
+            keep = min(len(w.idx_source), n_tokens - have, left)
             if keep > 0:
                 wins.append((w, keep))
                 have += keep
+                left -= keep
         if have >= n_tokens:
             break
     if have == 0:
@@ -135,7 +163,9 @@ def build_selected_cache(path: str | Path, source: ModelAdapter, target: ModelAd
         sel = svcca_probe(source, target, source_layer=lA, n_tokens=svcca_tokens, corpus=corpus,
                           doc_start=doc_start, context_size=kw.get("context_size", 128),
                           batch_size=kw.get("batch_size", 8), aligner=kw.get("aligner", "auto"),
-                          corpus_cache_dir=kw.get("corpus_cache_dir"))
+                          corpus_cache_dir=kw.get("corpus_cache_dir"), tokens=kw.get("tokens", 200_000),
+                          max_docs=kw.get("max_docs"), eval_fraction=kw.get("eval_fraction", 0.1),
+                          split_seed=kw.get("split_seed", 0))
         sel["tokens_requested"] = int(svcca_tokens)
     sel = dist.broadcast_object(sel)
     log(f"SVCCA probe chose {target.name} layer {sel['target_layer']} "
