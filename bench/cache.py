@@ -17,7 +17,7 @@
    tokens in this run; the chosen layers of both; bytes per row and the disk ratio; the padding ratio
    (positions run / real tokens) of each; and, since the probe is a fixed cost, the ratio projected to
    ``--full-tokens`` (200,000, the default preset) from the measured per-token times (the measured
-   probe time scaled up by the larger of the probe-size and budget ratios: conservative).
+   probe's forward/SVCCA time scaled by the probe-size ratio, its planning pass by the budget ratio).
 
 Usage: ``python bench/cache.py [--tokens 8000] [--source smollm2-135m] [--target gemma-3-270m]
 [--sections forward,saelens,read,stage] [--stage-tokens 20000]``.
@@ -175,10 +175,11 @@ def stage_ratio(source, target, la: int, args, work: Path) -> dict:
     with open_cache(old) as c_old, open_cache(new) as c_new:
         n_old, n_new = c_old.n_tokens, c_new.n_tokens
     b_old, b_new = _disk_bytes(old) / n_old, _disk_bytes(new) / n_new
-    # the probe is a fixed cost (its forwards scale with the probe size, its tokenise-only planning
-    # pass with the budget; both are scaled linearly here): project both stages to the full budget
+    # the probe's forwards scale with the probe size, its tokenise-only planning pass with the budget
+    # (each scaled linearly from what was measured): project both stages to the full budget
     per_tok_old, per_tok_new = t_old / n_old, (t_new - sel["seconds"]) / n_new
-    probe_full = sel["seconds"] * max(args.full_svcca_tokens / sel["tokens"], args.full_tokens / n_new)
+    plan = sel["plan_seconds"]
+    probe_full = plan * args.full_tokens / n_new + (sel["seconds"] - plan) * args.full_svcca_tokens / sel["tokens"]
     full_old = per_tok_old * args.full_tokens
     full_new = per_tok_new * args.full_tokens + probe_full
     out.update({
@@ -186,6 +187,7 @@ def stage_ratio(source, target, la: int, args, work: Path) -> dict:
         "selected_vs_all_layers_stage": t_old / t_new,
         "projected_full_stage_ratio": full_old / full_new,
         "projected_full_seconds": {"all_layers": full_old, "selected": full_new, "of_which_probe": probe_full},
+        "probe_plan_seconds": plan,
         "chosen_layer_all_layers_cache": lb_old, "chosen_layer_probe": sel["target_layer"],
         "probe_profile": sel["profile"],
         "bytes_per_row": {"all_layers": b_old, "selected": b_new}, "disk_ratio": b_old / b_new,

@@ -37,7 +37,7 @@ def probe_rows(source: ModelAdapter, target: ModelAdapter, *, corpus: str, doc_s
                context_size: int, source_layer: int, target_layers: list[int], batch_size: int,
                aligner: str = "auto", corpus_cache_dir: str | None = None, tokens: int | None = None,
                max_docs: int | None = None, eval_fraction: float = 0.1,
-               split_seed: int = 0) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+               split_seed: int = 0, timings: dict | None = None) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """The rows SVCCA reads: A at ``source_layer`` ``[n, dA]`` and B at each of ``target_layers``
     ``{l: [n, dB]}`` (float32, in memory; nothing is written).
 
@@ -45,6 +45,7 @@ def probe_rows(source: ModelAdapter, target: ModelAdapter, *, corpus: str, doc_s
     the first ``n_tokens`` rows of its training split. A planning pass windows the slice as the
     writer will (rows per document, truncated to the budget), the reader's seeded document split
     is applied, and held-out documents are skipped. Without ``tokens``: the first ``n_tokens`` rows.
+    ``timings["plan_seconds"]`` receives the planning pass's wall time.
     """
     from .corpus import open_corpus
     from .reader import eval_positions
@@ -55,6 +56,7 @@ def probe_rows(source: ModelAdapter, target: ModelAdapter, *, corpus: str, doc_s
     _, align = get_aligner(method, source, target)
     budget: list[int] | None = None
     skip: set[int] = set()
+    t0 = time.perf_counter()
     if tokens is not None:
         budget, total = [], 0
         for rec in open_corpus(corpus, start=doc_start, limit=max_docs, cache_dir=corpus_cache_dir):
@@ -65,6 +67,8 @@ def probe_rows(source: ModelAdapter, target: ModelAdapter, *, corpus: str, doc_s
             if total >= tokens:
                 break
         skip = set(int(i) for i in eval_positions(len(budget), eval_fraction, split_seed))
+    if timings is not None:
+        timings["plan_seconds"] = time.perf_counter() - t0
     wins, have = [], 0
     for pos, rec in enumerate(open_corpus(corpus, start=doc_start, limit=max_docs, cache_dir=corpus_cache_dir)):
         if budget is not None and pos >= len(budget):
@@ -97,11 +101,13 @@ def svcca_probe(source: ModelAdapter, target: ModelAdapter, *, source_layer: int
 
     t0 = time.perf_counter()
     candidates = list(range(target.n_layers)) if candidates is None else list(candidates)
-    xa, xb = probe_rows(source, target, n_tokens=n_tokens, source_layer=source_layer, target_layers=candidates, **kw)
+    timings: dict = {}
+    xa, xb = probe_rows(source, target, n_tokens=n_tokens, source_layer=source_layer, target_layers=candidates,
+                        timings=timings, **kw)
     best, profile = choose_layer(xa, xb)
     return {"method": "svcca", "source_layer": int(source_layer), "target_layer": int(best),
             "tokens": int(xa.shape[0]), "profile": {str(l): float(v) for l, v in profile.items()},
-            "seconds": time.perf_counter() - t0}
+            "seconds": time.perf_counter() - t0, "plan_seconds": timings.get("plan_seconds", 0.0)}
 
 
 def stored_selection(path: str | Path) -> dict | None:
