@@ -152,6 +152,7 @@ def stage_ratio(source, target, la: int, args, work: Path) -> dict:
     from stitchplug.cache import writer
     from stitchplug.cache.reader import open_cache
     from stitchplug.cache.select import build_selected_cache
+    from stitchplug.cache.writer import build_cache
     from stitchplug.stitch.svcca import choose_layer_from_cache
 
     kw = dict(tokens=args.stage_tokens, context_size=args.context_size, batch_size=args.batch_size,
