@@ -149,3 +149,17 @@ def test_moments_adam_and_sae_under_ddp_match_one_process(reference, tmp_path):
 
     init = Stitch(a["stitch"]["P_up"].shape[0], a["stitch"]["P_up"].shape[1], seed=0)
     assert (a["stitch"]["P_up"] - init.P_up.detach()).abs().max() > 1e-3  # Adam moved the weights
+
+
+def test_stitch_train_cli_under_torchrun_matches_one_process(reference, tmp_path):
+    """`torchrun -m stitchplug stitch train`: the closed form's moments are all-reduced, rank 0 saves."""
+    from safetensors.torch import load_file
+
+    args = ["stitch", "train", "--cache", str(reference), "--stitch-solver", "lstsq", "--json"]
+    r1 = json.loads(run(one_rank(*args, "--out", str(tmp_path / "one.safetensors"))).stdout)
+    r2 = json.loads(run(two_ranks(*args, "--out", str(tmp_path / "two.safetensors"))).stdout)
+    # each rank read half of every batch; the all-reduced count is the whole training split
+    assert r2["fit"]["train_tokens"] == r1["fit"]["train_tokens"] > 0
+    a, b = load_file(tmp_path / "one.safetensors"), load_file(tmp_path / "two.safetensors")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-5 * float(a[k].abs().max()))

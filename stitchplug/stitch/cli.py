@@ -65,8 +65,14 @@ def register(cli: click.Group) -> None:
         from .api import open_cache, train
         from .report import recon_markdown, svcca_markdown
 
+        from .. import dist
+
+        rank, _ = dist.init_from_env(cfg.device)  # under torchrun: data-parallel fit, rank 0 saves and reports
         cache_p, out_p = _paths(cfg, cache_path, out_path)
-        res = train(open_cache(cache_p), cfg.stitch, out_p, seed=cfg.seed, max_steps=max_steps, progress=not as_json)
+        res = train(open_cache(cache_p), cfg.stitch, out_p, seed=cfg.seed, max_steps=max_steps,
+                    progress=not as_json and rank == 0)
+        if rank != 0:
+            return
         fit = res["fit"]
         md = [f"## Stitch {res['meta']['source_model']}.{res['meta']['source_layer']} -> "
               f"{res['meta']['target_model']}.{res['meta']['target_layer']}",
