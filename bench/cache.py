@@ -3,14 +3,24 @@
 1. ``cache_vs_bare_forward``: caching throughput (tokenise, window, align, forward, write HDF5) over a
    bare ``stop_at_layer`` forward of both models on the same windows and batches (target >= 0.85).
 2. ``single_vs_saelens``: one model and hook (source model at its cached layer) through
-   ``build_cache`` on the pair (model, model) -- which runs the model TWICE and writes two copies,
-   so this ratio is conservative -- over sae-lens's ``CacheActivationsRunner`` on the same model,
-   hook and number of tokens (``buffer_size_gb`` 0.02, no wandb). ``single_vs_saelens_per_pass``
-   halves our time (one of the two identical passes).
+   ``build_cache`` on the pair (model, model) over sae-lens's ``CacheActivationsRunner`` on the same
+   model, hook and number of tokens (``buffer_size_gb`` 0.02, no wandb, rows pre-tokenised for
+   sae-lens and outside its timing; our time includes tokenising, windowing and alignment). Since
+   issue 14 a self-pair runs ONE encode and ONE forward per window (the target side reuses the
+   source's bits; it still writes both copies), so this is a per-pass ratio;
+   ``single_vs_saelens_per_pass`` is the same number (it used to halve a two-pass time).
 3. ``shuffled_read_vs_memmap``: ``PairedCache.batches(shuffle=True)`` over all cached layers versus
    reading the same bytes sequentially from ``numpy.memmap`` files (target >= 0.5).
+4. ``selected_vs_all_layers`` (issue 14): the default preset's cache stage as it was (every target
+   layer cached, SVCCA afterwards on the cache) versus layer-selective caching (an SVCCA probe of
+   ``--svcca-tokens`` over all layers, then source layer + chosen layer only), both on ``--stage-tokens``
+   tokens in this run; the chosen layers of both; bytes per row and the disk ratio; the padding ratio
+   (positions run / real tokens) of each; and, since the probe is a fixed cost, the ratio projected to
+   ``--full-tokens`` (200,000, the default preset) from the measured per-token times (the measured
+   probe's forward/SVCCA time scaled by the probe-size ratio, its planning pass by the budget ratio).
 
-Usage: ``python bench/cache.py [--tokens 8000] [--source smollm2-135m] [--target gemma-3-270m]``.
+Usage: ``python bench/cache.py [--tokens 8000] [--source smollm2-135m] [--target gemma-3-270m]
+[--sections forward,saelens,read,stage] [--stage-tokens 20000]``.
 """
 
 from __future__ import annotations
@@ -133,6 +143,61 @@ def read_ratio(cache_path, work: Path) -> dict:
             "memmap_read_mb_s": n_bytes / t_memmap / 2**20, "shuffled_read_vs_memmap": t_memmap / t_shuffled}
 
 
+def _disk_bytes(entry: Path) -> int:
+    return entry.stat().st_size + sum(p.stat().st_size for p in entry.with_name(entry.name + ".shards").glob("*.h5"))
+
+
+def stage_ratio(source, target, la: int, args, work: Path) -> dict:
+    """Section 4: all target layers (then SVCCA on the cache) vs the SVCCA probe + one target layer."""
+    from stitchplug.cache import writer
+    from stitchplug.cache.reader import open_cache
+    from stitchplug.cache.select import build_selected_cache
+    from stitchplug.cache.writer import build_cache
+    from stitchplug.stitch.svcca import choose_layer_from_cache
+
+    kw = dict(tokens=args.stage_tokens, context_size=args.context_size, batch_size=args.batch_size,
+              source_layers=[la], progress=False, log=log)
+    out = {"stage_tokens": args.stage_tokens, "svcca_tokens": args.svcca_tokens, "full_tokens": args.full_tokens}
+    log(f"stage: every target layer, {args.stage_tokens} tokens")
+    writer.FORWARD_STATS.update(positions=0, tokens=0)
+    t = time.perf_counter()
+    old = build_cache(work / "all.h5", source, target, target_layers=None, **kw)
+    t_old = time.perf_counter() - t  # the cache stage only; today's SVCCA ran in the stitch stage, untimed here
+    with open_cache(old) as c:
+        lb_old, _ = choose_layer_from_cache(c, la, min(args.svcca_tokens, len(c.rows("train"))))
+    pad_old = writer.FORWARD_STATS["positions"] / writer.FORWARD_STATS["tokens"]
+    log(f"stage: SVCCA probe ({args.svcca_tokens} tokens) then one target layer")
+    writer.FORWARD_STATS.update(positions=0, tokens=0)
+    t = time.perf_counter()
+    new, sel = build_selected_cache(work / "sel.h5", source, target, target_layers=None,
+                                    svcca_tokens=args.svcca_tokens, **kw)
+    t_new = time.perf_counter() - t
+    pad_new = writer.FORWARD_STATS["positions"] / writer.FORWARD_STATS["tokens"]
+    with open_cache(old) as c_old, open_cache(new) as c_new:
+        n_old, n_new = c_old.n_tokens, c_new.n_tokens
+    b_old, b_new = _disk_bytes(old) / n_old, _disk_bytes(new) / n_new
+    # the probe's forwards scale with the probe size, its tokenise-only planning pass with the budget
+    # (each scaled linearly from what was measured): project both stages to the full budget
+    per_tok_old, per_tok_new = t_old / n_old, (t_new - sel["seconds"]) / n_new
+    plan = sel["plan_seconds"]
+    probe_full = plan * args.full_tokens / n_new + (sel["seconds"] - plan) * args.full_svcca_tokens / sel["tokens"]
+    full_old = per_tok_old * args.full_tokens
+    full_new = per_tok_new * args.full_tokens + probe_full
+    out.update({
+        "all_layers_seconds": t_old, "selected_seconds": t_new, "probe_seconds": sel["seconds"],
+        "selected_vs_all_layers_stage": t_old / t_new,
+        "projected_full_stage_ratio": full_old / full_new,
+        "projected_full_seconds": {"all_layers": full_old, "selected": full_new, "of_which_probe": probe_full},
+        "probe_plan_seconds": plan,
+        "chosen_layer_all_layers_cache": lb_old, "chosen_layer_probe": sel["target_layer"],
+        "probe_profile": sel["profile"],
+        "bytes_per_row": {"all_layers": b_old, "selected": b_new}, "disk_ratio": b_old / b_new,
+        "projected_full_gb": {"all_layers": b_old * args.full_tokens / 1e9, "selected": b_new * args.full_tokens / 1e9},
+        "padding_ratio": {"all_layers": pad_old, "selected": pad_new},
+    })
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=8000, help="aligned tokens to cache")
@@ -143,7 +208,14 @@ def main() -> None:
     ap.add_argument("--context-size", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one, deleted)")
+    ap.add_argument("--sections", default="forward,saelens,read,stage", help="which parts to run (comma list)")
+    ap.add_argument("--stage-tokens", type=int, default=20_000, help="tokens of the stage comparison")
+    ap.add_argument("--full-tokens", type=int, default=200_000, help="token budget the stage ratio is projected to")
+    ap.add_argument("--svcca-tokens", type=int, default=10_000, help="SVCCA probe tokens (stitch.svcca_tokens)")
+    ap.add_argument("--full-svcca-tokens", type=int, default=10_000,
+                    help="probe size at the full budget (the projection scales the measured probe time to it)")
     args = ap.parse_args()
+    sections = set(args.sections.split(","))
 
     from stitchplug.adapter import load_model
     from stitchplug.cache.writer import build_cache
@@ -156,40 +228,43 @@ def main() -> None:
         lb = None if args.target_layers == "all" else [int(x) for x in args.target_layers.split(",")]
         kw = dict(tokens=args.tokens, context_size=args.context_size, batch_size=args.batch_size, progress=False,
                   log=lambda m: None)
-        log(f"1/3 caching {args.tokens} tokens {args.source}[{la}] -> {args.target}[{args.target_layers}]")
-        # one-time costs (tokenizer fingerprints) out of the timing; bare forwards run before AND
-        # after the cache and are averaged, since other load on the machine drifts
+        result = {"bench": "cache", "source": args.source, "target": args.target, "tokens": args.tokens,
+                  "source_layer": la, "target_layers": args.target_layers, "context_size": args.context_size,
+                  "batch_size": args.batch_size, "torch_threads": torch.get_num_threads()}
         from stitchplug.cache.windows import fingerprint
 
-        fingerprint(source), fingerprint(target)
-        wins = plan_windows(source, target, args.tokens, args.context_size)
-        tops = (la, max(lb) if lb else target.n_layers - 1)
-        t_bare_before = bare_forward(wins, source, target, *tops, args.batch_size)
-        t = time.perf_counter()
-        pair = build_cache(work / "pair.h5", source, target, source_layers=[la], target_layers=lb, **kw)
-        t_cache = time.perf_counter() - t
-        t_bare_after = bare_forward(wins, source, target, *tops, args.batch_size)
-        t_bare = (t_bare_before + t_bare_after) / 2
-        log(f"2/3 one model and hook vs sae-lens ({args.source} {source.hook_name(la)})")
-        fingerprint(source)
-        t = time.perf_counter()
-        build_cache(work / "single.h5", source, source, source_layers=[la], target_layers=[la], **kw)
-        t_single = time.perf_counter() - t
-        t_sl, sl_tokens = saelens_time(source, la, args.tokens, args.context_size, args.batch_size, work / "saelens")
-        log("3/3 shuffled read vs numpy.memmap")
-        reads = read_ratio(pair, work)
-        sl_rate = sl_tokens / t_sl
-        print(json.dumps({
-            "bench": "cache", "source": args.source, "target": args.target, "tokens": args.tokens,
-            "source_layer": la, "target_layers": args.target_layers, "context_size": args.context_size,
-            "cache_tokens_per_s": args.tokens / t_cache, "bare_forward_tokens_per_s": args.tokens / t_bare,
-            "cache_vs_bare_forward": t_bare / t_cache,
-            "bare_seconds_before_after": [t_bare_before, t_bare_after], "cache_seconds": t_cache,
-            "single_tokens_per_s": args.tokens / t_single, "saelens_tokens_per_s": sl_rate,
-            "single_vs_saelens": (args.tokens / t_single) / sl_rate,
-            "single_vs_saelens_per_pass": (2 * args.tokens / t_single) / sl_rate,
-            **reads,
-        }))
+        fingerprint(source), fingerprint(target)  # one-time costs (tokenizer fingerprints) out of the timing
+        pair = None
+        if "forward" in sections or "read" in sections:
+            log(f"caching {args.tokens} tokens {args.source}[{la}] -> {args.target}[{args.target_layers}]")
+            # bare forwards run before AND after the cache and are averaged, since other load drifts
+            wins = plan_windows(source, target, args.tokens, args.context_size)
+            tops = (la, max(lb) if lb else target.n_layers - 1)
+            t_bare_before = bare_forward(wins, source, target, *tops, args.batch_size)
+            t = time.perf_counter()
+            pair = build_cache(work / "pair.h5", source, target, source_layers=[la], target_layers=lb, **kw)
+            t_cache = time.perf_counter() - t
+            t_bare_after = bare_forward(wins, source, target, *tops, args.batch_size)
+            t_bare = (t_bare_before + t_bare_after) / 2
+            result.update({"cache_tokens_per_s": args.tokens / t_cache, "bare_forward_tokens_per_s": args.tokens / t_bare,
+                           "cache_vs_bare_forward": t_bare / t_cache,
+                           "bare_seconds_before_after": [t_bare_before, t_bare_after], "cache_seconds": t_cache})
+        if "saelens" in sections:
+            log(f"one model and hook vs sae-lens ({args.source} {source.hook_name(la)})")
+            t = time.perf_counter()
+            build_cache(work / "single.h5", source, source, source_layers=[la], target_layers=[la], **kw)
+            t_single = time.perf_counter() - t
+            t_sl, sl_tokens = saelens_time(source, la, args.tokens, args.context_size, args.batch_size, work / "saelens")
+            sl_rate = sl_tokens / t_sl
+            result.update({"single_tokens_per_s": args.tokens / t_single, "saelens_tokens_per_s": sl_rate,
+                           "single_vs_saelens": (args.tokens / t_single) / sl_rate,
+                           "single_vs_saelens_per_pass": (args.tokens / t_single) / sl_rate})
+        if "read" in sections:
+            log("shuffled read vs numpy.memmap")
+            result.update(read_ratio(pair, work))
+        if "stage" in sections:
+            result.update(stage_ratio(source, target, la, args, work))
+        print(json.dumps(result))
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)

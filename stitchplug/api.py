@@ -63,10 +63,18 @@ _EXPORTS = {
     "StageError": "stitchplug.errors",
 }
 
-__all__ = sorted([*_EXPORTS, "transfer", "artifact_kind"])
+_MODULES = {
+    "dist": "stitchplug.dist",  # torch.distributed helpers (rank, world size, all-reduce) for torchrun
+}
+
+__all__ = sorted([*_EXPORTS, *_MODULES, "transfer", "artifact_kind"])
 
 
 def __getattr__(name: str) -> Any:
+    if name in _MODULES:
+        value = importlib.import_module(_MODULES[name])
+        globals()[name] = value
+        return value
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'stitchplug.api' has no attribute {name!r}")

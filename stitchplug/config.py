@@ -45,10 +45,10 @@ class CacheConfig(_Section):
     """Share of documents held out for evaluation (split by document, deterministic)."""
     source_layers: list[int] | None = None
     """Source layers to cache (None: just the stitch's source layer)."""
-    target_layers: list[int] | None = None
-    """Target layers to cache (None: every layer, so the stitch layer can be chosen by SVCCA)."""
-    dtype: Literal["float32", "float16"] = "float32"
-    """Storage dtype; float16 refuses values it cannot represent."""
+    target_layers: list[int] | Literal["all"] | None = None
+    """Target layers to cache. None: only the stitch's target layer (when 'auto', chosen first by SVCCA on a probe of stitch.svcca_tokens tokens over all layers); 'all': every layer."""
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    """Storage dtype; float16 refuses values beyond 65,504; bfloat16 keeps float32's range with 8 mantissa bits."""
     batch_size: int = Field(8, ge=1)
     """Context windows per forward pass while caching."""
 

@@ -54,6 +54,10 @@ def test_run_folder_has_every_stage_output(tiny_run):
     assert cfg["d_in"] == 40  # tiny-gemma3's width
     report = (out / "report.md").read_text()
     assert "paper Table 2" in report and "transferred SAE on B" in report and "(paper)" in report
+    # layer-selective cache (issue 14): the SVCCA probe chose B's layer, only it was cached
+    sel = m["cache"]["layer_selection"]
+    assert m["cache"]["target_layers"] == [sel["target_layer"]] == [m["stitch"]["meta"]["target_layer"]]
+    assert len(m["stitch"]["svcca"]["profile"]) == 3 and "SVCCA probe of" in report
 
 
 def test_transferred_sae_loads_with_sae_lens(tiny_run):

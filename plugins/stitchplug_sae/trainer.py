@@ -35,7 +35,7 @@ from sae_lens import SAE, TopKSAE as SaeLensTopK, TopKSAEConfig
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from stitchplug.api import StageError
+from stitchplug.api import StageError, dist
 
 from .topk import TopKSAE, fold_decoder_norms  # noqa: F401  (re-exported: the module the trainer trains)
 
@@ -82,15 +82,16 @@ class TrainerConfig(BaseModel):
 
 def sae_step(sae: TopKSAE, opt: torch.optim.Optimizer, x: torch.Tensor,
              dead_mask: torch.Tensor | None = None, aux_coef: float = 0.0,
-             clip_grad_norm: float | None = None) -> tuple[float, bool, torch.Tensor]:
+             clip_grad_norm: float | None = None, forward: nn.Module | None = None) -> tuple[float, bool, torch.Tensor]:
     """One Adam step on ``sum_d (x_hat - x)^2`` averaged over rows, plus AuxK when ``dead_mask`` marks
     dead latents and ``aux_coef > 0`` (``k_aux = d/2``, scaled by ``min(n_dead / k_aux, 1)`` as in
     sae-lens); then renormalise the decoder rows.
 
     Returns ``(reconstruction loss, aux_active, fired)`` where ``fired`` marks latents active in this
-    batch.
+    batch. ``forward`` (a ``DistributedDataParallel`` around ``sae``) runs the forward instead, so
+    gradients are averaged over ranks before the step.
     """
-    x_hat, z, pre = sae(x)
+    x_hat, z, pre = (forward or sae)(x)
     recon = (x_hat - x).pow(2).sum(-1).mean()
     loss = recon
     aux_active = False
@@ -121,6 +122,11 @@ class TopKTrainer:
     are counted with ``FlopCounterMode`` on the first plain step and on the first AuxK step, and
     every later step of the same kind is charged the same count (the step's matmuls have fixed
     shapes); ``flops`` is their running total.
+
+    Under torchrun (a process group of ``world_size > 1``) the SAE is wrapped in
+    ``DistributedDataParallel``: each rank steps on its share of the global batch, gradients are
+    averaged (equal shares: the global batch's gradient), and the latents that fired are OR-ed over
+    ranks so every rank keeps the same dead-latent mask (AuxK). ``flops`` counts this rank's share.
     """
 
     def __init__(self, sae: TopKSAE, lr: float, aux_k_coef: float = 0.0, dead_window: int = 200,
@@ -134,6 +140,11 @@ class TopKTrainer:
         self.steps = 0
         self.flops = 0
         self.step_flops: dict[bool, int] = {}
+        self.forward = None
+        if dist.rank_world()[1] > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forward = DistributedDataParallel(sae)
 
     def dead_mask(self) -> torch.Tensor:
         return self.since_fired >= self.dead_window
@@ -144,10 +155,14 @@ class TopKTrainer:
         counter = FlopCounterMode(display=False) if will_aux not in self.step_flops else None
         if counter is not None:
             with counter:
-                loss, aux_active, fired = sae_step(self.sae, self.opt, x, dead, self.aux_k_coef, self.clip_grad_norm)
+                loss, aux_active, fired = sae_step(self.sae, self.opt, x, dead, self.aux_k_coef, self.clip_grad_norm,
+                                                   self.forward)
             self.step_flops[aux_active] = int(counter.get_total_flops())
         else:
-            loss, aux_active, fired = sae_step(self.sae, self.opt, x, dead, self.aux_k_coef, self.clip_grad_norm)
+            loss, aux_active, fired = sae_step(self.sae, self.opt, x, dead, self.aux_k_coef, self.clip_grad_norm,
+                                               self.forward)
+        if self.forward is not None:
+            fired = dist.all_reduce_sum(fired.to(torch.int32)) > 0
         self.flops += self.step_flops[aux_active]
         self.since_fired = torch.where(fired, torch.zeros_like(self.since_fired), self.since_fired + 1)
         self.steps += 1
@@ -242,6 +257,12 @@ def train_topk_sae(batches: Iterable[torch.Tensor], d_in: int, cfg: Any = None, 
     ``init`` starts from given weights instead of the random init (its width and k win).
     ``on_step(step, info)`` is called after every step (``info``: mse, ev, aux_active, flops).
 
+    Under torchrun each rank passes its own share of the activations; ``batch_size`` and
+    ``train_tokens`` stay global (each rank steps on ``batch_size / world_size`` rows, which must
+    divide evenly), the decoder-bias mean and the ``expected_norm`` scale are all-reduced, and the
+    gradients averaged (:class:`TopKTrainer`), so N ranks train the SAE one process would on the
+    union of their batches.
+
     Returns ``(sae, summary)``: a sae-lens inference ``TopKSAE`` (save it with
     :func:`stitchplug_sae.io.save_sae`; ``SAE.load_from_disk`` reads it back) carrying the summary in
     ``sae.cfg.metadata.stitchplug_training``, and the JSON-ready summary (steps, tokens, seconds,
@@ -255,16 +276,24 @@ def train_topk_sae(batches: Iterable[torch.Tensor], d_in: int, cfg: Any = None, 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     total = c.train_tokens // c.batch_size
-    stream = rebatch(batches, c.batch_size, d_in, max_tokens=total * c.batch_size)
+    world = dist.rank_world()[1]
+    if c.batch_size % world:
+        raise StageError(f"SAE batch_size {c.batch_size} does not split evenly over {world} ranks")
+    local = c.batch_size // world
+    stream = rebatch(batches, local, d_in, max_tokens=total * local)
     head = [b for _, b in zip(range(c.b_dec_init_batches), stream)]
     if not head:
         raise StageError("no activations to train the SAE on (the activation stream is empty)")
     first = torch.cat(head).double()
+    # sums over every rank's first batches: [sum of rows, sum of row norms, rows]
+    sums = dist.all_reduce_sum(torch.cat([first.sum(0), first.norm(dim=-1).sum()[None],
+                                          torch.tensor([float(first.shape[0])], dtype=torch.float64)]))
+    mean, mean_norm = sums[:d_in] / sums[-1], float(sums[d_in] / sums[-1])
     scale = 1.0
     if c.normalize == "expected_norm":
-        scale = math.sqrt(d_in) / max(float(first.norm(dim=-1).mean()), 1e-12)
+        scale = math.sqrt(d_in) / max(mean_norm, 1e-12)
     if init is None:
-        b_dec = (first.mean(0) * scale).float() if c.b_dec_init == "mean" else None
+        b_dec = (mean * scale).float() if c.b_dec_init == "mean" else None
         sae = TopKSAE.random(d_in, c.width, c.k, generator=gen, b_dec=b_dec, apply_b_dec_to_input=c.apply_b_dec_to_input)
     else:
         if c.normalize != "none":

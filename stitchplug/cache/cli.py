@@ -8,7 +8,7 @@ from typing import Literal
 import click
 from pydantic import BaseModel, ConfigDict
 
-from ..config import CacheConfig, ModelsConfig
+from ..config import CacheConfig, ModelsConfig, StitchConfig
 from ..runfolder import RunFolder
 
 
@@ -39,13 +39,16 @@ class CacheCommandConfig(BaseModel):
     """Aligned tokens per shard file (None: about 64 MiB per shard). Part of the cache's identity."""
     models: ModelsConfig = ModelsConfig()
     cache: CacheConfig = CacheConfig()
+    stitch: StitchConfig = StitchConfig()
+    """Only stitch.source_layer, stitch.target_layer and stitch.svcca_tokens are read: they decide which layers are cached."""
 
 
 def run_cache(cfg: CacheCommandConfig, log=None) -> Path:
     """Load both models and build the cache described by ``cfg`` (see :func:`build_cache`)."""
     from ..adapter import load_model
     from .corpus import open_corpus
-    from .writer import build_cache, check_existing
+    from .select import build_selected_cache, layer_request
+    from .writer import check_existing
 
     out = Path(cfg.output) if cfg.output else RunFolder(cfg.output_dir).cache
     # A foreign or corrupt file at the output path is reported before any model is loaded.
@@ -55,11 +58,14 @@ def run_cache(cfg: CacheCommandConfig, log=None) -> Path:
     source = load_model(cfg.models.source, device=cfg.device, dtype=cfg.dtype, cache_dir=cfg.models.cache_dir)
     target = load_model(cfg.models.target, device=cfg.device, dtype=cfg.dtype, cache_dir=cfg.models.cache_dir)
     c = cfg.cache
-    return build_cache(out, source, target, corpus=c.corpus, doc_start=c.doc_start, max_docs=c.max_docs,
-                       tokens=c.tokens, context_size=c.context_size, source_layers=c.source_layers,
-                       target_layers=c.target_layers, dtype=c.dtype, batch_size=c.batch_size,
-                       aligner=cfg.aligner, eval_fraction=c.eval_fraction, split_seed=cfg.seed,
-                       progress=cfg.progress, shard_rows=cfg.shard_rows, log=log)
+    source_layers, target_layers = layer_request(c, cfg.stitch)
+    path, _ = build_selected_cache(out, source, target, target_layers=target_layers,
+                                   svcca_tokens=cfg.stitch.svcca_tokens, source_layers=source_layers,
+                                   corpus=c.corpus, doc_start=c.doc_start, max_docs=c.max_docs, tokens=c.tokens,
+                                   context_size=c.context_size, dtype=c.dtype, batch_size=c.batch_size,
+                                   aligner=cfg.aligner, eval_fraction=c.eval_fraction, split_seed=cfg.seed,
+                                   progress=cfg.progress, shard_rows=cfg.shard_rows, log=log)
+    return path
 
 
 def verify_command(cfg: CacheCommandConfig) -> int:
@@ -93,7 +99,13 @@ def register(cli: click.Group) -> None:
         """Cache aligned residual activations of both models on a corpus slice (HDF5, resumable)."""
         if verify:
             ctx.exit(verify_command(cfg))
-        path = run_cache(cfg, log=lambda m: click.echo(m, err=True))
+        from .. import dist
+
+        rank, world = dist.init_from_env(cfg.device)  # under torchrun: one process group, shards split by rank
+        prefix = f"[rank {rank}/{world}] " if world > 1 else ""
+        path = run_cache(cfg, log=lambda m: click.echo(prefix + m, err=True))
+        if rank != 0:
+            return
         from .reader import open_cache
 
         with open_cache(path) as c:

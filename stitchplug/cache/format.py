@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import h5py
+import numpy as np
+import torch
 
 from ..errors import CacheError
 
@@ -13,6 +15,9 @@ FORMAT = "stitchplug-paired-cache"
 FORMAT_VERSION = 1
 SIDES = ("source", "target")
 FLOAT16_MAX = 65504.0
+STORAGE_DTYPES = ("float32", "float16", "bfloat16")
+BF16_ATTR = "stitchplug_dtype"
+"""Dataset attribute marking ``uint16`` data as the raw bits of bfloat16 (HDF5 has no bfloat16 type)."""
 
 CONTENT_FIELDS = ("format_version", "source_model", "target_model", "source_layers", "target_layers",
                   "source_fingerprint", "target_fingerprint", "corpus", "doc_start", "max_docs", "tokens",
@@ -21,6 +26,36 @@ CONTENT_FIELDS = ("format_version", "source_model", "target_model", "source_laye
 
 RESUME_FIELDS = CONTENT_FIELDS + ("batch_size",)
 """Fields that must also match to resume unfinished shards (batch composition changes the last bits)."""
+
+
+def bfloat16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> the raw bits of bfloat16 as ``uint16`` (round to nearest even, as torch does)."""
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(torch.bfloat16)
+    return t.view(torch.int16).numpy().view(np.uint16)
+
+
+def bfloat16_to_float32(bits: np.ndarray) -> np.ndarray:
+    """The raw ``uint16`` bits of bfloat16 -> float32 (exact: bfloat16 is float32's top half)."""
+    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def is_bfloat16(ds: h5py.Dataset) -> bool:
+    return ds.dtype == np.uint16 and ds.attrs.get(BF16_ATTR) == "bfloat16"
+
+
+def store(x: np.ndarray, dtype: str, what: str) -> np.ndarray:
+    """``x`` as stored in ``dtype``; a one-line :class:`CacheError` naming ``what`` if it cannot be."""
+    if not np.isfinite(x).all():
+        raise CacheError(f"{what} holds non-finite values (inf/nan); the model's activations are broken")
+    if dtype == "float16":
+        peak = float(np.abs(x).max(initial=0.0))
+        if peak > FLOAT16_MAX:
+            raise CacheError(f"float16 cannot store {what}: values reach {peak:,.0f}, beyond float16's "
+                             f"maximum {FLOAT16_MAX:,.0f}; use --cache-dtype bfloat16 (same range as float32) or float32")
+        return x.astype(np.float16)
+    if dtype == "bfloat16":
+        return bfloat16_bits(x)
+    return x.astype(np.float32, copy=False)
 
 
 def layer_key(layer: int) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .format import shard_dir
+from .format import bfloat16_to_float32, is_bfloat16, shard_dir
 
 DIGEST_ATTR = "digests"
 UNVERIFIABLE = "has no stored digests (written by an older stitchplug; rebuild it to verify)"
@@ -35,7 +35,8 @@ def _datasets(f: h5py.File) -> list[str]:
 def _digest_and_finite(ds: h5py.Dataset) -> tuple[str, bool]:
     h = hashlib.blake2b(digest_size=16)
     finite = True
-    floating = ds.dtype.kind == "f"
+    bf16 = is_bfloat16(ds)
+    floating = ds.dtype.kind == "f" or bf16
     if ds.shape == () or ds.dtype.kind == "O":
         data = ds[()]
         h.update(json.dumps(data.tolist() if isinstance(data, np.ndarray) else data, default=str).encode())
@@ -43,7 +44,7 @@ def _digest_and_finite(ds: h5py.Dataset) -> tuple[str, bool]:
     for start in range(0, max(ds.shape[0], 1), _ROWS_PER_READ):
         block = np.ascontiguousarray(ds[start:start + _ROWS_PER_READ])
         h.update(block.tobytes())
-        if floating and finite and not np.isfinite(block).all():
+        if floating and finite and not np.isfinite(bfloat16_to_float32(block) if bf16 else block).all():
             finite = False
     return h.hexdigest(), finite
 

@@ -12,9 +12,17 @@ import numpy as np
 import torch
 
 from ..errors import CacheError
-from .format import SIDES, layer_key, open_h5, stored_config
+from .format import SIDES, bfloat16_to_float32, is_bfloat16, layer_key, open_h5, stored_config
 
 Key = tuple[str, "int | str"]
+
+
+def eval_positions(n: int, eval_fraction: float, split_seed: int) -> np.ndarray:
+    """Positions (in the cache's document order) of the held-out documents among ``n``."""
+    n_eval = int(round(eval_fraction * n))
+    if eval_fraction > 0 and n >= 2:
+        n_eval = min(max(n_eval, 1), n - 1)
+    return np.random.default_rng(split_seed).permutation(n)[:n_eval]
 
 
 class PairedCache:
@@ -109,12 +117,7 @@ class PairedCache:
     def eval_docs(self) -> np.ndarray:
         """Corpus indices of the held-out documents: a seeded random ``eval_fraction`` of the
         cache's documents (at least one when the fraction is positive and there are >= 2 documents)."""
-        n = len(self.doc_index)
-        n_eval = int(round(self.eval_fraction * n))
-        if self.eval_fraction > 0 and n >= 2:
-            n_eval = min(max(n_eval, 1), n - 1)
-        perm = np.random.default_rng(self.split_seed).permutation(n)
-        return np.sort(self.doc_index[perm[:n_eval]])
+        return np.sort(self.doc_index[eval_positions(len(self.doc_index), self.eval_fraction, self.split_seed)])
 
     def ranges(self, split: str | None = None) -> list[tuple[int, int]]:
         """Row ranges ``[start, stop)`` of ``split`` ('train', 'eval' or None for all), merged."""
@@ -165,7 +168,8 @@ class PairedCache:
         """All rows of one dataset for ``split`` as a numpy array (for small caches / samples)."""
         ds = self.file[self.dataset_name(side, layer)]
         parts = [ds[a:b] for a, b in self.ranges(split)]
-        return np.concatenate(parts) if parts else np.zeros((0,) + ds.shape[1:], ds.dtype)
+        out = np.concatenate(parts) if parts else np.zeros((0,) + ds.shape[1:], ds.dtype)
+        return bfloat16_to_float32(out) if is_bfloat16(ds) else out
 
     def _segments(self, name: str) -> list[tuple[int, int, np.ndarray]] | None:
         """``(row_start, row_stop, array)`` pieces of a dataset as zero-copy ``numpy.memmap`` views of
@@ -206,7 +210,14 @@ class PairedCache:
         return segs
 
     def _gatherer(self, name: str):
-        """``rows (sorted int64) -> np.ndarray``: one copy from the page cache per row."""
+        """``rows (sorted int64) -> np.ndarray``: one copy from the page cache per row (bfloat16
+        datasets are widened to float32)."""
+        raw = self._raw_gatherer(name)
+        if is_bfloat16(self.file[name]):
+            return lambda rows: bfloat16_to_float32(raw(rows))
+        return raw
+
+    def _raw_gatherer(self, name: str):
         ds = self.file[name]
         segs = self._segments(name)
         if segs is None:
@@ -228,7 +239,7 @@ class PairedCache:
     def batches(self, keys: Sequence[Key] = (("source", None), ("target", None)), batch_size: int = 1024,
                 split: str | None = "train", seed: int = 0, shuffle: bool = True, epochs: int = 1,
                 dtype: torch.dtype = torch.float32, chunk_rows: int = 4096, buffer_chunks: int = 8,
-                drop_last: bool = False) -> Iterator[tuple[torch.Tensor, ...]]:
+                drop_last: bool = False, part: tuple[int, int] | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
         """Stream ``(tensor_per_key, ...)`` batches of aligned rows.
 
         ``keys`` are ``(side, layer)`` pairs (``layer=None``: the side's first cached layer; a string
@@ -237,6 +248,10 @@ class PairedCache:
         at a time, and rows are permuted inside that buffer window. Rows are copied once, straight
         from memory-mapped shard files into each batch; memory never holds more than a batch.
         The last batch of an epoch may be smaller unless ``drop_last``.
+
+        ``part=(rank, world_size)`` (data parallel): every rank walks the same global batches and
+        gets rows ``rank::world_size`` of each (sorted), so ranks together see exactly the batches of
+        one process with the same ``batch_size``, each reading only its share.
         """
         if batch_size < 1:
             raise CacheError(f"batch_size must be positive, not {batch_size}")
@@ -247,6 +262,8 @@ class PairedCache:
 
         def batch(rows: np.ndarray) -> tuple[torch.Tensor, ...]:
             rows = np.sort(rows)  # sequential access; order inside a batch does not matter for training
+            if part is not None:
+                rows = rows[part[0]::part[1]]
             out = tuple(self._tensor(g(rows), dtype) for g in gathers)
             for name, t in zip(names, out):
                 if t.is_floating_point() and not bool(torch.isfinite(t).all()):

@@ -95,8 +95,12 @@ def paired_windows(text: str, source: ModelAdapter, target: ModelAdapter, contex
         start = 0 if k == 0 else int(ends[real[k - 1]])
         end = len(text) if j == len(real) - 1 else int(ends[real[j]])
         span = text[start:end]
-        enc_a = _cut(source.encode(span), context_size, start)
-        enc_b = _cut(target.encode(span), target_ctx, start)
+        full_a = source.encode(span)
+        enc_a = _cut(full_a, context_size, start)
+        if target is source and len(full_a) <= min(context_size, target_ctx or context_size):
+            enc_b = enc_a  # the same adapter on both sides (self-pairs), nothing cut: encode the window once
+        else:
+            enc_b = _cut(target.encode(span), target_ctx, start)
         ia, ib = aligner(enc_a.ends.numpy(), enc_b.ends.numpy())
         windows.append(Window(enc_a, enc_b, np.asarray(ia, dtype=np.int64), np.asarray(ib, dtype=np.int64),
                               start, end))

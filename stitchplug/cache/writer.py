@@ -24,17 +24,20 @@ import h5py
 import numpy as np
 import torch
 
-from .. import __version__
+from .. import __version__, dist
 from ..adapter import ModelAdapter
 from ..errors import CacheError
 from . import integrity
 from .align import get_aligner
 from .corpus import corpus_fingerprint
-from .format import (FLOAT16_MAX, FORMAT, FORMAT_VERSION, RESUME_FIELDS, SIDES, layer_key, open_h5,
-                     refuse_mismatch, shard_dir, stored_config)
+from .format import (BF16_ATTR, FORMAT, FORMAT_VERSION, RESUME_FIELDS, SIDES, STORAGE_DTYPES,
+                     config_diff, layer_key, open_h5, refuse_mismatch, shard_dir, store, stored_config)
 from .windows import Window, fingerprint, paired_windows
 
 SHARD_BYTES = 64 * 2**20
+FORWARD_STATS = {"positions": 0, "tokens": 0}
+"""Positions run through the models (padding included) and real tokens, summed over this process's
+cache forwards; ``positions / tokens`` is the padding overhead (``bench/cache.py`` reports it)."""
 
 
 @dataclass
@@ -92,6 +95,8 @@ def _forward(adapter: ModelAdapter, encs: list, layers: list[int], batch_size: i
     for s in range(0, len(order), batch_size):
         chunk = order[s:s + batch_size]
         width = max(len(encs[i]) for i in chunk)
+        FORWARD_STATS["positions"] += width * len(chunk)
+        FORWARD_STATS["tokens"] += sum(len(encs[i]) for i in chunk)
         ids = torch.zeros((len(chunk), width), dtype=torch.long)
         for r, i in enumerate(chunk):
             ids[r, :len(encs[i])] = encs[i].ids
@@ -101,18 +106,6 @@ def _forward(adapter: ModelAdapter, encs: list, layers: list[int], batch_size: i
             out[i] = {l: a[r, :len(encs[i])] for l, a in acts.items()}
         tick(sum(len(encs[i]) for i in chunk))
     return out
-
-
-def _store(x: np.ndarray, dtype: str, what: str) -> np.ndarray:
-    if not np.isfinite(x).all():
-        raise CacheError(f"{what} holds non-finite values (inf/nan); the model's activations are broken")
-    if dtype == "float16":
-        peak = float(np.abs(x).max(initial=0.0))
-        if peak > FLOAT16_MAX:
-            raise CacheError(f"float16 cannot store {what}: values reach {peak:,.0f}, beyond float16's "
-                             f"maximum {FLOAT16_MAX:,.0f}; use dtype float32 (--cache-dtype float32)")
-        return x.astype(np.float16)
-    return x.astype(np.float32, copy=False)
 
 
 class _Writer:
@@ -134,8 +127,14 @@ class _Writer:
         def tick(t):
             self.tick(t * scale)
 
-        acts = {"source": _forward(self.source, [w.source for _, w in wins], cfg["source_layers"], self.batch_size, tick),
-                "target": _forward(self.target, [w.target for _, w in wins], cfg["target_layers"], self.batch_size, tick)}
+        acts = {"source": _forward(self.source, [w.source for _, w in wins], cfg["source_layers"], self.batch_size, tick)}
+        if self.target is self.source and cfg["target_layers"] == cfg["source_layers"] \
+                and all(w.target is w.source for _, w in wins):
+            acts["target"] = acts["source"]  # one model and one set of hooks: one forward pass (same bits)
+            tick(sum(len(w.target) for _, w in wins))
+        else:
+            acts["target"] = _forward(self.target, [w.target for _, w in wins], cfg["target_layers"],
+                                      self.batch_size, tick)
         cols = {side: {l: [] for l in cfg[f"{side}_layers"]} for side in SIDES}
         meta = {k2: [] for k2 in ("source/token_ids", "target/token_ids", "source/ends", "target/ends", "doc_ids")}
         wi = 0
@@ -163,8 +162,10 @@ class _Writer:
                 d = self.source.d_model if side == "source" else self.target.d_model
                 for l, parts in cols[side].items():
                     x = np.concatenate(parts) if parts else np.zeros((0, d), np.float32)
-                    f.create_dataset(f"{side}/{layer_key(l)}",
-                                     data=_store(x, cfg["dtype"], f"{side} layer {l} ({cfg[f'{side}_model']})"))
+                    ds = f.create_dataset(f"{side}/{layer_key(l)}",
+                                          data=store(x, cfg["dtype"], f"{side} layer {l} ({cfg[f'{side}_model']})"))
+                    if cfg["dtype"] == "bfloat16":
+                        ds.attrs[BF16_ATTR] = "bfloat16"
             for key, parts in meta.items():
                 f.create_dataset(key, data=np.concatenate(parts) if parts else np.zeros(0, np.int64))
             f.create_dataset("docs/index", data=np.array([d.index for d in shard.docs], dtype=np.int64))
@@ -202,7 +203,9 @@ class _Writer:
                         rel = os.path.relpath(s["path"], self.path.parent)
                         layout[row:row + s["rows"]] = h5py.VirtualSource(rel, name, shape=(s["rows"],) + tail)
                     row += s["rows"]
-                f.create_virtual_dataset(name, layout)
+                vds = f.create_virtual_dataset(name, layout)
+                if cfg["dtype"] == "bfloat16" and name.split("/")[-1].startswith("resid_pre_"):
+                    vds.attrs[BF16_ATTR] = "bfloat16"
             n_rows = np.concatenate([s["n_rows"] for s in shards])
             f.create_dataset("docs/index", data=np.concatenate([s["docs"] for s in shards]))
             f.create_dataset("docs/key", data=[k for s in shards for k in s["keys"]], dtype=h5py.string_dtype())
@@ -249,9 +252,9 @@ def cache_config(source: ModelAdapter, target: ModelAdapter, *, corpus: str, doc
     lb = _resolve_layers(target, target_layers, list(range(target.n_layers)))
     fa, fb = fingerprint(source), fingerprint(target)
     method = aligner if aligner != "auto" else ("identity" if fa == fb else "end-offsets")
-    if dtype not in ("float32", "float16"):
-        raise CacheError(f"cache dtype must be float32 or float16, not {dtype!r}")
-    itemsize = 2 if dtype == "float16" else 4
+    if dtype not in STORAGE_DTYPES:
+        raise CacheError(f"cache dtype must be one of {', '.join(STORAGE_DTYPES)}, not {dtype!r}")
+    itemsize = 4 if dtype == "float32" else 2
     row_bytes = itemsize * (source.d_model * len(la) + target.d_model * len(lb)) + 24
     return {"format_version": FORMAT_VERSION, "source_model": source.name, "target_model": target.name,
             "source_layers": la, "target_layers": lb, "source_fingerprint": fa, "target_fingerprint": fb,
@@ -281,12 +284,15 @@ def build_cache(path: str | Path, source: ModelAdapter, target: ModelAdapter, *,
                 source_layers: Iterable[int] | None = None, target_layers: Iterable[int] | None = None,
                 dtype: str = "float32", batch_size: int = 8, aligner: str = "auto", eval_fraction: float = 0.1,
                 split_seed: int = 0, shard_rows: int | None = None, progress: bool = True,
-                log: Callable[[str], None] | None = None, corpus_cache_dir: str | None = None) -> Path:
+                log: Callable[[str], None] | None = None, corpus_cache_dir: str | None = None,
+                extra_attrs: dict | None = None) -> Path:
     """Build the paired cache at ``path`` (an ``.h5`` entry file), resuming finished shards.
 
     Returns ``path``. An existing complete cache with the same content config is reused as is;
     one with a different config is refused (:class:`CacheError` naming the fields).
-    ``eval_fraction``/``split_seed`` are stored as the reader's default document split.
+    ``eval_fraction``/``split_seed`` are stored as the reader's default document split;
+    ``extra_attrs`` are written as further attributes of the entry file (not part of its identity).
+    Under torchrun, shard ``k`` is written by rank ``k % world_size`` and rank 0 writes the entry.
     """
     from tqdm import tqdm
 
@@ -302,9 +308,10 @@ def build_cache(path: str | Path, source: ModelAdapter, target: ModelAdapter, *,
         log(f"cache {path} is complete, matches and its shards verify; reusing it")
         return path
     _, align = get_aligner(cfg["alignment_method"], source, target)
+    rank, world = dist.rank_world()
     sdir = shard_dir(path)
     sdir.mkdir(parents=True, exist_ok=True)
-    lock = open(sdir / ".lock", "w")
+    lock = open(sdir / (".lock" if rank == 0 else f".lock.rank{rank}"), "w")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -312,12 +319,14 @@ def build_cache(path: str | Path, source: ModelAdapter, target: ModelAdapter, *,
     try:
         cfg["batch_size"] = int(batch_size)  # shards only: a finished cache is reused at any batch size
         writer = _Writer(path, source, target, cfg, batch_size, lambda t: None)
-        for stale in sdir.glob("*.tmp"):
-            stale.unlink()
-        bad = integrity.first_bad_shard(path)
-        if bad is not None:
-            n = integrity.drop_from(path, bad[0])
-            log(f"shard {bad[1].name} {bad[2]}; rewriting it and the {n - 1} shard(s) after it")
+        if rank == 0:  # repairs touch every rank's shards: one rank does them while the others wait
+            for stale in sdir.glob("*.tmp"):
+                stale.unlink()
+            bad = integrity.first_bad_shard(path)
+            if bad is not None:
+                n = integrity.drop_from(path, bad[0])
+                log(f"shard {bad[1].name} {bad[2]}; rewriting it and the {n - 1} shard(s) after it")
+        dist.barrier()
         done: list[dict] = []
         while writer.shard_path(len(done)).exists():
             info = writer.shard_info(writer.shard_path(len(done)))
@@ -328,17 +337,34 @@ def build_cache(path: str | Path, source: ModelAdapter, target: ModelAdapter, *,
         need = max(0, tokens - rows_done) * row_bytes
         free = shutil.disk_usage(sdir).free
         log(f"cache {path}: {tokens:,} tokens x {row_bytes:,} bytes = {need / 2**20:,.1f} MiB still to write "
-            f"({free / 2**20:,.0f} MiB free)" + (f"; resuming after {rows_done:,} tokens" if done else ""))
+            f"({free / 2**20:,.0f} MiB free)" + (f"; resuming after {rows_done:,} tokens" if done else "")
+            + (f"; rank {rank} of {world} writes shards k with k % {world} == {rank}" if world > 1 else ""))
         if need * 1.05 + 2**20 > free:
             raise CacheError(f"not enough disk space for cache {path}: needs {need / 2**20:,.1f} MiB, "
                              f"{free / 2**20:,.1f} MiB free")
-        bar = tqdm(total=tokens, initial=rows_done, unit="tok", unit_scale=True, disable=not progress,
+        bar = tqdm(total=tokens, initial=rows_done, unit="tok", unit_scale=True, disable=not progress or rank != 0,
                    desc="caching", dynamic_ncols=True, file=sys.stderr)
         writer.tick = bar.update
         limit = None if max_docs is None else max_docs - docs_done
         docs = open_corpus(corpus, start=doc_start + docs_done, limit=limit, cache_dir=corpus_cache_dir) \
             if (limit is None or limit > 0) and rows_done < tokens else iter(())
-        shard, total = _Shard(), rows_done
+        shard, total, n_shards, kept = _Shard(), rows_done, len(done), []
+
+        def flush(k: int, shard: _Shard) -> None:
+            """Shard ``k`` is rank ``k % world``'s; one that a killed run finished is verified and kept."""
+            if k % world != rank:
+                return
+            final = writer.shard_path(k)
+            if final.exists():
+                if integrity.verify_shard(final) is None and not config_diff(
+                        writer.shard_info(final)["config"], cfg, RESUME_FIELDS):
+                    kept.append(k)
+                    return
+                final.unlink()
+            writer.write_shard(k, shard)
+
+        # Shard boundaries depend only on the config and the corpus: every rank windows every document
+        # (tokenising is cheap next to the forwards) and runs the models on its own shards only.
         for i, rec in enumerate(docs):
             wins = paired_windows(rec["text"], source, target, context_size, aligner=align)
             aligned = sum(len(w.idx_source) for w in wins)
@@ -349,18 +375,26 @@ def build_cache(path: str | Path, source: ModelAdapter, target: ModelAdapter, *,
             shard.docs.append(_Doc(doc_start + docs_done + i, str(rec["doc_id"]), wins, rows, real, aligned))
             total += rows
             if total >= tokens or shard.rows >= cfg["shard_rows"]:
-                done.append(writer.write_shard(len(done), shard))
-                shard = _Shard()
+                flush(n_shards, shard)
+                n_shards, shard = n_shards + 1, _Shard()
             if total >= tokens:
                 break
         if shard.docs:
-            done.append(writer.write_shard(len(done), shard))
+            flush(n_shards, shard)
+            n_shards += 1
         bar.close()
-        if not done or sum(s["rows"] for s in done) == 0:
+        if kept:
+            log(f"rank {rank}: kept {len(kept)} shard(s) that an interrupted run finished")
+        if n_shards == 0 or total == 0:
             raise CacheError(f"corpus {corpus!r} gave no aligned tokens for this slice")
         if total < tokens:
             log(f"corpus slice ended after {total:,} of {tokens:,} requested tokens")
-        writer.write_entry(done, {"eval_fraction": float(eval_fraction), "split_seed": int(split_seed)})
+        dist.barrier()  # every rank's shards are on disk
+        if rank == 0:
+            infos = [writer.shard_info(writer.shard_path(k)) for k in range(n_shards)]
+            writer.write_entry(infos, {"eval_fraction": float(eval_fraction), "split_seed": int(split_seed),
+                                       **(extra_attrs or {})})
+        dist.barrier()  # the entry file exists on return, on every rank
     finally:
         fcntl.flock(lock, fcntl.LOCK_UN)
         lock.close()

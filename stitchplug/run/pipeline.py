@@ -82,22 +82,9 @@ class Pipeline:
 
     # -- stages ----------------------------------------------------------------------------
     def stage_cache(self) -> dict:
-        from ..cache.writer import build_cache
+        from ..cache.select import cache_stage
 
-        c = self.cfg.cache
-        source_layers = c.source_layers
-        if source_layers is None and self.cfg.stitch.source_layer is not None:
-            source_layers = [self.cfg.stitch.source_layer]
-        path = build_cache(self.rf.cache, self.model("source"), self.model("target"), corpus=c.corpus,
-                           doc_start=c.doc_start, max_docs=c.max_docs, tokens=c.tokens,
-                           context_size=c.context_size, source_layers=source_layers,
-                           target_layers=c.target_layers, dtype=c.dtype, batch_size=c.batch_size,
-                           aligner="auto", eval_fraction=c.eval_fraction, split_seed=self.cfg.seed,
-                           progress=self.progress, log=self.log)
-        cache = self.cache()
-        ra, rb = cache.alignment_rate
-        return {"path": str(path), "n_tokens": int(cache.n_tokens), "alignment_rate": {"source": ra, "target": rb},
-                "source_layers": list(cache.source_layers), "target_layers": list(cache.target_layers)}
+        return cache_stage(self.cfg, self.rf.cache, self.model, progress=self.progress, log=self.log)
 
     def stage_stitch(self) -> dict:
         from ..stitch.api import train

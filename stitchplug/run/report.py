@@ -49,7 +49,12 @@ def core_markdown(metrics: dict[str, Any], folder: RunFolder) -> str:
     if stitch.get("svcca"):
         prof = {int(k): v for k, v in stitch["svcca"]["profile"].items()}
         _plot_svcca(prof, lA, lB, folder.plot("svcca_profile.png"))
-        lines += ["## Layer choice (mean SVCCA)", "", svcca_markdown(prof, lA), "", "![](svcca_profile.png)", ""]
+        lines += ["## Layer choice (mean SVCCA)", ""]
+        sel = cache.get("layer_selection")
+        if sel:
+            lines += [f"Chosen by an SVCCA probe of {sel['tokens']:,} tokens over all of B's layers before caching "
+                      f"({sel['seconds']:.0f} s); the cache holds only B's layer {sel['target_layer']}.", ""]
+        lines += [svcca_markdown(prof, lA), "", "![](svcca_profile.png)", ""]
     lines += ["## Stitch reconstruction (held-out)", "", recon_markdown(stitch["recon"]), ""]
     fit = stitch.get("fit", {})
     if fit:

@@ -76,7 +76,18 @@ def pair_meta(cache, lA: int, lB: int) -> dict[str, Any]:
 
 
 def choose_layers(cache, cfg: StitchConfig) -> dict[str, Any]:
+    """SVCCA layer choice: the probe stored by a layer-selected cache (same source layer and token
+    count), else SVCCA over the cache's target layers."""
+    import json
+
     lA, _ = resolve_layers(cache, cfg)
+    raw = _attr(cache, "layer_selection")
+    sel = json.loads(raw) if raw else None
+    if sel and sel.get("source_layer") == lA and sel.get("tokens_requested") == cfg.svcca_tokens \
+            and sel.get("target_layer") in list(cache.target_layers):
+        return {"source_layer": lA, "best_target_layer": int(sel["target_layer"]),
+                "profile": {int(k): v for k, v in sel["profile"].items()}, "from": "cache probe",
+                "tokens": sel.get("tokens"), "seconds": sel.get("seconds")}
     best, profile = choose_layer_from_cache(cache, lA, cfg.svcca_tokens)
     return {"source_layer": lA, "best_target_layer": best, "profile": profile}
 
@@ -89,7 +100,11 @@ def train(cache, cfg: StitchConfig, out: str | Path, seed: int = 0, max_steps: i
     if lB == "auto":
         svcca = choose_layers(cache, cfg)
         lB = svcca["best_target_layer"]
-    src = CacheSource(cache, lA, lB, cfg.batch_size, split="train", shuffle=True, seed=seed)
+    from .. import dist
+
+    rank, world = dist.rank_world()  # under torchrun: each rank reads its share of every batch
+    src = CacheSource(cache, lA, lB, cfg.batch_size, split="train", shuffle=True, seed=seed,
+                      part=(rank, world) if world > 1 else None)
     result = fit_stitch(src, int(cache.d_source), int(cache.d_target), cfg, seed=seed, max_steps=max_steps,
                         progress=progress, refine_iters=cfg.refine_iters)
     held = CacheSource(cache, lA, lB, 8192, split="eval", shuffle=False)
@@ -98,7 +113,8 @@ def train(cache, cfg: StitchConfig, out: str | Path, seed: int = 0, max_steps: i
     meta.update({k: v for k, v in result.info.items() if k != "history"})
     meta["eval_loss"] = recon["loss"]
     meta["massive_dims"] = recon["massive_dims"]
-    path = result.stitch.save(out, meta)
+    path = result.stitch.save(out, meta) if rank == 0 else Path(out)
+    dist.barrier()
     return {"stitch": str(path), "fit": result.info, "recon": recon, "svcca": svcca, "meta": meta}
 
 

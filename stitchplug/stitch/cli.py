@@ -84,15 +84,21 @@ def register(cli: click.Group) -> None:
         from .api import open_cache, train
         from .report import recon_markdown, svcca_markdown
 
+        from .. import dist
+
+        rank, _ = dist.init_from_env(cfg.device)  # under torchrun: data-parallel fit, rank 0 saves and reports
         cache_p, out_p = _paths(cfg, cache_path, out_path)
         rf = _run_folder_of(out_p)
         if rf is not None and rf.marker("stitch").exists():
             raise StageError(f"{out_p} is the stitch of run folder {rf.root}, whose stages were built on it; "
                              f"`stitch train` does not replace it behind them: write to another file with --out, or "
                              f"re-run `stitchplug run` with the new --stitch-* settings and another --output-dir")
-        with (rf.writing("stitchplug stitch train") if rf is not None else contextlib.nullcontext()):
+        lock = rf.writing("stitchplug stitch train") if rf is not None and rank == 0 else contextlib.nullcontext()
+        with lock:  # only rank 0 writes
             res = train(open_cache(cache_p, cfg), cfg.stitch, out_p, seed=cfg.seed, max_steps=max_steps,
-                        progress=not as_json)
+                        progress=not as_json and rank == 0)
+        if rank != 0:
+            return
         fit = res["fit"]
         md = [f"## Stitch {res['meta']['source_model']}.{res['meta']['source_layer']} -> "
               f"{res['meta']['target_model']}.{res['meta']['target_layer']}",

@@ -39,11 +39,14 @@ class TensorSource:
 
 
 class CacheSource:
-    """Batches of (source layer lA, target layer lB) from a paired activation cache."""
+    """Batches of (source layer lA, target layer lB) from a paired activation cache.
+
+    ``part=(rank, world_size)``: this rank's rows of each global batch (see ``PairedCache.batches``);
+    ``n_tokens`` stays the global count, so every rank plans the same number of steps."""
 
     def __init__(self, cache, source_layer: int, target_layer: int, batch_size: int, split: str = "train",
-                 shuffle: bool = True, seed: int = 0):
-        self.cache, self.lA, self.lB = cache, int(source_layer), int(target_layer)
+                 shuffle: bool = True, seed: int = 0, part: tuple[int, int] | None = None):
+        self.cache, self.lA, self.lB, self.part = cache, int(source_layer), int(target_layer), part
         self.batch_size, self.split, self.shuffle = int(batch_size), split, shuffle
         self.seeds = itertools.count(seed)
         try:
@@ -54,7 +57,7 @@ class CacheSource:
     def __call__(self) -> Iterator[Batch]:
         it = self.cache.batches(keys=[("source", self.lA), ("target", self.lB)], batch_size=self.batch_size,
                                 split=self.split, seed=next(self.seeds), shuffle=self.shuffle, epochs=1,
-                                dtype=torch.float32)
+                                dtype=torch.float32, part=self.part)
         for hA, hB in it:
             yield torch.as_tensor(hA).float(), torch.as_tensor(hB).float()
 

@@ -41,6 +41,7 @@ def accumulate_moments(source: BatchSource, d_source: int, d_target: int) -> tup
             cache[n] = mom.batch_flops(n)
         flops += cache[n]
         mom.update(hA, hB)
+    mom.all_reduce()  # under torchrun each rank read its share of the rows
     if mom.n == 0:
         raise StageError("no training tokens: the activation source is empty")
     return mom, flops
@@ -139,6 +140,17 @@ def refine_on_moments(stitch: Stitch, mom: Moments, alpha: float = 1.0, max_iter
 
 
 # ----------------------------------------------------------------------------------------- adam
+class _Eq3(torch.nn.Module):
+    """Eq. 3 as a module's forward, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, stitch: Stitch, alpha: float):
+        super().__init__()
+        self.stitch, self.alpha = stitch, alpha
+
+    def forward(self, hA, hB):
+        return self.stitch.loss(hA, hB, self.alpha)
+
+
 def stitch_step_flops(d_source: int, d_target: int, batch_size: int, alpha: float = 1.0) -> int:
     """FLOPs of one forward+backward of Eq. 3 (:meth:`Stitch.loss`) on a dummy batch of ``batch_size`` tokens."""
     dummy = Stitch(d_source, d_target, seed=None)
@@ -155,8 +167,15 @@ def train_adam(stitch: Stitch, source: BatchSource, cfg: StitchConfig, steps_per
                seed: int = 0, max_steps: int | None = None, log_every: int = 50,
                progress: bool = False) -> dict[str, Any]:
     """The paper's recipe: Adam, cosine decay to 0 over all steps, grad-norm clip 1.0, Eq. 3."""
+    from .. import dist
+
     torch.manual_seed(seed)
     total = steps_per_epoch * cfg.epochs
+    loss_fn = lambda a, b: stitch.loss(a, b, cfg.alpha)  # noqa: E731
+    if dist.rank_world()[1] > 1:  # DDP: each rank's share of the global batch; gradients are averaged
+        from torch.nn.parallel import DistributedDataParallel
+
+        loss_fn = DistributedDataParallel(_Eq3(stitch, cfg.alpha))
     if max_steps is not None:
         total = min(total, int(max_steps))
     opt = torch.optim.Adam(stitch.parameters(), lr=cfg.lr)
@@ -170,7 +189,7 @@ def train_adam(stitch: Stitch, source: BatchSource, cfg: StitchConfig, steps_per
     while step < total:
         for hA, hB in source():
             opt.zero_grad(set_to_none=True)
-            loss, parts = stitch.loss(hA, hB, cfg.alpha)
+            loss, parts = loss_fn(hA, hB)
             if not math.isfinite(parts["total"]):
                 raise StageError(f"Adam diverged at step {step} (loss {parts['total']}); try a smaller --stitch-lr")
             loss.backward()

@@ -45,6 +45,42 @@ class Moments:
         self.bb += b.T @ b
         self.ab += a.T @ b
 
+    def reshift(self, shift_a: torch.Tensor, shift_b: torch.Tensor) -> None:
+        """Re-express the sums about new shifts (exact algebra, float64): ``x - s' = (x - s) + d``."""
+        if self.shift_a is None or self.n == 0:
+            self.shift_a, self.shift_b = shift_a.to(F64).clone(), shift_b.to(F64).clone()
+            return
+        da, db, n = self.shift_a - shift_a.to(F64), self.shift_b - shift_b.to(F64), self.n
+        sa, sb = self.sa.clone(), self.sb.clone()
+        self.aa += torch.outer(da, sa) + torch.outer(sa, da) + n * torch.outer(da, da)
+        self.bb += torch.outer(db, sb) + torch.outer(sb, db) + n * torch.outer(db, db)
+        self.ab += torch.outer(da, sb) + torch.outer(sa, db) + n * torch.outer(da, db)
+        self.sa += n * da
+        self.sb += n * db
+        self.shift_a, self.shift_b = shift_a.to(F64).clone(), shift_b.to(F64).clone()
+
+    def all_reduce(self) -> None:
+        """Sum the moments of every rank (torch.distributed; a no-op in one process). All ranks are
+        first re-shifted to the shift of the lowest rank that saw rows, then the sums are added."""
+        from .. import dist
+
+        rank, world = dist.rank_world()
+        if world == 1:
+            return
+        seen = torch.zeros(world, dtype=F64)
+        seen[rank] = float(self.n > 0)
+        dist.all_reduce_sum(seen)
+        if not bool(seen.any()):
+            return
+        src = int(torch.nonzero(seen)[0])
+        shift = torch.cat([self.shift_a, self.shift_b]) if rank == src else torch.zeros(self.dA + self.dB, dtype=F64)
+        dist.broadcast(shift, src)
+        self.reshift(shift[:self.dA], shift[self.dA:])
+        n = torch.tensor([float(self.n)], dtype=F64)
+        for t in (n, self.sa, self.sb, self.aa, self.bb, self.ab):
+            dist.all_reduce_sum(t)
+        self.n = int(n.item())
+
     def batch_flops(self, n: int) -> int:
         """FLOPs of one :meth:`update` on ``n`` rows (the three Gram products)."""
         a, b = torch.zeros(n, self.dA, dtype=F64), torch.zeros(n, self.dB, dtype=F64)

@@ -27,14 +27,17 @@ def _reduced_basis(x: torch.Tensor, var_explained: float, max_dims: int, standar
     if standardize:
         std = x.std(0)
         x = x / torch.where(std > 1e-12, std, torch.ones_like(std))
-    U, S, _ = torch.linalg.svd(x, full_matrices=False)
-    var = S.pow(2)
+    # top singular directions from the d x d Gram matrix (eigh), not an SVD of the N x d matrix:
+    # same subspace, several times faster for N >> d (the probe runs this once per layer)
+    var, V = torch.linalg.eigh(x.T @ x)
+    var, V = var.flip(0).clamp_min(0), V.flip(1)
     total = var.sum()
     if total <= 0:
         raise ValueError("SVCCA: representation is constant")
     k = int(torch.searchsorted(torch.cumsum(var, 0) / total, torch.tensor(var_explained, dtype=var.dtype))) + 1
-    k = max(1, min(k, max_dims, int((S > S[0] * 1e-10).sum())))
-    return U[:, :k]
+    k = max(1, min(k, max_dims, int((var > var[0] * 1e-12).sum())))
+    U = x @ V[:, :k] / var[:k].sqrt()
+    return torch.linalg.qr(U).Q  # re-orthonormalise (the Gram route loses a little orthogonality)
 
 
 def svcca(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray, var_explained: float = 0.99,
@@ -46,8 +49,11 @@ def svcca(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray, var_explai
     x, y = torch.as_tensor(np.asarray(x)), torch.as_tensor(np.asarray(y))
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"SVCCA needs the same tokens on both sides ({x.shape[0]} vs {y.shape[0]} rows)")
-    ux = _reduced_basis(x, var_explained, max_dims, standardize)
-    uy = _reduced_basis(y, var_explained, max_dims, standardize)
+    return _svcca_bases(_reduced_basis(x, var_explained, max_dims, standardize),
+                        _reduced_basis(y, var_explained, max_dims, standardize))
+
+
+def _svcca_bases(ux: torch.Tensor, uy: torch.Tensor) -> dict:
     corrs = torch.linalg.svdvals(ux.T @ uy).clamp(0, 1)
     return {"mean": float(corrs.mean()), "corrs": corrs.tolist(), "dims": (ux.shape[1], uy.shape[1])}
 
@@ -57,7 +63,13 @@ def choose_layer(x_source: torch.Tensor | np.ndarray, targets: Mapping[int, torc
     """Best target layer for A's activations ``x_source`` and the profile ``{layer: mean SVCCA}``."""
     if not targets:
         raise ValueError("no candidate target layers")
-    profile = {int(l): svcca(x_source, y, var_explained, max_dims)["mean"] for l, y in sorted(targets.items())}
+    ux = _reduced_basis(torch.as_tensor(np.asarray(x_source)), var_explained, max_dims, True)  # once, not per layer
+    profile = {}
+    for l, y in sorted(targets.items()):
+        if np.asarray(y).shape[0] != ux.shape[0]:
+            raise ValueError(f"SVCCA needs the same tokens on both sides ({ux.shape[0]} vs {np.asarray(y).shape[0]} rows)")
+        uy = _reduced_basis(torch.as_tensor(np.asarray(y)), var_explained, max_dims, True)
+        profile[int(l)] = _svcca_bases(ux, uy)["mean"]
     best = max(profile, key=profile.get)
     return best, profile
 

@@ -1,0 +1,160 @@
+"""Layer-selective caching (SVCCA probe, then one target layer) and bfloat16 storage, on tiny models."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from stitchplug.adapter import load_model
+from stitchplug.cache import integrity
+from stitchplug.cache.reader import open_cache
+from stitchplug.cache.select import build_selected_cache, svcca_probe
+from stitchplug.cache.writer import build_cache
+from stitchplug.errors import CacheError
+from stitchplug.stitch.svcca import choose_layer
+
+SOURCE, TARGET = "tiny-llama-a", "tiny-gemma3"
+KW = dict(tokens=900, context_size=48, source_layers=[1], shard_rows=200, batch_size=4, progress=False)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return load_model(SOURCE), load_model(TARGET)
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory, pair):
+    """Today's layout: every target layer cached."""
+    return build_cache(tmp_path_factory.mktemp("full") / "c.h5", *pair, target_layers=None, log=lambda m: None, **KW)
+
+
+def test_probe_picks_what_svcca_on_the_full_cache_picks_and_only_that_layer_is_cached(tmp_path, pair, full):
+    logs = []
+    path, sel = build_selected_cache(tmp_path / "c.h5", *pair, target_layers=None, svcca_tokens=300,
+                                     log=logs.append, **KW)
+    with open_cache(full) as c:  # what SVCCA read on the all-layer cache: the first rows of the train split
+        x = c.array("source", 1, split="train")[:300]
+        ys = {l: c.array("target", l, split="train")[:300] for l in c.target_layers}
+        assert len(c.eval_docs()) >= 1 and c.ranges("train")[0] != (0, c.n_tokens)
+        best, profile = choose_layer(x, ys)
+        ref = {l: c.array("target", l) for l in c.target_layers}
+        ref_src = c.array("source", 1)
+    assert sel["tokens"] == 300 and sel["target_layer"] == best
+    for l, v in profile.items():  # same rows; batch composition differs, so the last bits may too
+        assert sel["profile"][str(l)] == pytest.approx(v, abs=1e-5)
+    with open_cache(path) as c:
+        assert c.target_layers == [best] and c.source_layers == [1]
+        # the same shards and batches as the all-layer cache: the kept layers are bit-identical
+        np.testing.assert_array_equal(c.array("target", best), ref[best])
+        np.testing.assert_array_equal(c.array("source", 1), ref_src)
+        stored = json.loads(c.attrs["layer_selection"])
+    assert stored["profile"] == sel["profile"] and stored["target_layer"] == best
+    # the stitch stage uses the stored probe (full profile) instead of a one-layer SVCCA
+    from stitchplug.config import StitchConfig
+    from stitchplug.stitch.api import choose_layers
+
+    with open_cache(path) as c:
+        res = choose_layers(c, StitchConfig(svcca_tokens=300))
+    assert res["best_target_layer"] == best and res["from"] == "cache probe" and len(res["profile"]) == 3
+    # a second build reuses the cache and the probe's choice without probing again
+    logs.clear()
+    path2, sel2 = build_selected_cache(tmp_path / "c.h5", *pair, target_layers=None, svcca_tokens=300,
+                                       log=logs.append, **KW)
+    assert sel2 == stored and not any("SVCCA probe:" in m for m in logs)
+
+
+def test_all_layers_stays_an_explicit_option(tmp_path, pair, full):
+    path, sel = build_selected_cache(tmp_path / "c.h5", *pair, target_layers="all", log=None, **KW)
+    assert sel is None
+    with open_cache(path) as c, open_cache(full) as ref:
+        assert c.target_layers == [0, 1, 2]
+        np.testing.assert_array_equal(c.array("target", 2), ref.array("target", 2))
+    with pytest.raises(CacheError, match="'all' or 'svcca'"):
+        build_selected_cache(tmp_path / "d.h5", *pair, target_layers="every", **KW)
+
+
+def test_probe_reads_the_rows_svcca_read_on_the_full_cache(pair, full):
+    """With the budget: the first train-split rows of the cache it plans; without: the slice's first rows."""
+    from stitchplug.cache.select import probe_rows
+
+    kw = dict(corpus="wiki-en", doc_start=0, context_size=48, batch_size=4, source_layer=1, target_layers=[2])
+    with open_cache(full) as c:  # every train row: a held-out document lies among them
+        n = len(c.rows("train"))
+        train, every = c.array("source", 1, split="train"), c.array("source", 1)[:n]
+        target_train = c.array("target", 2, split="train")
+    xa, xb = probe_rows(*pair, n_tokens=n, tokens=900, **kw)
+    xa0, _ = probe_rows(*pair, n_tokens=n, **kw)
+    np.testing.assert_allclose(xb[2], target_train, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(xa, train, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(xa0, every, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(train, every)  # the split matters here: the test can fail
+    sel = svcca_probe(*pair, source_layer=1, n_tokens=123, corpus="wiki-en", doc_start=0, context_size=48,
+                      batch_size=4)
+    assert sel["tokens"] == 123 and set(sel["profile"]) == {"0", "1", "2"}
+
+
+def test_bfloat16_storage_is_raw_bits_read_back_as_float32(tmp_path, pair, full):
+    a, b = pair
+    big = load_model(TARGET)
+    with torch.no_grad():
+        big.model.embed.W_E.mul_(1e6)  # beyond float16's range: bfloat16 stores it
+    kw = {**KW, "tokens": 300, "target_layers": [0, 2]}
+    p_big = build_cache(tmp_path / "big" / "c.h5", a, big, dtype="bfloat16", log=lambda m: None, **kw)
+    with open_cache(p_big) as c:
+        assert np.abs(c.array("target", 0)).max() > 4 * 65504  # float16 would refuse this
+    p = build_cache(tmp_path / "bf" / "c.h5", a, b, dtype="bfloat16", log=lambda m: None, **kw)
+    with h5py.File(p, "r") as f:
+        assert f.attrs["dtype"] == "bfloat16"
+        ds = f["target/resid_pre_2"]
+        assert ds.dtype == np.uint16 and ds.attrs["stitchplug_dtype"] == "bfloat16"
+    with open_cache(p) as c, open_cache(full) as ref:
+        got = c.array("target", 2)
+        want = torch.from_numpy(ref.array("target", 2)[:300]).to(torch.bfloat16).float().numpy()
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, want)
+        (x,) = next(iter(c.batches(keys=[("target", 2)], batch_size=300, split=None, shuffle=False)))
+        assert x.dtype == torch.float32
+        np.testing.assert_array_equal(x.numpy(), want)
+        np.testing.assert_array_equal(c.array("source", "token_ids"), ref.array("source", "token_ids")[:300])
+    assert integrity.verify_cache(p) == {}
+    # non-finite bfloat16 bits are caught by the shard check like float32 ones
+    shard = integrity.shard_files(p)[0]
+    with h5py.File(shard, "r+") as f:
+        f["target/resid_pre_2"][0, 0] = np.uint16(0x7FC0)  # a bfloat16 NaN
+    assert "does not match its digest" in integrity.verify_cache(p)[shard]
+
+
+def test_self_pair_runs_one_forward_with_the_same_bits(tmp_path, pair):
+    """build_cache(A, A): one encode and one forward per window, bit-identical to two separate adapters."""
+    from stitchplug.cache import writer
+
+    a = pair[0]
+    kw = {**KW, "tokens": 400, "target_layers": [1]}
+    writer.FORWARD_STATS.update(positions=0, tokens=0)
+    once = build_cache(tmp_path / "once" / "c.h5", a, a, log=lambda m: None, **kw)
+    one_pass = writer.FORWARD_STATS["tokens"]
+    writer.FORWARD_STATS.update(positions=0, tokens=0)
+    twice = build_cache(tmp_path / "twice" / "c.h5", a, load_model(SOURCE), log=lambda m: None, **kw)
+    assert writer.FORWARD_STATS["tokens"] == 2 * one_pass > 0
+    with open_cache(once) as c1, open_cache(twice) as c2:
+        for side in ("source", "target"):
+            np.testing.assert_array_equal(c1.array(side, 1), c2.array(side, 1))
+            np.testing.assert_array_equal(c1.array(side, "token_ids"), c2.array(side, "token_ids"))
+        np.testing.assert_array_equal(c1.array("source", 1), c1.array("target", 1))
+
+
+def test_cli_all_layers_and_bfloat16_flags(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "c.h5"
+    res = subprocess.run([sys.executable, "-m", "stitchplug", "cache", "--models-source", SOURCE, "--models-target",
+                          TARGET, "--output", str(out), "--progress", "false", "--cache-tokens", "200",
+                          "--cache-context-size", "48", "--cache-target-layers", "all", "--cache-dtype", "bfloat16"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    with open_cache(out) as c:
+        assert c.target_layers == [0, 1, 2] and c.attrs["dtype"] == "bfloat16" and "layer_selection" not in c.attrs
+        assert c.array("target", 1).dtype == np.float32
