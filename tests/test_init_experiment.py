@@ -268,6 +268,8 @@ def test_experiment_command_on_run_folder(run_folder, capsys):
     stitch_meta = json.loads((run_folder / "stitch" / "stitch.safetensors.json").read_text())
     assert metrics["stitch_flops"] == stitch_meta["flops"] > 0
     assert w["arms"]["stitched"]["curve"][0]["flops"] == stitch_meta["flops"]
+    # the source SAE's training FLOPs (FlopCounterMode, recorded by the trainer) reach the total line
+    assert metrics["source_sae_flops"] == 11 * 12 * 256 * 32 * 64
     assert set(w["savings"]["fvu"]) == {"0.50", "0.90"}
     # theta' as loaded by the experiment is the saved SAELens SAE: same EV on the same held-out rows
     from stitchplug.cache.reader import open_cache

@@ -6,6 +6,9 @@ reduced scale: 16k cached tokens, 120 steps x 1024, width 1152). bench/sae.py me
 quick preset's cache.
 """
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -28,10 +31,21 @@ def heldout(forward, codes, x, massive):
     return r["fvu"], r["fvu_excl_massive"], dead
 
 
-def test_project_trainer_within_bar_of_reference(smollm2, gemma3, tmp_path):
-    path = build_cache(tmp_path / "c.h5", smollm2, gemma3, corpus="wiki-en", doc_start=0, tokens=16_000,
+@pytest.fixture
+def pair_cache(request, tmp_path):
+    """A default-pair cache with SmolLM2 layer 15: $STITCHPLUG_SAE_TEST_CACHE (e.g. a `make demo`
+    run's cache.h5, read only) or a fresh 16k-token one."""
+    given = os.environ.get("STITCHPLUG_SAE_TEST_CACHE")
+    if given:
+        return Path(given)
+    smollm2, gemma3 = request.getfixturevalue("smollm2"), request.getfixturevalue("gemma3")
+    return build_cache(tmp_path / "c.h5", smollm2, gemma3, corpus="wiki-en", doc_start=0, tokens=16_000,
                        context_size=128, source_layers=[LAYER], target_layers=[12], progress=False,
                        log=lambda m: None)
+
+
+def test_project_trainer_within_bar_of_reference(pair_cache):
+    path = pair_cache
     with open_cache(path) as cache:
         it = cache.batches(keys=[("source", LAYER)], batch_size=1024, split="train", seed=0, epochs=1000,
                            drop_last=True)

@@ -95,11 +95,6 @@ class SAEArtifact(ArtifactKind):
         check_compatible(artifact, stitch, direction, check_model=check_model)
 
     def save(self, artifact: SAE, folder: str | Path, sidecar: dict | None = None) -> Path:
-        """SAELens folder plus sidecar; a trained SAE's (or one transferred from it) training FLOPs go
-        into the sidecar as ``source_sae_flops`` (read by ``stitchplug experiment init``)."""
-        training = artifact.cfg.metadata.get("stitchplug_training") or {}
-        if isinstance(training, dict) and isinstance(training.get("train_flops"), int):
-            sidecar = {"source_sae_flops": training["train_flops"], **(sidecar or {})}
         from .io import save_sae
 
         return save_sae(artifact, folder, sidecar)

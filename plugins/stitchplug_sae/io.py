@@ -36,13 +36,20 @@ def _jsonable(obj: Any) -> Any:
 
 
 def save_sae(sae: SAE, folder: str | Path, sidecar: dict | None = None) -> Path:
-    """Write ``sae`` in SAELens format into ``folder`` and the sidecar (with versions) next to it."""
+    """Write ``sae`` in SAELens format into ``folder`` and the sidecar (with versions) next to it.
+
+    An SAE trained by :mod:`stitchplug_sae.trainer` (or transferred from one: Eq. 6 keeps the
+    metadata) gets its training FLOPs as ``source_sae_flops`` in the sidecar, which
+    ``stitchplug experiment init`` reads for its "total including the source SAE" line."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     sae.save_model(folder)
     info = {"format": "saelens", "architecture": sae.cfg.architecture(), "d_in": int(sae.cfg.d_in),
             "d_sae": int(sae.cfg.d_sae), "model_name": sae.cfg.metadata.get("model_name"),
             "hook_name": sae.cfg.metadata.get("hook_name"), "versions": versions()}
+    training = sae.cfg.metadata.get("stitchplug_training") or {}
+    if isinstance(training, dict) and isinstance(training.get("train_flops"), int):
+        info["source_sae_flops"] = training["train_flops"]
     info.update(sidecar or {})
     (folder / SIDECAR).write_text(json.dumps(_jsonable(info), indent=2, sort_keys=True))
     return folder
