@@ -151,7 +151,7 @@ def test_cli_all_layers_and_bfloat16_flags(tmp_path):
 
     out = tmp_path / "c.h5"
     res = subprocess.run([sys.executable, "-m", "stitchplug", "cache", "--models-source", SOURCE, "--models-target",
-                          TARGET, "--output", str(out), "--progress", "false", "--cache-tokens", "200",
+                          TARGET, "--output", str(out), "--no-progress", "--cache-tokens", "200",
                           "--cache-context-size", "48", "--cache-target-layers", "all", "--cache-dtype", "bfloat16"],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]

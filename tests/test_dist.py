@@ -22,7 +22,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "STITCHPLUG_DIST_TIMEOUT": "300"}
 
 def cache_args(out, tokens=1500, shard_rows=100):
     return ["cache", "--models-source", SOURCE, "--models-target", TARGET, "--output", str(out),
-            "--progress", "false", "--cache-tokens", str(tokens), "--cache-context-size", "48",
+            "--no-progress", "--cache-tokens", str(tokens), "--cache-context-size", "48",
             "--cache-batch-size", "4", "--cache-source-layers", "1", "--stitch-svcca-tokens", "300",
             "--shard-rows", str(shard_rows)]
 
