@@ -64,3 +64,22 @@ def test_bad_input_is_one_line(analysed, tmp_path, capsys):
         lines = [l for l in err.splitlines() if l.startswith("Error")]
         assert len(lines) == 1 and msg in lines[0], err
         assert "Traceback" not in err
+
+
+def test_a_later_probe_run_in_the_folder_keeps_it_analysable(analysed, tmp_path):
+    """config.yaml names the last run's artifact; the SAEs that analysis needs are still there."""
+    import shutil
+
+    from stitchplug.errors import StageError
+    from stitchplug_analysis.runner import RunInputs
+
+    folder = tmp_path / "probe_after_sae"
+    shutil.copytree(analysed, folder)
+    cfg = folder / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("artifact: sae", "artifact: probe", 1))
+    assert "artifact: probe" in cfg.read_text()
+    inputs = RunInputs(folder)
+    assert inputs.sae("source").cfg.d_sae == 64
+    shutil.rmtree(folder / "artifacts" / "sae" / "transferred")
+    with pytest.raises(StageError, match="--artifact sae"):
+        RunInputs(folder)

@@ -53,13 +53,13 @@ class RunInputs:
         self.run = self.rf.root
         self.log, self.progress = log, progress
         self.cfg = self.rf.config()
-        if self.cfg.get("artifact") != "sae":
-            raise StageError(f"feature analysis needs an SAE run; {self.run} transferred a {self.cfg.get('artifact')!r}")
         self.stitch = self.rf.load_stitch()
         self.layer_a, self.layer_b = int(self.stitch.meta["source_layer"]), int(self.stitch.meta["target_layer"])
         for role in ("source", "transferred"):
             if not self.rf.artifact("sae", role).exists():
-                raise StageError(f"{self.rf.artifact('sae', role)} is missing; finish the run with `stitchplug run` first")
+                raise StageError(f"{self.rf.artifact('sae', role)} is missing: feature analysis needs the SAEs of "
+                                 f"`stitchplug run --artifact sae` in this folder (a probe or steering run "
+                                 f"in the same folder keeps them)")
         self.context_size = int(self.cfg.get("cache", {}).get("context_size", 128))
         self.seed = int(self.cfg.get("seed", 0))
         self._models: dict[str, Any] = {}
