@@ -35,8 +35,15 @@ Every section is timed with ``torch.cuda.synchronize`` and bounded by ``--budget
 are rewritten to ``--out/gpu.json`` after each section. ``--tiny`` runs everything with tiny shapes
 on the CPU (a test; seconds).
 
-Usage (device): ``PYTHONPATH=.:plugins python bench/gpu.py --out $OUT``;
-tiny (CPU): ``PYTHONPATH=.:plugins python bench/gpu.py --tiny``.
+Usage: ``PYTHONPATH=.:plugins python bench/gpu.py --out DIR`` (a CUDA machine; about 2.5 minutes on an
+H200, 21 GiB of GPU memory); ``PYTHONPATH=.:plugins python bench/gpu.py --tiny`` (CPU, under a minute).
+Where stitchplug's dependencies are not installed (the lent H200 had torch, transformers, h5py but not
+pydantic, transformer-lens, datasets ...), the run that produced ``bench/gpu-h200.json`` installed
+wheels of pydantic 2.14.4, pydantic-core 2.50.5, annotated-types, typing-inspection,
+typing-extensions 4.16.0, transformer-lens 3.9.0, fancy-einsum, better-abc, beartype, typeguard,
+datasets 5.2.0, dill and multiprocess (``pip install --no-deps --target /tmp/site``) and ran
+``PYTHONPATH=/tmp/site:.:plugins PYTHONUNBUFFERED=1 python3 bench/gpu.py --out $OUT --budget-s 300``.
+sae-lens is not needed (see :func:`ensure_sae_lens`); plugins are registered without entry points.
 """
 
 from __future__ import annotations
