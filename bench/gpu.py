@@ -484,7 +484,7 @@ def dist_worker(a) -> None:
     res["init_from_env"] = [rank, world]
     res["group_started_by_project"] = tdist.is_initialized()
     if not tdist.is_initialized():
-        backend = "nccl" if a.device == "cuda" else "gloo"
+        backend = dist.backend_for(a.device)  # the backend init_from_env uses at world size > 1
         if a.device == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         tdist.init_process_group(backend)
