@@ -345,3 +345,18 @@ def test_second_load_is_fast(tmp_path, name):
     torch.testing.assert_close(second.logits(ids), ref, rtol=0, atol=0)
     assert t_first >= 5 * t_second
     shutil.rmtree(tmp_path / "models")
+
+
+@pytest.mark.parametrize("name", ["tiny-llama-a", "tiny-gemma3"])
+def test_batched_greedy_generation_matches_one_prompt_at_a_time(tiny, name, one_thread):
+    """Left padding + attention mask: each row decodes exactly as it would alone, patched or not."""
+    a = tiny[name]
+    prompts = ["The river", "A much longer prompt about the old mill by the river bank", "Yes",
+               "Paris is the capital of", "Numbers: 1, 2, 3,"]
+    v = torch.randn(a.d_model, generator=torch.Generator().manual_seed(0))
+    for patches in (None, {1: lambda r: r + 3.0 * v}):
+        one = [a.generate(p, max_new_tokens=7, patches=patches) for p in prompts]
+        many = a.generate_many(prompts, max_new_tokens=7, patches=patches, batch_size=3)
+        assert many == one
+    assert a.generate_many(prompts[:2], max_new_tokens=7, patches={1: lambda r: r + 3.0 * v}) != \
+        a.generate_many(prompts[:2], max_new_tokens=7)

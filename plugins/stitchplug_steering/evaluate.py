@@ -13,17 +13,23 @@ from .intervene import make_patch
 from .stats import relative_transfer_gap, share
 
 
+GEN_BATCH = 16
+"""Greedy prompts decoded together (``ModelAdapter.generate_many``); the texts do not depend on it."""
+
+
 def generate(side: Side, arm: SteerArm, prompts: Sequence[str], intervention: str, max_new_tokens: int,
              temperature: float, seed: int, progress: Callable[[], None] | None = None) -> list[str]:
     patches = None
     if arm.kind != "none":
         patches = {side.layer: make_patch(intervention, arm.v, arm.z, arm.z_en)}
-    out = []
-    for i, p in enumerate(prompts):
-        out.append(side.adapter.generate(p, max_new_tokens=max_new_tokens, patches=patches,
-                                         temperature=temperature, seed=seed + i))
+    out: list[str] = []
+    for start in range(0, len(prompts), GEN_BATCH):  # prompt i keeps seed + i whatever the batching
+        chunk = list(prompts[start:start + GEN_BATCH])
+        out += side.adapter.generate_many(chunk, max_new_tokens=max_new_tokens, patches=patches,
+                                          temperature=temperature, seed=seed + start, batch_size=GEN_BATCH)
         if progress:
-            progress()
+            for _ in chunk:
+                progress()
     return out
 
 
