@@ -24,6 +24,8 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
+from .errors import StitchplugError
+
 
 def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
@@ -98,9 +100,10 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
-class RankError(Exception):
-    """Raised on ranks other than 0 when rank 0 failed with an error that is not a one-line
-    :class:`~stitchplug.errors.StitchplugError` (those are re-raised as they are)."""
+class RankError(StitchplugError):
+    """Raised on the other ranks when a rank failed with an error that is not a one-line
+    :class:`~stitchplug.errors.StitchplugError` (those are re-raised as they are); the failing rank
+    shows the traceback, the others one line naming it."""
 
 
 def on_main(fn: Callable[[], Any]) -> Any:
@@ -152,8 +155,6 @@ def on_all(fn: Callable[[], Any]) -> Any:
 def _portable(exc: Exception) -> Exception:
     """``exc`` itself if it is a one-line StitchplugError that pickles, else a RankError naming it."""
     import pickle
-
-    from .errors import StitchplugError
 
     if isinstance(exc, StitchplugError):
         try:

@@ -18,7 +18,9 @@ config it depends on and content fingerprints of the inputs it consumed and the 
 marker and is redone. Re-running with a different config for a finished stage is refused, naming what
 changed, rather than overwriting results already written; a stage whose inputs or outputs changed since
 (a refit stitch, an edited corpus file, a file replaced by hand) is stale and is redone, and so is every
-stage after it. One process writes into a run folder at a time (:meth:`RunFolder.writing`).
+stage after it. One process writes into a run folder at a time (:meth:`RunFolder.writing`); under
+torchrun that is rank 0, which decides each stage (:meth:`reuse`) and writes its marker (:meth:`finish`)
+while the other ranks write only their cache shards (see :mod:`stitchplug.run.pipeline`).
 """
 
 from __future__ import annotations
