@@ -62,27 +62,16 @@ def barrier() -> None:
         dist.barrier()
 
 
-def _on_backend(t: torch.Tensor, op: Callable[[torch.Tensor], Any]) -> torch.Tensor:
-    """``op`` on ``t`` in place; a CPU tensor goes through this rank's GPU under ``nccl``."""
-    if t.device.type != "cuda" and dist.get_backend() == "nccl":
-        tmp = t.to(f"cuda:{torch.cuda.current_device()}")
-        op(tmp)
-        t.copy_(tmp.to(t.device))
-    else:
-        op(t)
-    return t
-
-
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """In-place sum over ranks (returns ``t``); identity in one process."""
     if rank_world()[1] > 1:
-        _on_backend(t, lambda x: dist.all_reduce(x, op=dist.ReduceOp.SUM))
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 
 def broadcast(t: torch.Tensor, src: int = 0) -> torch.Tensor:
     if rank_world()[1] > 1:
-        _on_backend(t, lambda x: dist.broadcast(x, src))
+        dist.broadcast(t, src)
     return t
 
 
