@@ -70,8 +70,10 @@ class StitchConfig(_Section):
     """Tokens per Adam step."""
     ridge: float = Field(1e-6, ge=0.0)
     """Relative ridge term of the closed-form solver (times the mean diagonal of X^T X)."""
-    refine_iters: int = Field(0, ge=0)
-    """L-BFGS iterations on the exact Eq. 3 (round trips included) after the closed form; lstsq solvers only, beyond the paper."""
+    refine_iters: int = Field(100, ge=0)
+    """L-BFGS iterations on the exact Eq. 3 (round trips included) after the closed form; lstsq solvers
+    only, beyond the paper (0: the closed form alone). On the quick cache they take the round trips' FVU
+    from 0.82 to 0.015 (A->B->A) and 0.19 to 0.045 (B->A->B) at the same one-way FVU."""
     svcca_tokens: int = Field(10_000, ge=2)
     """Tokens used for SVCCA layer selection."""
 
@@ -110,7 +112,7 @@ CORE_SECTIONS = frozenset(RunConfig.model_fields)
 PRESETS: dict[str, dict[str, Any]] = {  # core sections; artifact kinds bring their own (ArtifactKind.presets)
     "quick": {
         "cache": {"tokens": 24_000, "context_size": 128},
-        "stitch": {"solver": "lstsq", "refine_iters": 100, "svcca_tokens": 4_000},
+        "stitch": {"solver": "lstsq", "svcca_tokens": 4_000},
         "eval": {"docs": 16, "max_windows": 16},
     },
     "default": {},

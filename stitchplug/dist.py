@@ -2,7 +2,8 @@
 
 Everything here is a no-op in a single process: ``rank_world()`` is ``(0, 1)`` unless a process group
 is initialised. Commands call :func:`init_from_env` first; it starts a group only when torchrun set
-``WORLD_SIZE > 1`` (``gloo`` on CPU, ``nccl`` on CUDA, each rank on ``cuda:LOCAL_RANK``).
+``WORLD_SIZE > 1`` (``gloo`` on CPU; on CUDA ``nccl`` for GPU tensors and ``gloo`` for CPU tensors,
+each rank on ``cuda:LOCAL_RANK``).
 ``STITCHPLUG_DIST_TIMEOUT`` (seconds, default 6 h) bounds how long a rank waits at a barrier for
 the slowest rank (the cache's ranks finish their shards at different times).
 
@@ -31,10 +32,17 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def backend_for(device: str) -> str:
+    """The process-group backend for ``device``. On GPUs, CPU tensors (the stitch's float64 moments,
+    the SAE's first-batch sums) still go through gloo: a plain ``nccl`` group refuses them ("No backend
+    type associated with device type cpu", seen on an H200 with bench/gpu.py)."""
+    return "cpu:gloo,cuda:nccl" if device == "cuda" else "gloo"
+
+
 def init_from_env(device: str = "cpu") -> tuple[int, int]:
     """Join the torchrun process group if there is one; returns ``(rank, world_size)``."""
     if env_world_size() > 1 and dist.is_available() and not dist.is_initialized():
-        backend = "nccl" if device == "cuda" else "gloo"
+        backend = backend_for(device)
         if device == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         timeout = timedelta(seconds=float(os.environ.get("STITCHPLUG_DIST_TIMEOUT", 6 * 3600)))

@@ -163,3 +163,11 @@ def test_stitch_train_cli_under_torchrun_matches_one_process(reference, tmp_path
     a, b = load_file(tmp_path / "one.safetensors"), load_file(tmp_path / "two.safetensors")
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-5 * float(a[k].abs().max()))
+
+
+def test_gpu_groups_also_carry_cpu_tensors():
+    """A plain nccl group refuses the CPU float64 moments (seen on an H200): CUDA runs add gloo."""
+    from stitchplug.dist import backend_for
+
+    assert backend_for("cpu") == "gloo"
+    assert backend_for("cuda") == "cpu:gloo,cuda:nccl"

@@ -1,0 +1,628 @@
+"""Benchmark: throughput of the project's own stages at the paper's shapes on one GPU; prints ONE JSON line.
+
+Measures, through the project's code (no toy re-implementations):
+
+1. ``forward``: ``TLAdapter.capture`` (``run_with_hooks`` with ``stop_at_layer``) of random-init
+   models with the exact TransformerLens configs of gemma-2-2b (hooked at layer 20) and gemma-2-9b
+   (layer 33), built offline from ``transformer_lens.loading_from_pretrained.convert_hf_model_config``
+   (weights are random: the real checkpoints are tens of GB and cannot travel; throughput depends on
+   the shapes, not the values). The vocabulary is the tiny test tokenizer's (512 ids) instead of
+   256,000: embedding is a lookup and the unembedding is never run under ``stop_at_layer``.
+   Tokens/s per model at ``batch x 128`` and the achieved matmul TFLOP/s (2 x block parameters run +
+   attention scores, per token).
+2. ``cache``: ``stitchplug.cache.writer.build_cache`` end to end (window, align, both forwards,
+   HDF5 shards fsynced to the local disk, entry file) on a synthetic corpus registered as a plugin,
+   source layer 20, target layer 33, context 128, storage ``bfloat16``, after an untimed warm-up cache
+   (as ``bench/scale.py``); the time inside ``capture`` is reported separately.
+3. ``sae``: the one TopK trainer, ``stitchplug_sae.trainer.train_topk_sae``, d_in 2304, k 64, widths
+   16,384 and 65,536, on synthetic activations handed over as CPU batches (as the pipeline does: each
+   step copies its batch to the GPU), steady-state tokens/s from the per-step callback; plus
+   ``TopKTrainer.step`` on GPU-resident batches (the ceiling without the copy); one run again with TF32
+   matmuls allowed (the project leaves PyTorch's default, off).
+4. ``stitch``: the closed form (``fit_stitch`` with ``solver="lstsq"``: float64 moments + ridge solve)
+   at 2304 -> 3584 on the CPU (the project's path today: ``Moments`` allocates on the CPU) and with
+   ``torch.device("cuda")`` as the default device (moments on the GPU); the Adam solver
+   (``train_adam``, batch 5120) on a GPU stitch and GPU batches.
+5. ``dist``: ``torchrun --nproc-per-node 1`` of this file's worker: ``stitchplug.dist.init_from_env``
+   (which starts no group at world size 1, by design), then a 1-rank group with the backend of
+   ``--device`` (``nccl`` on CUDA) started here, an all-reduce of a device tensor and of a CPU float64
+   tensor (what ``Moments.all_reduce`` and the SAE trainer's mean reduce), and ``sae_step`` steps
+   through ``DistributedDataParallel`` as ``TopKTrainer`` uses it at world size > 1. Two ranks on one
+   GPU are not meaningful (NCCL refuses two ranks on one device; ``init_from_env`` puts rank r on
+   ``cuda:r``).
+
+Every section is timed with ``torch.cuda.synchronize`` and bounded by ``--budget-s``; partial results
+are rewritten to ``--out/gpu.json`` after each section. ``--tiny`` runs everything with tiny shapes
+on the CPU (a test; seconds).
+
+Usage: ``PYTHONPATH=.:plugins python bench/gpu.py --out DIR`` (a CUDA machine; about 2.5 minutes on an
+H200, 21 GiB of GPU memory); ``PYTHONPATH=.:plugins python bench/gpu.py --tiny`` (CPU, under a minute).
+Where stitchplug's dependencies are not installed (the lent H200 had torch, transformers, h5py but not
+pydantic, transformer-lens, datasets ...), the run that produced ``bench/gpu-h200.json`` installed
+wheels of pydantic 2.14.4, pydantic-core 2.50.5, annotated-types, typing-inspection,
+typing-extensions 4.16.0, transformer-lens 3.9.0, fancy-einsum, better-abc, beartype, typeguard,
+datasets 5.2.0, dill and multiprocess (``pip install --no-deps --target /tmp/site``) and ran
+``PYTHONPATH=/tmp/site:.:plugins PYTHONUNBUFFERED=1 python3 bench/gpu.py --out $OUT --budget-s 300``.
+sae-lens is not needed (see :func:`ensure_sae_lens`); plugins are registered without entry points.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import types
+from pathlib import Path
+
+import torch
+
+T0 = time.perf_counter()
+CORPUS = "gpu-bench-synthetic"
+
+
+def log(msg: str) -> None:
+    print(f"[gpu.py {time.perf_counter() - T0:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def err(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:400]
+
+
+# ------------------------------------------------------------------------------------------ set-up
+def ensure_sae_lens() -> bool:
+    """The trainer module imports sae-lens for its final conversion (``to_saelens``) only. Where
+    sae-lens is not installed (the GPU machine: it pulls in wandb, plotly, nltk ...) a placeholder
+    module is installed and the conversion is skipped; the timed steps never touch it."""
+    try:
+        import sae_lens  # noqa: F401
+        return True
+    except ImportError:
+        stub = types.ModuleType("sae_lens")
+
+        class _Missing:
+            def __init__(self, *a, **k):
+                raise ImportError("sae_lens is not installed (bench/gpu.py placeholder)")
+
+        stub.SAE = stub.TopKSAE = stub.TopKSAEConfig = _Missing
+        sys.modules["sae_lens"] = stub
+        return False
+
+
+def ensure_datasets() -> str:
+    """TransformerLens imports ``datasets`` at import time (type hints, dataset helpers nobody calls
+    here). If it does not import on the machine (e.g. a pyarrow older than it needs), placeholder
+    modules stand in, so that the models still load; the error is reported."""
+    try:
+        import datasets  # noqa: F401
+        return "ok"
+    except Exception as exc:
+        for k in [m for m in sys.modules if m == "datasets" or m.startswith("datasets.")]:
+            del sys.modules[k]
+        stub = types.ModuleType("datasets")
+        stub.__path__ = []
+        for sub, names in (("arrow_dataset", ["Dataset"]), ("iterable_dataset", ["IterableDataset"]),
+                           ("load", ["load_dataset"])):
+            m = types.ModuleType(f"datasets.{sub}")
+            for n in names:
+                setattr(m, n, type(n, (), {}))
+                setattr(stub, n, getattr(m, n))
+            sys.modules[m.__name__] = m
+            setattr(stub, sub, m)
+        sys.modules["datasets"] = stub
+        return f"placeholder ({err(exc)})"
+
+
+def synthetic_docs(seed: int = 0, n_docs: int = 100_000):
+    """Deterministic pseudo-English documents made of the tiny tokenizers' training words."""
+    from stitchplug_models.tiny import TRAIN_TEXT
+
+    words = TRAIN_TEXT.split()
+    rng = random.Random(seed)
+    for i in range(n_docs):
+        sents = []
+        for _ in range(rng.randint(8, 40)):
+            sents.append(" ".join(rng.choice(words) for _ in range(rng.randint(6, 20))).capitalize() + ".")
+        yield {"text": " ".join(sents), "doc_id": f"synthetic-{i}"}
+
+
+def register_corpus() -> None:
+    """Register the synthetic corpus (and the first-party aligners) without an installed package:
+    on the GPU machine stitchplug is not pip-installed, so there are no entry points to load."""
+    from stitchplug import plugins
+    from stitchplug.api import hookimpl
+
+    class BenchPlugin:
+        @hookimpl
+        def register_corpora(self, register):
+            register(CORPUS, lambda **kw: synthetic_docs(), description="synthetic text (bench/gpu.py)",
+                     source="bench/gpu.py")
+
+    plugins.load_plugins()
+    if not plugins.pm.has_plugin("corpora"):
+        import stitchplug_corpora
+        plugins.pm.register(stitchplug_corpora, name="corpora")
+    if not plugins.pm.has_plugin("gpu-bench"):
+        plugins.pm.register(BenchPlugin(), name="gpu-bench")
+    plugins._registry = None  # rebuilt on next use, with the plugins above
+
+
+def model_spec(which: str, tiny: bool) -> dict:
+    """TransformerLens config of gemma-2-2b / gemma-2-9b (offline, from TL's own table)."""
+    from transformer_lens.loading_from_pretrained import convert_hf_model_config
+
+    spec = convert_hf_model_config(f"google/gemma-2-{which}")
+    for k in ("quantization_method", "tokenizer_name", "d_vocab", "n_ctx"):
+        spec.pop(k, None)
+    if tiny:  # same architecture fields, tiny widths; layers as many as the hooked layer needs + 1
+        spec.update(d_model={"2b": 48, "9b": 64}[which], d_head=16, n_heads=4, n_key_value_heads=2,
+                    d_mlp={"2b": 96, "9b": 128}[which], n_layers={"2b": 4, "9b": 6}[which],
+                    attn_types=(["local", "global"] * 3)[:{"2b": 4, "9b": 6}[which]])
+    return spec
+
+
+def build_adapter(which: str, device: str, dtype: str, tiny: bool):
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from stitchplug.api import TLAdapter
+    from stitchplug_models._common import model_on, torch_dtype
+    from stitchplug_models.tiny import tiny_tokenizer
+
+    spec = model_spec(which, tiny)
+    tok = tiny_tokenizer("sp")
+    tdtype = torch_dtype(dtype)
+    cfg = HookedTransformerConfig(**spec, n_ctx=256, d_vocab=len(tok), dtype=tdtype, device=device,
+                                  default_prepend_bos=True, tokenizer_prepends_bos=False)
+    torch.manual_seed(0)
+    with torch.device(device):  # allocate and initialise on the GPU (9B parameters: no host round trip)
+        model = HookedTransformer(cfg, move_to_device=False)
+    model.tokenizer = tok
+    model = model_on(model, device, tdtype)
+    adapter = TLAdapter(f"gemma-2-{which}-shape-random", model, tok, prepend_bos=True, bos_id=tok.bos_token_id)
+    adapter.source = "random init (bench/gpu.py)"
+    return adapter
+
+
+def run_flops_per_token(adapter, layer: int, ctx: int) -> float:
+    """Matmul FLOPs per token of a forward stopped before block ``layer``: 2 x parameters of the blocks
+    run (norms included, negligible) + attention scores and mixing (TL computes full ``ctx x ctx``)."""
+    cfg = adapter.model.cfg
+    params = sum(p.numel() for b in adapter.model.blocks[:layer] for p in b.parameters())
+    return 2.0 * params + layer * 4.0 * cfg.n_heads * cfg.d_head * ctx
+
+
+# ------------------------------------------------------------------------------------------ sections
+def sec_env(a) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def v(p):
+        try:
+            return version(p)
+        except PackageNotFoundError:
+            return None
+
+    out = {"versions": {p: v(p) for p in ("numpy", "pyarrow", "fsspec", "typing_extensions", "huggingface_hub",
+                                           "datasets", "pydantic", "tokenizers", "sentencepiece")},"torch": torch.__version__, "cuda": torch.version.cuda, "transformer_lens": version("transformer-lens"),
+           "transformers": version("transformers"), "h5py": version("h5py"),
+           "python": sys.version.split()[0], "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    if a.device == "cuda":
+        p = torch.cuda.get_device_properties(0)
+        out.update(gpu=p.name, gpu_mem_gib=round(p.total_memory / 2**30, 1), sm_count=p.multi_processor_count,
+                   nccl=str(torch.cuda.nccl.version()))
+        n = 8192
+        x = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+        for _ in range(3):
+            x @ x
+        sync("cuda")
+        t = time.perf_counter()
+        for _ in range(10):
+            x @ x
+        sync("cuda")
+        out["bf16_matmul_8192_tflops"] = round(10 * 2 * n ** 3 / (time.perf_counter() - t) / 1e12, 1)
+        del x
+    return out
+
+
+def sec_models(a, state) -> dict:
+    t = time.perf_counter()
+    state["source"] = build_adapter("2b", a.device, a.dtype, a.tiny)
+    state["target"] = build_adapter("9b", a.device, a.dtype, a.tiny)
+    sync(a.device)
+    out = {"seconds": round(time.perf_counter() - t, 1), "dtype": a.dtype, "vocab": len(state["source"].tokenizer)}
+    for side, layer in (("source", a.source_layer), ("target", a.target_layer)):
+        ad = state[side]
+        out[side] = {"name": ad.name, "d_model": ad.d_model, "n_layers": ad.n_layers, "layer": layer,
+                     "params_blocks_run": sum(p.numel() for b in ad.model.blocks[:layer] for p in b.parameters())}
+    if a.device == "cuda":
+        out["gpu_mem_allocated_gib"] = round(torch.cuda.memory_allocated() / 2**30, 2)
+    return out
+
+
+def sec_forward(a, state) -> dict:
+    out = {}
+    ctx = a.context_size
+    for bs in a.forward_batches:
+        row = {}
+        for side, layer in (("source", a.source_layer), ("target", a.target_layer)):
+            ad = state[side]
+            g = torch.Generator().manual_seed(0)
+            ids = torch.randint(4, len(ad.tokenizer), (bs, ctx), generator=g)
+            ids[:, 0] = ad.bos_id
+            for _ in range(2):
+                ad.capture(ids, [layer])
+            sync(a.device)
+            n, t = 0, time.perf_counter()
+            while n < a.forward_iters_min or time.perf_counter() - t < a.forward_seconds:
+                ad.capture(ids, [layer])
+                n += 1
+                if n >= 200:
+                    break
+            sync(a.device)
+            s = time.perf_counter() - t
+            tps = n * bs * ctx / s
+            row[side] = {"tokens_per_s": round(tps), "iters": n,
+                         "tflops": round(tps * run_flops_per_token(ad, layer, ctx) / 1e12, 1)}
+        row["pair_tokens_per_s"] = round(1 / (1 / row["source"]["tokens_per_s"] + 1 / row["target"]["tokens_per_s"]))
+        out[f"batch_{bs}x{ctx}"] = row
+    return out
+
+
+def sec_cache(a, state) -> dict:
+    from stitchplug.cache import writer
+    from stitchplug.cache.writer import build_cache
+
+    register_corpus()
+    out = {"corpus": CORPUS, "context_size": a.context_size, "storage_dtype": a.cache_dtype,
+           "source_layer": a.source_layer, "target_layer": a.target_layer}
+    src, tgt = state["source"], state["target"]
+    inside = {"s": 0.0}
+
+    def timed(ad):
+        orig = ad.capture
+
+        def capture(ids, layers):
+            t = time.perf_counter()
+            r = orig(ids, layers)
+            sync(a.device)
+            inside["s"] += time.perf_counter() - t
+            return r
+        return capture
+
+    src.capture, tgt.capture = timed(src), timed(tgt)
+    work = Path(tempfile.mkdtemp(prefix="stitchplug-gpu-", dir=a.work_dir))
+    try:
+        for bs in a.cache_batches:
+            if time.perf_counter() - T0 > a.budget_s * 0.55:
+                out[f"batch_{bs}"] = {"skipped": "time budget"}
+                continue
+            kw = dict(corpus=CORPUS, context_size=a.context_size, source_layers=[a.source_layer],
+                      target_layers=[a.target_layer], dtype=a.cache_dtype, batch_size=bs, progress=False,
+                      log=lambda m: None)
+            build_cache(work / f"warm{bs}.h5", src, tgt, tokens=max(256, a.cache_tokens // 8), **kw)
+            shutil.rmtree(work / f"warm{bs}.h5.shards", ignore_errors=True)
+            writer.FORWARD_STATS.update(positions=0, tokens=0)
+            inside["s"] = 0.0
+            sync(a.device)
+            t = time.perf_counter()
+            path = build_cache(work / f"c{bs}.h5", src, tgt, tokens=a.cache_tokens, **kw)
+            sync(a.device)
+            s = time.perf_counter() - t
+            disk = sum(p.stat().st_size for p in work.rglob(f"c{bs}.h5*") if p.is_file())
+            disk += sum(p.stat().st_size for p in (work / f"c{bs}.h5.shards").rglob("*") if p.is_file()) \
+                if (work / f"c{bs}.h5.shards").exists() else 0
+            import h5py
+            with h5py.File(path, "r") as f:
+                rows = int(f.attrs["n_tokens"])
+            st = writer.FORWARD_STATS
+            out[f"batch_{bs}"] = {
+                "tokens": rows, "seconds": round(s, 2), "tokens_per_s": round(rows / s),
+                "seconds_in_capture": round(inside["s"], 2),
+                "share_in_capture": round(inside["s"] / s, 3),
+                "bytes_on_disk": disk, "bytes_per_row": round(disk / max(rows, 1)),
+                "padding_ratio": round(st["positions"] / max(st["tokens"], 1), 3),
+                "disk_write_mb_per_s": round(disk / s / 1e6),
+            }
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True, exist_ok=True)
+    finally:
+        del src.capture, tgt.capture  # back to the class's method
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def sec_sae(a, state) -> dict:
+    have_saelens = ensure_sae_lens()
+    import stitchplug_sae.trainer as trainer_mod
+    from stitchplug_sae.trainer import TopKSAE, TopKTrainer, train_topk_sae
+
+    if not have_saelens:  # skip the final sae-lens conversion (after the timed steps)
+        trainer_mod.to_saelens = lambda sae, scale=1.0, model_name=None, hook_name=None: types.SimpleNamespace(
+            cfg=types.SimpleNamespace(metadata=types.SimpleNamespace()))
+    d = a.sae_d
+    out = {"d_in": d, "k": a.sae_k, "sae_lens_installed": have_saelens,
+           "tf32": bool(torch.backends.cuda.matmul.allow_tf32)}
+    g = torch.Generator().manual_seed(0)
+    mix = torch.randn(d, d, generator=g) / d ** 0.5
+    pool_rows = a.sae_pool_rows
+    pool = (torch.randn(pool_rows, d, generator=g) @ mix) + 3.0 * torch.randn(d, generator=g)
+    for width, bs, steps, tf32 in a.sae_runs:
+        key = f"width_{width}_batch_{bs}" + ("_tf32" if tf32 else "")
+        torch.backends.cuda.matmul.allow_tf32 = tf32  # the project leaves it off (PyTorch's default)
+        if time.perf_counter() - T0 > a.budget_s * 0.75:
+            out[key] = {"skipped": "time budget"}
+            continue
+        batches = [pool[i:i + bs] for i in range(0, pool_rows - bs + 1, bs)]
+        stamps = []
+
+        def on_step(step, info):
+            stamps.append(time.perf_counter())
+
+        t = time.perf_counter()
+        _, summ = train_topk_sae(batches, d, width=width, k=a.sae_k, batch_size=bs, train_tokens=steps * bs,
+                                 device=a.device, progress=False, on_step=on_step, lr=2e-4)
+        sync(a.device)
+        wall = time.perf_counter() - t
+        warm = min(5, len(stamps) - 2)
+        steady = (len(stamps) - 1 - warm) * bs / (stamps[-1] - stamps[warm])
+        row = {"steps": summ["steps"], "wall_s": round(wall, 2), "tokens_per_s_project_summary": summ["tokens_per_s"],
+               "tokens_per_s_steady": round(steady), "step_flops": summ["step_flops"],
+               "tflops_steady": round(steady / bs * summ["step_flops"] / 1e12, 1),
+               "ev_final": round(summ["explained_variance_final"], 3)}
+        # the ceiling: the same step on batches already on the device (no host copy, no rebatch)
+        sae = TopKSAE.random(d, width, a.sae_k, generator=torch.Generator().manual_seed(0),
+                             b_dec=pool[:bs].mean(0), apply_b_dec_to_input=True).to(a.device)
+        tr = TopKTrainer(sae, 2e-4)
+        xs = [b.to(a.device) for b in batches[:8]]
+        for i in range(3):
+            tr.step(xs[i % len(xs)])
+        sync(a.device)
+        n = max(10, steps // 2)
+        t = time.perf_counter()
+        for i in range(n):
+            tr.step(xs[i % len(xs)])
+        sync(a.device)
+        row["tokens_per_s_device_resident"] = round(n * bs / (time.perf_counter() - t))
+        out[key] = row
+        torch.backends.cuda.matmul.allow_tf32 = False
+        del sae, tr, xs
+        if a.device == "cuda":
+            torch.cuda.empty_cache()
+    return out
+
+
+def sec_stitch(a, state) -> dict:
+    from stitchplug.config import StitchConfig
+    from stitchplug.stitch.fit import fit_stitch, train_adam
+    from stitchplug.stitch.model import Stitch
+
+    dA, dB = a.stitch_dims
+    out = {"d_source": dA, "d_target": dB}
+    g = torch.Generator().manual_seed(1)
+    n = a.stitch_pool_rows
+    hA = torch.randn(n, dA, generator=g)
+    hB = hA[:, :min(dA, dB)].repeat(1, dB // min(dA, dB) + 1)[:, :dB] + 0.1 * torch.randn(n, dB, generator=g)
+
+    def source_of(xa, xb, bs, rounds=1):
+        def src():
+            for _ in range(rounds):
+                for i in range(0, xa.shape[0] - bs + 1, bs):
+                    yield xa[i:i + bs], xb[i:i + bs]
+        src.n_tokens = rounds * (xa.shape[0] // bs) * bs
+        return src
+
+    # closed form on the CPU: the project's path today (Moments allocates on the CPU)
+    cfg = StitchConfig(solver="lstsq")
+    ncpu = min(n, a.stitch_cpu_rows)
+    t = time.perf_counter()
+    res = fit_stitch(source_of(hA[:ncpu], hB[:ncpu], 4096), dA, dB, cfg)
+    s = time.perf_counter() - t
+    out["lstsq_cpu"] = {"tokens": res.info["train_tokens"], "seconds": round(s, 2),
+                        "tokens_per_s": round(res.info["train_tokens"] / s), "threads": torch.get_num_threads()}
+    if a.device == "cuda":
+        gA, gB = hA.to("cuda"), hB.to("cuda")
+        try:  # the same function with the GPU as default device: float64 moments on the GPU
+            with torch.device("cuda"):
+                fit_stitch(source_of(gA[:8192], gB[:8192], 8192), dA, dB, cfg)  # warm-up
+                sync("cuda")
+                t = time.perf_counter()
+                res = fit_stitch(source_of(gA, gB, 8192, rounds=a.stitch_gpu_rounds), dA, dB, cfg)
+                sync("cuda")
+            s = time.perf_counter() - t
+            out["lstsq_gpu_default_device"] = {"tokens": res.info["train_tokens"], "seconds": round(s, 2),
+                                               "tokens_per_s": round(res.info["train_tokens"] / s),
+                                               "train_loss_total": round(res.info["train_loss"]["total"], 4)}
+        except Exception as exc:
+            out["lstsq_gpu_default_device"] = {"error": err(exc)}
+        bs = 5120
+        steps = a.stitch_adam_steps
+        try:
+            st = Stitch(dA, dB, seed=0).to("cuda")
+            acfg = StitchConfig(solver="adam", batch_size=bs, epochs=1)
+            src = source_of(gA, gB, bs, rounds=100)
+            train_adam(st, src, acfg, steps_per_epoch=steps, max_steps=5)
+            sync("cuda")
+            t = time.perf_counter()
+            run = train_adam(st, src, acfg, steps_per_epoch=steps, max_steps=steps)
+            sync("cuda")
+            s = time.perf_counter() - t
+            out["adam_gpu"] = {"batch_size": bs, "steps": run["steps"], "seconds": round(s, 2),
+                               "tokens_per_s": round(run["tokens_seen"] / s)}
+        except Exception as exc:
+            out["adam_gpu"] = {"error": err(exc)}
+    else:
+        st = Stitch(dA, dB, seed=0)
+        acfg = StitchConfig(solver="adam", batch_size=256, epochs=1)
+        t = time.perf_counter()
+        run = train_adam(st, source_of(hA, hB, 256, rounds=10), acfg, steps_per_epoch=10, max_steps=10)
+        out["adam_cpu"] = {"batch_size": 256, "steps": run["steps"],
+                           "tokens_per_s": round(run["tokens_seen"] / (time.perf_counter() - t))}
+    return out
+
+
+def dist_worker(a) -> None:
+    """Run under torchrun: the project's init, then a group started here, collectives and DDP steps."""
+    import torch.distributed as tdist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from stitchplug import dist
+    ensure_sae_lens()
+    from stitchplug_sae.trainer import TopKSAE, TopKTrainer
+
+    res = {"env_world_size": dist.env_world_size()}
+    rank, world = dist.init_from_env(a.device)
+    res["init_from_env"] = [rank, world]
+    res["group_started_by_project"] = tdist.is_initialized()
+    if not tdist.is_initialized():
+        backend = dist.backend_for(a.device)  # the backend init_from_env uses at world size > 1
+        if a.device == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        tdist.init_process_group(backend)
+    res["backend"] = tdist.get_backend()
+    dev = torch.device("cuda", torch.cuda.current_device()) if a.device == "cuda" else torch.device("cpu")
+    t = torch.full((4,), float(tdist.get_rank() + 1), device=dev)
+    tdist.all_reduce(t)
+    res["all_reduce_device_tensor"] = float(t[0])
+    try:  # Moments.all_reduce and train_topk_sae's first-batch sums reduce CPU float64 tensors
+        c = torch.ones(3, dtype=torch.float64)
+        tdist.all_reduce(c)
+        res["all_reduce_cpu_float64"] = "ok"
+    except Exception as exc:
+        res["all_reduce_cpu_float64"] = err(exc)
+    d, width = a.sae_d, a.sae_runs[0][0]
+    sae = TopKSAE.random(d, width, a.sae_k, generator=torch.Generator().manual_seed(0),
+                         apply_b_dec_to_input=True).to(dev)
+    tr = TopKTrainer(sae, 2e-4)
+    if tr.forward is None:  # TopKTrainer wraps in DDP only at world size > 1: do what it does
+        tr.forward = DistributedDataParallel(sae)
+    x = torch.randn(1024, d, generator=torch.Generator().manual_seed(2)).to(dev)
+    for _ in range(3):
+        tr.step(x)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    t0, n = time.perf_counter(), 20
+    for _ in range(n):
+        info = tr.step(x)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    res["ddp_sae_steps"] = n
+    res["ddp_sae_tokens_per_s"] = round(n * 1024 / (time.perf_counter() - t0))
+    res["ddp_sae_ev"] = round(float(info["ev"]), 3)
+    tdist.barrier()
+    tdist.destroy_process_group()
+    if int(os.environ.get("RANK", "0")) == 0:
+        Path(a.dist_out).write_text(json.dumps(res))
+
+
+def sec_dist(a, state) -> dict:
+    outf = Path(tempfile.mkdtemp(prefix="stitchplug-gpu-dist-")) / "dist.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1",
+           str(Path(__file__).resolve()), "--dist-worker", "--dist-out", str(outf), "--device", a.device]
+    if a.tiny:
+        cmd.append("--tiny")
+    t = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=a.dist_timeout)
+    out = {"command": "torchrun --standalone --nproc-per-node 1 bench/gpu.py --dist-worker --device " + a.device,
+           "rc": r.returncode, "seconds": round(time.perf_counter() - t, 1)}
+    if outf.exists():
+        out.update(json.loads(outf.read_text()))
+    else:
+        out["stderr_tail"] = r.stderr.strip().splitlines()[-5:]
+    return out
+
+
+# ------------------------------------------------------------------------------------------ main
+def parse() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tiny", action="store_true", help="tiny shapes on the CPU (a test)")
+    ap.add_argument("--device", default=None, choices=["cpu", "cuda"])
+    ap.add_argument("--dtype", default=None, help="models' compute dtype (default bfloat16 on CUDA, float32 on CPU)")
+    ap.add_argument("--sections", default="env,models,forward,cache,sae,stitch,dist")
+    ap.add_argument("--cache-tokens", type=int, default=None)
+    ap.add_argument("--budget-s", type=float, default=330.0, help="skip later parts of sections past this")
+    ap.add_argument("--out", default=os.environ.get("OUT"), help="folder for gpu.json (partial results)")
+    ap.add_argument("--work-dir", default=None, help="where caches are written (default: the temp folder)")
+    ap.add_argument("--dist-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--dist-out", default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    a.device = a.device or ("cpu" if a.tiny or not torch.cuda.is_available() else "cuda")
+    a.dtype = a.dtype or ("bfloat16" if a.device == "cuda" else "float32")
+    a.context_size = 128
+    a.cache_dtype = "bfloat16"
+    a.dist_timeout = 150
+    if a.tiny:
+        a.source_layer, a.target_layer = 3, 5
+        a.forward_batches, a.forward_seconds, a.forward_iters_min = [2], 0.2, 2
+        a.cache_tokens = a.cache_tokens or 1500
+        a.cache_batches = [8]
+        a.sae_d, a.sae_k, a.sae_pool_rows = 64, 8, 4096
+        a.sae_runs = [(256, 256, 20, False)]
+        a.stitch_dims, a.stitch_pool_rows, a.stitch_cpu_rows = (64, 96), 4096, 4096
+    else:
+        a.source_layer, a.target_layer = 20, 33
+        a.forward_batches, a.forward_seconds, a.forward_iters_min = [8, 64], 3.0, 5
+        a.cache_tokens = a.cache_tokens or 100_000
+        a.cache_batches = [8, 64]
+        a.sae_d, a.sae_k, a.sae_pool_rows = 2304, 64, 65536
+        a.sae_runs = [(16384, 1024, 300, False), (16384, 4096, 120, False), (65536, 4096, 40, False),
+                      (16384, 4096, 120, True)]
+        a.stitch_dims, a.stitch_pool_rows, a.stitch_cpu_rows = (2304, 3584), 65536, 32768
+    a.stitch_gpu_rounds, a.stitch_adam_steps = (4, 100) if not a.tiny else (1, 10)
+    return a
+
+
+def main() -> None:
+    a = parse()
+    if a.dist_worker:
+        return dist_worker(a)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    results: dict = {"bench": "gpu", "tiny": a.tiny, "device": a.device, "datasets_import": ensure_datasets(),
+                     "sections": {}}
+    out_path = Path(a.out) / "gpu.json" if a.out else None
+    if out_path is not None:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+    state: dict = {}
+    fns = {"env": lambda: sec_env(a), "models": lambda: sec_models(a, state), "forward": lambda: sec_forward(a, state),
+           "cache": lambda: sec_cache(a, state), "sae": lambda: sec_sae(a, state),
+           "stitch": lambda: sec_stitch(a, state), "dist": lambda: sec_dist(a, state)}
+    needs_models = {"forward", "cache"}
+    for name in a.sections.split(","):
+        if name in needs_models and "source" not in state:
+            results["sections"][name] = {"skipped": "no models"}
+            continue
+        if name == "sae" and "source" in state:  # free the 11 GiB of model weights before the SAE runs
+            state.clear()
+            if a.device == "cuda":
+                torch.cuda.empty_cache()
+        log(f"section {name} ...")
+        t = time.perf_counter()
+        try:
+            results["sections"][name] = fns[name]()
+        except Exception as exc:
+            traceback.print_exc()
+            results["sections"][name] = {"error": err(exc)}
+        results["sections"][name + "_seconds"] = round(time.perf_counter() - t, 1)
+        log(f"section {name} done: {json.dumps(results['sections'][name])[:600]}")
+        results["elapsed_s"] = round(time.perf_counter() - T0, 1)
+        if out_path is not None:
+            out_path.write_text(json.dumps(results, indent=1))
+    if a.device == "cuda":
+        results["gpu_max_mem_allocated_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    results["elapsed_s"] = round(time.perf_counter() - T0, 1)
+    if out_path is not None:
+        out_path.write_text(json.dumps(results, indent=1))
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
