@@ -47,7 +47,8 @@ class ArtifactContext:
     """What a stage knows about one model (``side``: ``"source"`` = A or ``"target"`` = B) at one layer.
 
     Activations: ``train_activations(batch_size, seed)`` yields cached training batches ``[batch, d]``
-    (it may be endless; the consumer stops); ``eval_activations()`` yields a *fresh, finite* pass over
+    (it may be endless; the consumer stops; under torchrun, in a ``data_parallel`` kind's ``obtain``,
+    this rank's share of each global batch, see :attr:`ArtifactKind.data_parallel`); ``eval_activations()`` yields a *fresh, finite* pass over
     the cache's held-out batches each call. ``activations_of(texts)`` runs arbitrary texts through the
     model (see the method).
 
@@ -150,6 +151,12 @@ class ArtifactKind(ABC):
     """``{preset name: {field: value}}`` merged into the kind's section by ``--preset``."""
     supports_baseline: ClassVar[bool] = False
     """Whether :meth:`baseline` builds a random artifact on B (then the ``random`` arm is evaluated)."""
+    data_parallel: ClassVar[bool] = False
+    """Whether :meth:`obtain` runs on every rank under torchrun (``stitchplug run`` launched with
+    ``torchrun --nproc-per-node N``). Then, during ``obtain`` only, ``context.train_activations(batch_size)``
+    yields on each rank its share (rows ``rank::N``) of every global batch of ``batch_size`` rows, and
+    ``obtain`` must make the ranks agree (e.g. ``DistributedDataParallel``); rank 0's artifact is saved.
+    False: ``obtain`` runs on rank 0 alone, like every other stage of a kind."""
 
     @abstractmethod
     def obtain(self, context: ArtifactContext, cfg: Any) -> Any:

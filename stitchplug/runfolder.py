@@ -18,7 +18,9 @@ config it depends on and content fingerprints of the inputs it consumed and the 
 marker and is redone. Re-running with a different config for a finished stage is refused, naming what
 changed, rather than overwriting results already written; a stage whose inputs or outputs changed since
 (a refit stitch, an edited corpus file, a file replaced by hand) is stale and is redone, and so is every
-stage after it. One process writes into a run folder at a time (:meth:`RunFolder.writing`).
+stage after it. One process writes into a run folder at a time (:meth:`RunFolder.writing`); under
+torchrun that is rank 0, which decides each stage (:meth:`reuse`) and writes its marker (:meth:`finish`)
+while the other ranks write only their cache shards (see :mod:`stitchplug.run.pipeline`).
 """
 
 from __future__ import annotations
@@ -287,8 +289,18 @@ class RunFolder:
             inputs: dict[str, str | Path] | None = None, outputs: dict[str, str | Path] | None = None) -> dict:
         """Run ``fn`` unless the stage already finished with the same deps and unchanged inputs and
         outputs; record its result, the config and the content fingerprints."""
-        from .fingerprints import content_fingerprint
+        rec = self.reuse(name, deps, log, inputs, outputs)
+        if rec is not None:
+            return rec
+        log(f"[{name}] running")
+        t0 = time.perf_counter()
+        result = fn() or {}
+        return self.finish(name, deps, result, time.perf_counter() - t0, log, inputs, outputs)
 
+    def reuse(self, name: str, deps: dict, log: Callable[[str], None] = print,
+              inputs: dict[str, str | Path] | None = None, outputs: dict[str, str | Path] | None = None) -> dict | None:
+        """The first half of :meth:`run`: the recorded result of a finished, still valid stage, or
+        ``None`` (a stale stage's marker is removed) when it must run. Refuses a changed config."""
         inputs = {k: Path(v) for k, v in (inputs or {}).items()}
         outputs = {k: Path(v) for k, v in (outputs or {}).items()}
         rec = self.done(name, deps)
@@ -299,14 +311,18 @@ class RunFolder:
                 return rec
             log(f"[{name}] stale: {why}; redoing it")
             self.marker(name).unlink()
-        log(f"[{name}] running")
-        t0 = time.perf_counter()
-        result = fn() or {}
-        seconds = time.perf_counter() - t0
+        return None
+
+    def finish(self, name: str, deps: dict, result: dict, seconds: float, log: Callable[[str], None] = print,
+               inputs: dict[str, str | Path] | None = None, outputs: dict[str, str | Path] | None = None) -> dict:
+        """The second half of :meth:`run`: write the stage's marker (its result, config, seconds and
+        the fingerprints of its inputs and outputs); returns ``result``."""
+        from .fingerprints import content_fingerprint
+
         write_json_atomic(self.marker(name), {
             "deps": deps, "result": result, "seconds": seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "inputs": {k: content_fingerprint(p) for k, p in inputs.items()},
-            "outputs": {k: content_fingerprint(p) for k, p in outputs.items()}})
+            "inputs": {k: content_fingerprint(Path(p)) for k, p in (inputs or {}).items()},
+            "outputs": {k: content_fingerprint(Path(p)) for k, p in (outputs or {}).items()}})
         log(f"[{name}] done in {seconds:.1f}s")
         return result
 

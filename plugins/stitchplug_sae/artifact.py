@@ -43,6 +43,7 @@ class SAEArtifact(ArtifactKind):
     config_class = config.SAEConfig
     presets = config.PRESETS
     supports_baseline = True
+    data_parallel = True  # under torchrun every rank trains on its share of each batch (the trainer's DDP)
 
     def obtain(self, context: ArtifactContext, cfg: Any) -> SAE:
         """Train a TopK SAE (``cfg.source == "train"``) on ``context.train_activations`` or load one

@@ -126,7 +126,8 @@ class TopKTrainer:
     Under torchrun (a process group of ``world_size > 1``) the SAE is wrapped in
     ``DistributedDataParallel``: each rank steps on its share of the global batch, gradients are
     averaged (equal shares: the global batch's gradient), and the latents that fired are OR-ed over
-    ranks so every rank keeps the same dead-latent mask (AuxK). ``flops`` counts this rank's share.
+    ranks so every rank keeps the same dead-latent mask (AuxK); the ``mse`` and ``ev`` a step returns
+    are the global batch's (one small all-reduce per step). ``flops`` counts this rank's share.
     """
 
     def __init__(self, sae: TopKSAE, lr: float, aux_k_coef: float = 0.0, dead_window: int = 200,
@@ -161,14 +162,23 @@ class TopKTrainer:
         else:
             loss, aux_active, fired = sae_step(self.sae, self.opt, x, dead, self.aux_k_coef, self.clip_grad_norm,
                                                self.forward)
-        if self.forward is not None:
-            fired = dist.all_reduce_sum(fired.to(torch.int32)) > 0
+        if self.forward is not None:  # one all-reduce: the latents fired, the global batch's loss and variance
+            with torch.no_grad():
+                xd, n = x.double(), x.shape[0]
+                packed = dist.all_reduce_sum(torch.cat([
+                    fired.double(), torch.tensor([loss * n, float(xd.pow(2).sum()), n], dtype=torch.float64,
+                                                 device=x.device), xd.sum(0)]))
+            w = fired.numel()
+            fired, rows = packed[:w] > 0, packed[w + 2]
+            loss = float(packed[w] / rows)
+            var = max(float(packed[w + 1] / rows - (packed[w + 3:] / rows).pow(2).sum()), 1e-12)
+        else:
+            with torch.no_grad():
+                var = float((x - x.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12))
         self.flops += self.step_flops[aux_active]
         self.since_fired = torch.where(fired, torch.zeros_like(self.since_fired), self.since_fired + 1)
         self.steps += 1
-        with torch.no_grad():
-            var = (x - x.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
-        return {"mse": loss / x.shape[-1], "ev": 1.0 - loss / float(var), "aux_active": aux_active}
+        return {"mse": loss / x.shape[-1], "ev": 1.0 - loss / var, "aux_active": aux_active}
 
     def dead_fraction(self) -> float:
         """Share of latents that have not fired in the last ``min(dead_window, steps)`` steps."""
@@ -261,7 +271,7 @@ def train_topk_sae(batches: Iterable[torch.Tensor], d_in: int, cfg: Any = None, 
     ``train_tokens`` stay global (each rank steps on ``batch_size / world_size`` rows, which must
     divide evenly), the decoder-bias mean and the ``expected_norm`` scale are all-reduced, and the
     gradients averaged (:class:`TopKTrainer`), so N ranks train the SAE one process would on the
-    union of their batches.
+    union of their batches; the summary's losses and FLOPs are the global batch's and all ranks'.
 
     Returns ``(sae, summary)``: a sae-lens inference ``TopKSAE`` (save it with
     :func:`stitchplug_sae.io.save_sae`; ``SAE.load_from_disk`` reads it back) carrying the summary in
@@ -323,12 +333,15 @@ def train_topk_sae(batches: Iterable[torch.Tensor], d_in: int, cfg: Any = None, 
     steps = len(mse)
     if steps == 0:
         raise StageError("the activation stream ended before one full SAE training batch")
+    # FLOPs of every rank (each counted its share of the global batch)
+    train_flops, plain_step = (int(v) for v in dist.all_reduce_sum(torch.tensor(
+        [trainer.flops, trainer.step_flops.get(False) or 0], dtype=torch.int64)))
     tail = max(1, steps // 20)
     stride = max(1, math.ceil(steps / curve_points))
     summary = {
         "trainer": "stitchplug_sae.trainer", "steps": steps, "tokens": steps * c.batch_size,
         "seconds": round(seconds, 3), "tokens_per_s": round(steps * c.batch_size / max(seconds, 1e-9), 1),
-        "train_flops": int(trainer.flops), "step_flops": trainer.step_flops.get(False),
+        "train_flops": train_flops, "step_flops": plain_step if False in trainer.step_flops else None,
         "seed": seed, **c.model_dump(), "lr_used": c.effective_lr(), "input_scale": scale,
         "mse_first": sum(mse[:tail]) / tail, "mse_final": sum(mse[-tail:]) / tail,
         "explained_variance_first": sum(ev[:tail]) / tail, "explained_variance_final": sum(ev[-tail:]) / tail,

@@ -239,7 +239,8 @@ class PairedCache:
     def batches(self, keys: Sequence[Key] = (("source", None), ("target", None)), batch_size: int = 1024,
                 split: str | None = "train", seed: int = 0, shuffle: bool = True, epochs: int = 1,
                 dtype: torch.dtype = torch.float32, chunk_rows: int = 4096, buffer_chunks: int = 8,
-                drop_last: bool = False, part: tuple[int, int] | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
+                drop_last: bool = False, part: tuple[int, int] | None = None,
+                across_epochs: bool = False) -> Iterator[tuple[torch.Tensor, ...]]:
         """Stream ``(tensor_per_key, ...)`` batches of aligned rows.
 
         ``keys`` are ``(side, layer)`` pairs (``layer=None``: the side's first cached layer; a string
@@ -252,6 +253,12 @@ class PairedCache:
         ``part=(rank, world_size)`` (data parallel): every rank walks the same global batches and
         gets rows ``rank::world_size`` of each (sorted), so ranks together see exactly the batches of
         one process with the same ``batch_size``, each reading only its share.
+
+        ``across_epochs``: every batch has exactly ``batch_size`` rows: the rows of the epochs are cut
+        as one stream (the batches above, concatenated), so a batch may end one epoch and start the
+        next, and a last remainder shorter than ``batch_size`` is dropped. These are the batches a
+        consumer that concatenates and re-cuts the plain batches sees (the SAE trainer's ``rebatch``);
+        with ``part`` the ranks' shares then always have equal sizes.
         """
         if batch_size < 1:
             raise CacheError(f"batch_size must be positive, not {batch_size}")
@@ -271,21 +278,33 @@ class PairedCache:
                                      f"(a corrupt shard?); run `stitchplug cache --verify`")
             return out
 
-        for epoch in range(epochs):
-            rng = np.random.default_rng([seed, epoch])
-            order = rng.permutation(len(chunks)) if shuffle else np.arange(len(chunks))
-            carry = np.zeros(0, dtype=np.int64)
-            for g in range(0, len(order), buffer_chunks):
-                group = sorted(int(i) for i in order[g:g + buffer_chunks])
-                rows = np.concatenate([carry] + [np.arange(*chunks[i], dtype=np.int64) for i in group])
-                if shuffle:
-                    rows = rows[rng.permutation(len(rows))]
-                full = len(rows) - len(rows) % batch_size
-                for s in range(0, full, batch_size):
-                    yield batch(rows[s:s + batch_size])
-                carry = rows[full:]
-            if len(carry) and not drop_last:
-                yield batch(carry)
+        def row_batches() -> Iterator[np.ndarray]:
+            for epoch in range(epochs):
+                rng = np.random.default_rng([seed, epoch])
+                order = rng.permutation(len(chunks)) if shuffle else np.arange(len(chunks))
+                carry = np.zeros(0, dtype=np.int64)
+                for g in range(0, len(order), buffer_chunks):
+                    group = sorted(int(i) for i in order[g:g + buffer_chunks])
+                    rows = np.concatenate([carry] + [np.arange(*chunks[i], dtype=np.int64) for i in group])
+                    if shuffle:
+                        rows = rows[rng.permutation(len(rows))]
+                    full = len(rows) - len(rows) % batch_size
+                    for s in range(0, full, batch_size):
+                        yield np.sort(rows[s:s + batch_size])
+                    carry = rows[full:]
+                if len(carry) and (across_epochs or not drop_last):
+                    yield np.sort(carry)
+
+        if not across_epochs:
+            for rows in row_batches():
+                yield batch(rows)
+            return
+        buf = np.zeros(0, dtype=np.int64)
+        for rows in row_batches():  # re-cut the stream of sorted batches into full batches
+            buf = np.concatenate([buf, rows])
+            while len(buf) >= batch_size:
+                yield batch(buf[:batch_size])
+                buf = buf[batch_size:]
 
     @staticmethod
     def _tensor(x: np.ndarray, dtype: torch.dtype) -> torch.Tensor:

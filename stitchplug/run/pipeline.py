@@ -13,13 +13,32 @@ then ``metrics.json`` sections and ``report.md`` sections through :class:`~stitc
 
 Stages of different artifact kinds have different names and folders (``artifacts/<kind>/<role>``),
 so ``--artifact sae`` and ``--artifact probe`` runs can share one run folder (cache and stitch).
+
+Under ``torchrun --nproc-per-node N -m stitchplug run`` every rank runs :meth:`Pipeline.run`; the
+stages run in this order, the distributed ones first:
+
+- rank 0 alone takes the run folder's lock, checks the config against finished stages and writes
+  ``config.yaml``; its verdict (or its one-line error) is broadcast (:func:`stitchplug.dist.on_main`);
+- ``cache`` (each rank writes its own shards, rank 0 the entry file), ``stitch`` (data-parallel fit,
+  rank 0 saves) and, for kinds with ``data_parallel`` (the SAE), ``<kind>.source`` (each rank trains
+  on its share of every global batch, rank 0 saves) run on every rank; for each, rank 0 decides
+  whether it is reused and writes its marker, and every rank follows that decision;
+- then the other ranks leave (nothing of theirs is waited on again, so nothing can deadlock), and
+  rank 0 alone, as a world of one (:func:`stitchplug.dist.solo`), runs the rest: ``stitch_ce``,
+  the other kinds' ``source``, ``transfer``, ``baseline``, ``evaluate``, ``metrics.json`` and
+  ``report.md``.
+
+In one process the same code runs the same stages in the same order.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import time
 from typing import Any, Callable
 
+from .. import dist
 from ..artifacts import ArtifactContext, ArtifactKind, Arm
 from ..config import RunConfig, run_config_class, run_config_dict, snapshot
 from ..errors import PluginError, StageError
@@ -50,6 +69,7 @@ class Pipeline:
         self._models: dict[str, Any] = {}
         self._cache = None
         self._eval_windows = None
+        self._contexts = None
         self.kind = artifact_kind(cfg.artifact)
         cls = self.kind.config_class
         if cls is not None and cfg.artifact not in type(cfg).model_fields:  # built without the kind's section
@@ -140,9 +160,16 @@ class Pipeline:
         seed = self.cfg.seed
 
         def train_acts(batch_size: int = 1024, seed: int = seed):
-            for (x,) in cache.batches(keys=[key], batch_size=batch_size, split="train", seed=seed,
-                                      shuffle=True, epochs=10_000):
-                yield x
+            # several ranks only in a data-parallel kind's obtain (rank 0 runs every other stage in dist.solo):
+            # this rank's rows of each global batch, batches re-cut across epochs so the shares stay equal
+            rank, world = dist.rank_world()
+            part = {}
+            if world > 1:
+                if batch_size % world:
+                    raise StageError(f"batch size {batch_size} does not split evenly over {world} ranks")
+                part = {"part": (rank, world), "across_epochs": True}
+            return (x for (x,) in cache.batches(keys=[key], batch_size=batch_size, split="train", seed=seed,
+                                                shuffle=True, epochs=10_000, **part))
 
         def eval_acts():
             for (x,) in cache.batches(keys=[key], batch_size=4096, split="eval", shuffle=False):
@@ -187,46 +214,96 @@ class Pipeline:
         return outs
 
     def run(self) -> dict:
-        with self.rf.writing("stitchplug run"):  # one writer per run folder
-            # before config.yaml is touched: a changed config, or an output replaced behind its marker
-            self.rf.check(self.stage_deps())
-            for stage, outputs in self.stage_outputs().items():
-                self.rf.stale(stage, outputs=outputs)
+        """Run (or resume) every stage; returns ``metrics.json`` (``{}`` on ranks other than 0)."""
+        rank, world = dist.init_from_env(self.cfg.device)
+        if rank != 0:
+            base = self.log
+            self.log, self.progress = (lambda m: base(f"[rank {rank}/{world}] {m}")), False
+        with contextlib.ExitStack() as held:
+            def open_folder() -> None:
+                held.enter_context(self.rf.writing("stitchplug run"))  # one writer per run folder
+                # before config.yaml is touched: a changed config, or an output replaced behind its marker
+                self.rf.check(self.stage_deps())
+                for stage, outputs in self.stage_outputs().items():
+                    self.rf.stale(stage, outputs=outputs)
+                (self.rf.root / "stages").mkdir(parents=True, exist_ok=True)
+                snapshot(self.cfg, self.rf.config_file)
+
+            dist.on_main(open_folder)  # rank 0's error ends every rank
             return self._run()
+
+    def stage(self, name: str, deps: dict, fn: Callable[[], Any], inputs: dict | None = None,
+              outputs: dict | None = None, commit: Callable[[Any], dict] | None = None) -> dict:
+        """:meth:`RunFolder.run` for a stage every rank takes part in: rank 0 decides whether it is
+        reused and every rank follows; every rank runs ``fn``; rank 0 runs ``commit(fn())`` (saving
+        what ``fn`` built; default: ``fn()`` is the result) and writes the marker. Rank 0's result is
+        returned on every rank. In one process (or in ``dist.solo``) this is :meth:`RunFolder.run`."""
+        rf = self.rf
+        rec = dist.on_main(lambda: rf.reuse(name, deps, self.log, inputs, outputs))
+        if rec is not None:
+            return rec
+        if dist.is_main():
+            self.log(f"[{name}] running")
+        t0 = time.perf_counter()
+        value = fn()
+        return dist.on_main(lambda: rf.finish(name, deps, (commit(value) if commit else value) or {},
+                                              time.perf_counter() - t0, self.log, inputs, outputs))
 
     def _run(self) -> dict:
         cfg, rf, kind, name = self.cfg, self.rf, self.kind, self.cfg.artifact
-        (rf.root / "stages").mkdir(parents=True, exist_ok=True)
-        snapshot(cfg, rf.config_file)
         corpus = {"corpus": cfg.cache.corpus[len("file:"):]} if cfg.cache.corpus.startswith("file:") else {}
         outputs = self.stage_outputs()
-        cache_res = rf.run("cache", self.deps(), self.stage_cache, self.log, inputs=corpus, outputs=outputs["cache"])
-        rf.require("cache", CACHE_FILE)
-        stitch_res = rf.run("stitch", self.deps("stitch"), self.stage_stitch, self.log, inputs={"cache": rf.cache},
-                            outputs=outputs["stitch"])
+        cache_res = self.stage("cache", self.deps(), self.stage_cache, inputs=corpus, outputs=outputs["cache"])
+        dist.on_main(lambda: rf.require("cache", CACHE_FILE))
+        stitch_res = self.stage("stitch", self.deps("stitch"), self.stage_stitch, inputs={"cache": rf.cache},
+                                outputs=outputs["stitch"])
         meta = stitch_res["meta"]
-        stitch = self.load_stitch(meta)
         lA, lB = int(meta["source_layer"]), int(meta["target_layer"])
         massive = stitch_res["recon"]["massive_dims"]
-        ce_res = rf.run("stitch_ce", self.deps("stitch", "eval"), lambda: self.stage_stitch_ce(stitch), self.log,
-                        inputs={"stitch": rf.stitch})
-
-        ctx_a = self.context("source", lA, massive["source"], stitch)
-        ctx_b = self.context("target", lB, massive["target"], stitch)
-        ctx_a.other, ctx_b.other = ctx_b, ctx_a
         art_deps = self.deps("stitch", "eval", name) | {"artifact": name}
         paths = {role: rf.artifact(name, role) for role in LABELS}
+
+        def contexts():  # built when first needed (a reused source stage needs none on ranks other than 0)
+            if self._contexts is None:
+                stitch = self.load_stitch(meta)
+                ctx_a = self.context("source", lA, massive["source"], stitch)
+                ctx_b = self.context("target", lB, massive["target"], stitch)
+                ctx_a.other, ctx_b.other = ctx_b, ctx_a
+                self._contexts = stitch, ctx_a, ctx_b
+            return self._contexts
+
+        def save_source(art) -> dict:
+            kind.save(art, paths["source"], {"stage": "source", "model": cfg.models.source, "layer": lA})
+            return {"folder": str(paths["source"])}
+
+        def source_stage() -> None:
+            # every rank builds its contexts before any trains: a failure there ends all ranks, not one
+            self.stage(f"{name}.source", art_deps, lambda: kind.obtain(dist.on_all(contexts)[1], self.art_cfg),
+                       inputs={"cache": rf.cache}, outputs=outputs[f"{name}.source"], commit=save_source)
+
+        if kind.data_parallel:
+            source_stage()
+        if not dist.is_main():
+            self.log("distributed stages done; rank 0 finishes the run")
+            return {}
+        with dist.solo():  # the other ranks have left: rank 0 is a world of one
+            if not kind.data_parallel:
+                source_stage()
+            return self._finish(cache_res, stitch_res, contexts, paths, art_deps)
+
+    def _finish(self, cache_res: dict, stitch_res: dict, contexts, paths: dict, art_deps: dict) -> dict:
+        """Rank 0 alone: the stages after the artifact's source, metrics.json and report.md."""
+        cfg, rf, kind, name = self.cfg, self.rf, self.kind, self.cfg.artifact
+        outputs = self.stage_outputs()
+        meta = stitch_res["meta"]
+        lB = int(meta["target_layer"])
+        stitch, ctx_a, ctx_b = contexts()
 
         def rel(role: str) -> str:
             return str(paths[role].relative_to(rf.root))
 
-        def source():
-            art = kind.obtain(ctx_a, self.art_cfg)
-            kind.save(art, paths["source"], {"stage": "source", "model": cfg.models.source, "layer": lA})
-            return {"folder": str(paths["source"])}
-
-        rf.run(f"{name}.source", art_deps, source, self.log, inputs={"cache": rf.cache},
-               outputs=outputs[f"{name}.source"])
+        ce_res = rf.run("stitch_ce", self.deps("stitch", "eval"), lambda: self.stage_stitch_ce(stitch), self.log,
+                        inputs={"stitch": rf.stitch})
         rf.require(f"{name}.source", rel("source"))
         src_art = kind.load(paths["source"])
 

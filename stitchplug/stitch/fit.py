@@ -42,6 +42,9 @@ def accumulate_moments(source: BatchSource, d_source: int, d_target: int) -> tup
         flops += cache[n]
         mom.update(hA, hB)
     mom.all_reduce()  # under torchrun each rank read its share of the rows
+    from .. import dist
+
+    flops = int(dist.all_reduce_sum(torch.tensor([flops], dtype=torch.int64))[0])  # every rank's Gram products
     if mom.n == 0:
         raise StageError("no training tokens: the activation source is empty")
     return mom, flops
@@ -209,6 +212,7 @@ def train_adam(stitch: Stitch, source: BatchSource, cfg: StitchConfig, steps_per
     if bar is not None:
         bar.close()
     stitch.eval()
+    tokens = int(dist.all_reduce_sum(torch.tensor([tokens], dtype=torch.int64))[0])  # every rank's share
     return {"steps": step, "tokens_seen": tokens, "history": history}
 
 
