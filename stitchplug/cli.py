@@ -84,12 +84,23 @@ class FieldType(click.ParamType):
                 if m is bool and raw.lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"):
                     return raw.lower() in ("true", "1", "yes", "on")
                 if isinstance(m, list):
-                    return [m[0](x) for x in raw.split(",") if x.strip()]
+                    return self._list(m[0], raw, param, ctx)
             except ValueError:
                 continue
         if str in self.members:
             return raw
         self.fail(f"{value!r} is not {self._expected()}", param, ctx)
+
+    def _list(self, elem, raw: str, param, ctx) -> list:
+        items = [x.strip() for x in raw.split(",") if x.strip()]
+        if typing.get_origin(elem) is typing.Literal:  # e.g. steering.arms: each item one of the choices
+            choices = typing.get_args(elem)
+            for x in items:
+                if x not in map(str, choices):
+                    self.fail(f"{x!r} in {raw!r} is not one of {', '.join(repr(str(c)) for c in choices)}",
+                              param, ctx)
+            return [next(c for c in choices if str(c) == x) for x in items]
+        return [elem(x) for x in items]
 
     def _expected(self) -> str:
         words = []
@@ -97,7 +108,7 @@ class FieldType(click.ParamType):
             if isinstance(m, tuple):
                 words.append("one of " + ", ".join(repr(str(c)) for c in m))
             elif isinstance(m, list):
-                words.append(f"a comma-separated list of {m[0].__name__}s")
+                words.append(f"a comma-separated list of {getattr(m[0], '__name__', 'choice')}s")
             elif m is type(None):
                 words.append("'none'")
             else:

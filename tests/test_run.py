@@ -287,3 +287,21 @@ def test_a_second_writer_is_refused_in_one_line(tiny_run, tmp_path):
     lines = [l for l in res.stderr.strip().splitlines() if l.startswith("Error:")]
     assert res.returncode == 1 and len(lines) == 1 and "in use by a test holding the lock" in lines[0]
     assert checksums(run) == before
+
+
+def test_list_of_choices_flag_parses_and_names_a_bad_item(tmp_path):
+    """list[Literal] fields (steering.arms, steering.directions) took a bare TypeError before."""
+    import typing
+
+    import click
+
+    from stitchplug.cli import FieldType
+
+    ft = FieldType(list[typing.Literal["none", "native", "transferred", "random"]])
+    assert ft.convert("native, transferred,random", None, None) == ["native", "transferred", "random"]
+    with pytest.raises(click.BadParameter, match="'bogus' in 'native,bogus' is not one of 'none'"):
+        ft.convert("native,bogus", None, None)
+    res = stitchplug("run", "--artifact", "steering", "--output-dir", str(tmp_path / "x"),
+                     "--steering-arms", "native,bogus")
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "'bogus'" in res.stderr, res.stderr
+    assert not (tmp_path / "x").exists()
