@@ -175,3 +175,17 @@ def test_language_stats_and_z_match_direct_projection(tiny_a, one_thread):
     sd = float((rows["en"] @ v.double()).std())
     assert proj["en_sd"] == pytest.approx(sd, rel=1e-5)
     assert st.native("fr", exclude=[0, 3])[[0, 3]].abs().sum() == 0
+
+
+def test_gap_is_computed_across_pipeline_arms():
+    """Each pipeline arm evaluates one steering arm; the gap needs native, none and transferred."""
+    from stitchplug_steering.report import merge_pipeline_results
+
+    def arm(label, kind, k, lang="fr"):
+        return {"steering_language": {"arms": {label: {"kind": kind, "lang": None if kind == "none" else lang,
+                                                        "share": {"fr": share(k, 20)}}}}}
+
+    results = {"none_on_B": arm("B/none", "none", 2), "native_on_B": arm("B/fr/native", "native", 12),
+               "transferred_on_B": arm("B/fr/transferred-up", "transferred", 7)}
+    gaps = merge_pipeline_results(results)["gaps"]
+    assert gaps == {"B/fr/transferred-up": pytest.approx((0.6 - 0.35) / (0.6 - 0.1))}

@@ -62,6 +62,9 @@ class SteeringLanguage(Evaluator):
         if context.folder is not None:
             write_generations(context.folder.artifact("steering", "generations"), res["generations"])
         res.pop("generations")
+        # one pipeline arm holds one steering arm kind, so a gap needs the other arms' results:
+        # merge_pipeline_results (report.md) computes the gaps over all of them
+        res.pop("gaps", None)
         res["config"] = cfg.model_dump(mode="json")
         res["n_prompts"] = {src: sum(p["source"] == src for p in prompts)
                             for src in dict.fromkeys(p["source"] for p in prompts)}
