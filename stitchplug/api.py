@@ -32,6 +32,7 @@ _EXPORTS = {
     "examples_from_documents": "stitchplug.examples",
     "examples_from_file": "stitchplug.examples",
     "registry": "stitchplug.plugins",
+    "lazy_factory": "stitchplug.plugins",
     # models
     "ModelAdapter": "stitchplug.adapter",
     "TLAdapter": "stitchplug.adapter",

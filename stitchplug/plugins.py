@@ -10,6 +10,8 @@ disabled, and :data:`WARNINGS` names both. The CLI prints every failure and warn
 
 from __future__ import annotations
 
+import importlib
+
 import os
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -207,3 +209,15 @@ def reset() -> None:
     FIRST_PARTY.clear()
     _loaded = False
     _registry = None
+
+
+def lazy_factory(module: str, attr: str, name: str):
+    """A registry factory that imports ``module`` only when first called and builds the class named
+    ``name`` from its list ``attr`` (e.g. ``EVALUATORS``): registering a plugin stays import-cheap."""
+
+    def make():
+        classes = getattr(importlib.import_module(module), attr)
+        return next(cls for cls in classes if cls.name == name)()
+
+    return make
+

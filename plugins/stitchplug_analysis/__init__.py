@@ -8,7 +8,7 @@
 - sentence augmenters (:mod:`stitchplug_analysis.augment`, entry-point group ``stitchplug.augmenters``).
 """
 
-from stitchplug.api import hookimpl
+from stitchplug.api import hookimpl, lazy_factory
 
 _DESCRIPTIONS = {
     "feature_transferability": "per-latent Pearson r of f*logit on A vs B over aligned held-out tokens (Eq. 10)",
@@ -18,19 +18,11 @@ _DESCRIPTIONS = {
 }
 
 
-def _factory(name):
-    def make():
-        from .evaluators import EVALUATORS
-
-        return next(cls for cls in EVALUATORS if cls.name == name)()
-
-    return make
-
-
 @hookimpl
 def register_evaluators(register):
     for name, desc in _DESCRIPTIONS.items():
-        register(name, _factory(name), description=desc + " (stitchplug analyze)", source="stitchplug (first party)")
+        register(name, lazy_factory("stitchplug_analysis.evaluators", "EVALUATORS", name),
+                 description=desc + " (stitchplug analyze)", source="stitchplug (first party)")
 
 
 @hookimpl

@@ -5,7 +5,7 @@ Public API: the classes in :mod:`stitchplug_evals.evaluators` (registered under 
 :func:`stitchplug_evals.loss.ce_loss_score`, :func:`stitchplug_evals.stats.sae_activation_stats`.
 """
 
-from stitchplug.api import hookimpl
+from stitchplug.api import hookimpl, lazy_factory
 
 _DESCRIPTIONS = {
     "reconstruction": "L0, MSE, FVU (all / excluding massive dims / per-dim), cosine on held-out activations",
@@ -16,16 +16,8 @@ _DESCRIPTIONS = {
 }
 
 
-def _factory(name):
-    def make():
-        from .evaluators import EVALUATORS
-
-        return next(cls for cls in EVALUATORS if cls.name == name)()
-
-    return make
-
-
 @hookimpl
 def register_evaluators(register):
     for name, desc in _DESCRIPTIONS.items():
-        register(name, _factory(name), description=desc, source="stitchplug (first party)")
+        register(name, lazy_factory("stitchplug_evals.evaluators", "EVALUATORS", name),
+                 description=desc, source="stitchplug (first party)")
