@@ -50,7 +50,7 @@ def test_train_auto_layer_lstsq_saves_and_evaluates(root, cache_path):
     assert meta["source_model"] == "tiny-llama-a" and meta["target_model"] == "tiny-gemma3"
     assert meta["source_hook"] == "blocks.1.hook_resid_pre" and meta["d_target"] == 40
     assert meta["train_tokens"] == sum(b - a for a, b in cache.ranges("train"))
-    assert meta["flops"] > 0 and meta["solver"] == "lstsq"
+    assert meta["flops"] > 0 and meta["solver"] == "lstsq+lbfgs"  # refine_iters defaults to 100
     # a least-squares map beats predicting the mean on held-out tokens
     for key in ("up", "down"):
         assert 0 < res["recon"][key]["fvu"] < 1
@@ -60,7 +60,8 @@ def test_train_auto_layer_lstsq_saves_and_evaluates(root, cache_path):
 
 def test_config_refine_iters_reaches_the_solver(root, cache_path):
     cache = open_cache(cache_path)
-    plain = api.train(cache, StitchConfig(solver="lstsq", target_layer=1), root / "p" / "s.safetensors")
+    plain = api.train(cache, StitchConfig(solver="lstsq", target_layer=1, refine_iters=0),
+                      root / "p" / "s.safetensors")
     refined = api.train(cache, StitchConfig(solver="lstsq", target_layer=1, refine_iters=30),
                         root / "r" / "s.safetensors")
     assert refined["meta"]["solver"] == "lstsq+lbfgs" and plain["meta"]["solver"] == "lstsq"
