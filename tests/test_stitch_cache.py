@@ -43,14 +43,16 @@ def texts():
 def test_train_auto_layer_lstsq_saves_and_evaluates(root, cache_path):
     cache = open_cache(cache_path)
     out = root / "run" / "stitch.safetensors"
-    res = api.train(cache, StitchConfig(solver="lstsq", target_layer="auto", svcca_tokens=1500), out)
+    # the closed form alone (refine_iters=0; the default refines on Eq. 3, whose round-trip terms can
+    # cost a one-way map on a random tiny pair): a least-squares map must beat predicting the mean
+    res = api.train(cache, StitchConfig(solver="lstsq", target_layer="auto", svcca_tokens=1500, refine_iters=0), out)
     prof = res["svcca"]["profile"]
     assert set(prof) == {0, 1, 2} and res["meta"]["target_layer"] == max(prof, key=prof.get)
     meta = Stitch.load(out).meta
     assert meta["source_model"] == "tiny-llama-a" and meta["target_model"] == "tiny-gemma3"
     assert meta["source_hook"] == "blocks.1.hook_resid_pre" and meta["d_target"] == 40
     assert meta["train_tokens"] == sum(b - a for a, b in cache.ranges("train"))
-    assert meta["flops"] > 0 and meta["solver"] == "lstsq+lbfgs"  # refine_iters defaults to 100
+    assert meta["flops"] > 0 and meta["solver"] == "lstsq"
     # a least-squares map beats predicting the mean on held-out tokens
     for key in ("up", "down"):
         assert 0 < res["recon"][key]["fvu"] < 1
