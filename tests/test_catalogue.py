@@ -98,7 +98,7 @@ def test_ctrl_c_says_what_is_kept_and_exits_130(tmp_path):
         time.sleep(0.2)  # interrupt while the cache stage is writing shards
     assert proc.poll() is None, proc.communicate()
     os.kill(proc.pid, signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=600)  # under heavy load the last shard write can take minutes
     lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("Warning:")]
     assert proc.returncode == 130 and "Traceback" not in err
     assert lines[-1] == "Interrupted; finished stages are kept and a re-run resumes."
