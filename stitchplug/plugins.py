@@ -11,7 +11,6 @@ disabled, and :data:`WARNINGS` names both. The CLI prints every failure and warn
 from __future__ import annotations
 
 import importlib
-
 import os
 from dataclasses import dataclass, field
 from importlib import metadata

@@ -22,14 +22,12 @@ def generate(side: Side, arm: SteerArm, prompts: Sequence[str], intervention: st
     patches = None
     if arm.kind != "none":
         patches = {side.layer: make_patch(intervention, arm.v, arm.z, arm.z_en)}
-    out: list[str] = []
-    for start in range(0, len(prompts), GEN_BATCH):  # prompt i keeps seed + i whatever the batching
-        chunk = list(prompts[start:start + GEN_BATCH])
-        out += side.adapter.generate_many(chunk, max_new_tokens=max_new_tokens, patches=patches,
-                                          temperature=temperature, seed=seed + start, batch_size=GEN_BATCH)
-        if progress:
-            for _ in chunk:
-                progress()
+    # prompt i keeps seed + i whatever the batching
+    out = side.adapter.generate_many(list(prompts), max_new_tokens=max_new_tokens, patches=patches,
+                                     temperature=temperature, seed=seed, batch_size=GEN_BATCH)
+    if progress:
+        for _ in out:
+            progress()
     return out
 
 
