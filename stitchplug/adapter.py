@@ -11,7 +11,7 @@ import hashlib
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 
@@ -32,6 +32,15 @@ class Encoded:
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
+
+
+def next_token_ce(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy ``[batch, pos - 1]`` of ``logits [batch, pos, vocab]`` against the next token of
+    ``ids``, as ``logsumexp - logit`` (no ``[batch, pos, vocab]`` log-softmax is materialised: for a
+    262k vocabulary that tensor is the size of the logits)."""
+    logits = logits[:, :-1].float()
+    target = ids[:, 1:, None].to(logits.device)
+    return torch.logsumexp(logits, dim=-1) - logits.gather(-1, target).squeeze(-1)
 
 
 class ModelAdapter(ABC):
@@ -88,9 +97,15 @@ class ModelAdapter(ABC):
 
     def token_losses(self, ids: torch.Tensor, patches: dict[int, Patch] | None = None) -> torch.Tensor:
         """Next-token cross-entropy ``[batch, pos - 1]`` (position t predicts token t + 1)."""
-        logits = self.logits(ids, patches).float()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)
-        return -logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
+        return next_token_ce(self.logits(ids, patches), ids)
+
+    def token_losses_many(self, ids: torch.Tensor,
+                          variants: Mapping[str, dict[int, Patch] | None]) -> dict[str, torch.Tensor]:
+        """:meth:`token_losses` of the same ``ids`` under each patch set in ``variants`` (``None``: clean).
+
+        The default runs one full forward per variant; :class:`TLAdapter` runs the shared part of the
+        forward (up to the first patched layer) once."""
+        return {key: self.token_losses(ids, patches) for key, patches in variants.items()}
 
     def tokenizer_fingerprint(self) -> str:
         """A hash of the vocabulary; two adapters with the same fingerprint tokenise identically."""
@@ -163,6 +178,31 @@ class TLAdapter(ModelAdapter):
     @torch.inference_mode()
     def logits(self, ids: torch.Tensor, patches: dict[int, Patch] | None = None) -> torch.Tensor:
         return self.model.run_with_hooks(ids.to(self.device), fwd_hooks=self._hooks(patches))
+
+    @torch.inference_mode()
+    def token_losses_many(self, ids: torch.Tensor,
+                          variants: Mapping[str, dict[int, Patch] | None]) -> dict[str, torch.Tensor]:
+        """The blocks before the first patched layer run once; each variant runs the rest (its patch
+        at that layer applied to a copy of the shared residual, later patches as hooks). Right
+        padding only (no attention mask), as in :meth:`logits`, so the numbers are those of
+        :meth:`token_losses` per variant."""
+        layers = [l for patches in variants.values() for l in (patches or {})]
+        for l in layers:
+            self.check_layer(l)
+        ids = ids.to(self.device)
+        if not layers:
+            clean = next_token_ce(self.model(ids), ids)
+            return {key: clean for key in variants}
+        start = min(layers)
+        resid = self.model(ids, stop_at_layer=start)
+        out = {}
+        for key, patches in variants.items():
+            patches = dict(patches or {})
+            first = patches.pop(start, None)
+            r = first(resid.clone()) if first is not None else resid
+            logits = self.model.run_with_hooks(r, start_at_layer=start, fwd_hooks=self._hooks(patches))
+            out[key] = next_token_ce(logits, ids)
+        return out
 
     def unembed(self) -> torch.Tensor:
         return self.model.W_U.detach()

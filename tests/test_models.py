@@ -79,6 +79,34 @@ def test_patches(tiny, name):
     assert losses.shape == (1, ids.shape[1] - 1) and torch.isfinite(losses).all()
 
 
+@pytest.mark.parametrize("name", ["tiny-llama-a", "tiny-gemma3"])
+def test_token_losses_many_matches_one_pass_per_variant(tiny, name):
+    """The shared-prefix path gives each variant the losses of its own full forward (right-padded batch)."""
+    a = tiny[name]
+    ids = torch.stack([a.encode("A model of language reads text.").ids[:8],
+                       a.encode("The river flows past the mill and on.").ids[:8]])
+    shift = lambda r: r + 3.0 * r.std()  # noqa: E731
+    zero = lambda r: torch.zeros_like(r)  # noqa: E731
+
+    def half(r):  # edits in place: the shared residual must not see it
+        r[:, 1:] *= 0.5
+        return r
+
+    variants = {"clean": None, "shift1": {1: shift}, "zero1": {1: zero}, "half1": {1: half},
+                "two": {0: shift, 1: zero}, "early": {0: half}}
+    many = a.token_losses_many(ids, variants)
+    assert set(many) == set(variants)
+    for key, patches in variants.items():
+        torch.testing.assert_close(many[key], a.token_losses(ids, patches), rtol=1e-5, atol=1e-5, msg=key)
+    assert (many["shift1"] - many["clean"]).abs().max() > 1e-3
+    assert (many["half1"] - many["clean"]).abs().max() > 1e-3
+    later = {"clean": None, "shift1": {1: shift}, "half1": {1: half}}  # the blocks before layer 1 run once
+    for key, got in a.token_losses_many(ids, later).items():
+        torch.testing.assert_close(got, a.token_losses(ids, later[key]), rtol=1e-5, atol=1e-5, msg=key)
+    clean_only = a.token_losses_many(ids, {"x": None, "y": None})
+    torch.testing.assert_close(clean_only["x"], a.token_losses(ids), rtol=1e-5, atol=1e-5)
+
+
 def _check_ends(adapter, text):
     enc = adapter.encode(text)
     ids, ends = enc.ids.tolist(), enc.ends.tolist()

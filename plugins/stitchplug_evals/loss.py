@@ -89,9 +89,8 @@ def spliced_losses(adapter: Any, layer: int, windows: Sequence[torch.Tensor] | t
             runs["ce_spliced"] = {layer: splice_patch(recon, valid & ~spec)}
         if zero_ablation:
             runs["ce_zero_ablation"] = {layer: zero_patch}
-        for key, patches in runs.items():
-            losses = adapter.token_losses(ids, patches).float().cpu()
-            sums[key] += float(losses[keep].double().sum())
+        for key, losses in adapter.token_losses_many(ids, runs).items():
+            sums[key] += float(losses.float().cpu()[keep].double().sum())
     if n == 0:
         raise StageError("the held-out windows have no non-special token positions to score")
     out: dict[str, float] = {"n_tokens": n}

@@ -114,8 +114,12 @@ def stitched_ce(source: ModelAdapter, target: ModelAdapter, stitch: Stitch, sour
             "a_to_b_to_a": (source, ids_a, {lA: _map_own(own_a, lambda h: stitch.down(stitch.up(h)))}, tgt_a, own_a),
             "b_to_a_to_b": (target, ids_b, {lB: _map_own(own_b, lambda h: stitch.up(stitch.down(h)))}, tgt_b, own_b),
         }
+        losses_of = {}
+        for model, ids in ((source, ids_a), (target, ids_b)):  # one shared forward prefix per model
+            mine = {key: r[2] for key, r in runs.items() if r[0] is model and r[1] is ids and key not in losses_of}
+            losses_of.update(model.token_losses_many(ids, mine))
         for key, (model, ids, patches, mask, where) in runs.items():
-            losses = model.token_losses(ids, patches)[0].cpu()
+            losses = losses_of[key][0].cpu()
             acc[key].add(losses, mask)
             if where is not None:
                 pm = torch.zeros_like(mask)
