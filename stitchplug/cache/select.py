@@ -120,7 +120,7 @@ def stored_selection(path: str | Path) -> dict | None:
 
 
 def build_selected_cache(path: str | Path, source: ModelAdapter, target: ModelAdapter, *,
-                         target_layers: list[int] | str | None = None, svcca_tokens: int = 10_000,
+                         target_layers: list[int] | str | None = None, svcca_tokens: int = 4_000,
                          source_layers: list[int] | None = None, log: Callable[[str], None] | None = None,
                          **kw) -> tuple[Path, dict | None]:
     """:func:`build_cache` with ``target_layers``: a list (cached as given), ``"all"`` (every layer),
