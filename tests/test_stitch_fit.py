@@ -114,3 +114,32 @@ def test_lbfgs_refinement_lowers_full_eq3_below_closed_form():
     # the exact moment-based loss agrees with a direct pass over the same tokens
     direct = eval_loss(refined.stitch, src)
     assert direct["total"] == pytest.approx(refined.info["train_loss"]["total"], rel=1e-5)
+
+
+def _fit_on(device):
+    A, B, _, _ = _pair(n=1500, seed=5, noise=0.1)
+    lstsq = fit_stitch(TensorSource(A, B, 256, shuffle=False), 8, 12, StitchConfig(solver="lstsq", ridge=1e-8),
+                       refine_iters=5, device=device)
+    adam = fit_stitch(TensorSource(A, B, 256, seed=2), 8, 12, StitchConfig(solver="adam", lr=1e-2, epochs=3,
+                                                                           batch_size=256), seed=1, device=device)
+    return lstsq, adam
+
+
+def test_fit_device_argument_keeps_results_and_returns_a_cpu_stitch():
+    """The data passes run on ``device``; the stitch comes back on the CPU with the CPU fit's numbers."""
+    ref = _fit_on("cpu")
+    for got, want in zip(_fit_on(torch.device("cpu")), ref):
+        for name in ("P_up", "b_up", "P_down", "b_down"):
+            t = getattr(got.stitch, name)
+            assert t.device.type == "cpu"
+            assert torch.equal(t, getattr(want.stitch, name)), name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (GPU machines only)")
+def test_fit_on_cuda_matches_cpu():
+    ref = _fit_on("cpu")
+    for got, want in zip(_fit_on("cuda"), ref):
+        for name in ("P_up", "b_up", "P_down", "b_down"):
+            t = getattr(got.stitch, name)
+            assert t.device.type == "cpu"
+            torch.testing.assert_close(t, getattr(want.stitch, name), rtol=1e-4, atol=1e-4)

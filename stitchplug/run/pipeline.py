@@ -110,7 +110,7 @@ class Pipeline:
         from ..stitch.api import train
 
         res = train(self.cache(), self.cfg.stitch, self.rf.stitch, seed=self.cfg.seed,
-                    progress=self.progress)
+                    progress=self.progress, device=self.cfg.device)
         res.pop("stitch", None)
         res["fit"].pop("history", None)
         return res

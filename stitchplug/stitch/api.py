@@ -93,8 +93,9 @@ def choose_layers(cache, cfg: StitchConfig) -> dict[str, Any]:
 
 
 def train(cache, cfg: StitchConfig, out: str | Path, seed: int = 0, max_steps: int | None = None,
-          progress: bool = False) -> dict[str, Any]:
-    """Choose lB if 'auto', fit with cfg.solver, evaluate on the held-out split, save. Returns results."""
+          progress: bool = False, device: str = "cpu") -> dict[str, Any]:
+    """Choose lB if 'auto', fit with cfg.solver (data passes on ``device``), evaluate on the held-out
+    split, save. Returns results."""
     lA, lB = resolve_layers(cache, cfg)
     svcca = None
     if lB == "auto":
@@ -106,7 +107,7 @@ def train(cache, cfg: StitchConfig, out: str | Path, seed: int = 0, max_steps: i
     src = CacheSource(cache, lA, lB, cfg.batch_size, split="train", shuffle=True, seed=seed,
                       part=(rank, world) if world > 1 else None)
     result = fit_stitch(src, int(cache.d_source), int(cache.d_target), cfg, seed=seed, max_steps=max_steps,
-                        progress=progress, refine_iters=cfg.refine_iters)
+                        progress=progress, refine_iters=cfg.refine_iters, device=device)
     held = CacheSource(cache, lA, lB, 8192, split="eval", shuffle=False)
     recon = evaluate_recon(result.stitch, held, cfg.alpha)
     meta = pair_meta(cache, lA, lB)

@@ -96,7 +96,7 @@ def register(cli: click.Group) -> None:
         lock = rf.writing("stitchplug stitch train") if rf is not None and rank == 0 else contextlib.nullcontext()
         with lock:  # only rank 0 writes
             res = train(open_cache(cache_p, cfg), cfg.stitch, out_p, seed=cfg.seed, max_steps=max_steps,
-                        progress=not as_json and rank == 0)
+                        progress=not as_json and rank == 0, device=cfg.device)
         if rank != 0:
             return
         fit = res["fit"]

@@ -31,9 +31,11 @@ class FitResult:
 
 
 # ---------------------------------------------------------------------------------------- lstsq
-def accumulate_moments(source: BatchSource, d_source: int, d_target: int) -> tuple[Moments, int]:
-    """One streaming pass: float64 moments and the FLOPs of the Gram products."""
-    mom = Moments(d_source, d_target)
+def accumulate_moments(source: BatchSource, d_source: int, d_target: int,
+                       device: str | torch.device = "cpu") -> tuple[Moments, int]:
+    """One streaming pass: float64 moments (Gram products on ``device``, returned on the CPU) and the
+    FLOPs of the Gram products."""
+    mom = Moments(d_source, d_target, device=device)
     flops, cache = 0, {}
     for hA, hB in source():
         n = int(hA.shape[0])
@@ -47,7 +49,7 @@ def accumulate_moments(source: BatchSource, d_source: int, d_target: int) -> tup
     flops = int(dist.all_reduce_sum(torch.tensor([flops], dtype=torch.int64))[0])  # every rank's Gram products
     if mom.n == 0:
         raise StageError("no training tokens: the activation source is empty")
-    return mom, flops
+    return mom.to("cpu"), flops
 
 
 def ridge_solve(Cxx: torch.Tensor, Cxy: torch.Tensor, ridge: float) -> tuple[torch.Tensor, int]:
@@ -168,11 +170,14 @@ def adam_step_flops(stitch: Stitch, batch_size: int, alpha: float) -> int:
 
 def train_adam(stitch: Stitch, source: BatchSource, cfg: StitchConfig, steps_per_epoch: int,
                seed: int = 0, max_steps: int | None = None, log_every: int = 50,
-               progress: bool = False) -> dict[str, Any]:
-    """The paper's recipe: Adam, cosine decay to 0 over all steps, grad-norm clip 1.0, Eq. 3."""
+               progress: bool = False, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """The paper's recipe: Adam, cosine decay to 0 over all steps, grad-norm clip 1.0, Eq. 3.
+    Steps run on ``device``; ``stitch`` is trained in place and left on the CPU."""
     from .. import dist
 
     torch.manual_seed(seed)
+    device = torch.device(device)
+    stitch.to(device)
     total = steps_per_epoch * cfg.epochs
     loss_fn = lambda a, b: stitch.loss(a, b, cfg.alpha)  # noqa: E731
     if dist.rank_world()[1] > 1:  # DDP: each rank's share of the global batch; gradients are averaged
@@ -191,6 +196,7 @@ def train_adam(stitch: Stitch, source: BatchSource, cfg: StitchConfig, steps_per
     stitch.train()
     while step < total:
         for hA, hB in source():
+            hA, hB = hA.to(device, non_blocking=True), hB.to(device, non_blocking=True)
             opt.zero_grad(set_to_none=True)
             loss, parts = loss_fn(hA, hB)
             if not math.isfinite(parts["total"]):
@@ -211,7 +217,7 @@ def train_adam(stitch: Stitch, source: BatchSource, cfg: StitchConfig, steps_per
                 break
     if bar is not None:
         bar.close()
-    stitch.eval()
+    stitch.cpu().eval()
     tokens = int(dist.all_reduce_sum(torch.tensor([tokens], dtype=torch.int64))[0])  # every rank's share
     return {"steps": step, "tokens_seen": tokens, "history": history}
 
@@ -219,8 +225,11 @@ def train_adam(stitch: Stitch, source: BatchSource, cfg: StitchConfig, steps_per
 # ---------------------------------------------------------------------------------------- entry
 def fit_stitch(source: BatchSource, d_source: int, d_target: int, cfg: StitchConfig | None = None,
                seed: int = 0, max_steps: int | None = None, progress: bool = False,
-               refine_iters: int = 0) -> FitResult:
+               refine_iters: int = 0, device: str | torch.device = "cpu") -> FitResult:
     """Fit a stitch with ``cfg.solver`` (lstsq, adam or lstsq+adam) on ``source``.
+
+    ``device`` runs the data passes there (the Gram products, the Adam steps); the closed-form
+    solve and the L-BFGS refinement work on ``d x d`` moments on the CPU; the stitch returned is on the CPU.
 
     ``refine_iters > 0`` (lstsq solvers only) follows the closed form with that many L-BFGS
     iterations on the exact Eq. 3 from the moments (:func:`refine_on_moments`), before any Adam.
@@ -234,7 +243,7 @@ def fit_stitch(source: BatchSource, d_source: int, d_target: int, cfg: StitchCon
     mom = None
     flops = 0
     if cfg.solver in ("lstsq", "lstsq+adam"):
-        mom, f_acc = accumulate_moments(source, d_source, d_target)
+        mom, f_acc = accumulate_moments(source, d_source, d_target, device=device)
         stitch, f_solve = solve_lstsq(mom, cfg.ridge)
         flops += f_acc + f_solve
         info.update(ridge=cfg.ridge, train_tokens=mom.n, lstsq_flops=f_acc + f_solve,
@@ -251,7 +260,8 @@ def fit_stitch(source: BatchSource, d_source: int, d_target: int, cfg: StitchCon
         info["train_tokens"] = n_tokens
     if cfg.solver in ("adam", "lstsq+adam"):
         steps_per_epoch = max(1, math.ceil(n_tokens / cfg.batch_size))
-        run = train_adam(stitch, source, cfg, steps_per_epoch, seed=seed, max_steps=max_steps, progress=progress)
+        run = train_adam(stitch, source, cfg, steps_per_epoch, seed=seed, max_steps=max_steps, progress=progress,
+                         device=device)
         step_flops = adam_step_flops(stitch, cfg.batch_size, cfg.alpha)
         flops += step_flops * run["steps"]
         info.update(lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size, steps=run["steps"],

@@ -19,19 +19,31 @@ F64 = torch.float64
 class Moments:
     """Accumulates ``sum``, ``X^T X``, ``Y^T Y`` and ``X^T Y`` of shifted rows."""
 
-    def __init__(self, d_source: int, d_target: int):
+    def __init__(self, d_source: int, d_target: int, device: str | torch.device = "cpu"):
         self.dA, self.dB = int(d_source), int(d_target)
+        self.device = torch.device(device)
         self.n = 0
         self.shift_a: torch.Tensor | None = None
         self.shift_b: torch.Tensor | None = None
-        self.sa = torch.zeros(self.dA, dtype=F64)
-        self.sb = torch.zeros(self.dB, dtype=F64)
-        self.aa = torch.zeros(self.dA, self.dA, dtype=F64)
-        self.bb = torch.zeros(self.dB, self.dB, dtype=F64)
-        self.ab = torch.zeros(self.dA, self.dB, dtype=F64)
+        z = dict(dtype=F64, device=self.device)
+        self.sa = torch.zeros(self.dA, **z)
+        self.sb = torch.zeros(self.dB, **z)
+        self.aa = torch.zeros(self.dA, self.dA, **z)
+        self.bb = torch.zeros(self.dB, self.dB, **z)
+        self.ab = torch.zeros(self.dA, self.dB, **z)
+
+    def to(self, device: str | torch.device) -> "Moments":
+        """Move the sums (and shifts) to ``device``; returns ``self``. Accumulating on a GPU and solving
+        on the CPU is the usual split: the Gram products are the data pass, the solves are ``d x d``."""
+        self.device = torch.device(device)
+        for name in ("shift_a", "shift_b", "sa", "sb", "aa", "bb", "ab"):
+            t = getattr(self, name)
+            if t is not None:
+                setattr(self, name, t.to(self.device))
+        return self
 
     def update(self, hA: torch.Tensor, hB: torch.Tensor) -> None:
-        a, b = hA.detach().to(F64), hB.detach().to(F64)
+        a, b = hA.detach().to(self.device, F64), hB.detach().to(self.device, F64)
         if a.shape[0] == 0:
             return
         if self.shift_a is None:
@@ -67,16 +79,17 @@ class Moments:
         rank, world = dist.rank_world()
         if world == 1:
             return
-        seen = torch.zeros(world, dtype=F64)
+        seen = torch.zeros(world, dtype=F64, device=self.device)
         seen[rank] = float(self.n > 0)
         dist.all_reduce_sum(seen)
         if not bool(seen.any()):
             return
         src = int(torch.nonzero(seen)[0])
-        shift = torch.cat([self.shift_a, self.shift_b]) if rank == src else torch.zeros(self.dA + self.dB, dtype=F64)
+        shift = torch.cat([self.shift_a, self.shift_b]) if rank == src \
+            else torch.zeros(self.dA + self.dB, dtype=F64, device=self.device)
         dist.broadcast(shift, src)
         self.reshift(shift[:self.dA], shift[self.dA:])
-        n = torch.tensor([float(self.n)], dtype=F64)
+        n = torch.tensor([float(self.n)], dtype=F64, device=self.device)
         for t in (n, self.sa, self.sb, self.aa, self.bb, self.ab):
             dist.all_reduce_sum(t)
         self.n = int(n.item())
