@@ -123,7 +123,8 @@ def add_init_command(cli):
     @click.option("--ma-window", type=int, default=5, show_default=True, help="Moving-average window (evaluations).")
     @click.option("--thresholds", default="0.70,0.75,0.80,0.85,0.90", show_default=True,
                   help="Comma-separated explained-variance thresholds.")
-    @click.option("--aux-k/--no-aux-k", default=False, show_default=True, help="AuxK loss on dead latents (FLOPs counted).")
+    @click.option("--aux-k-coef", type=float, default=0.0, show_default=True,
+                  help="AuxK loss coefficient on dead latents, both arms (0: off; Gao et al.: 0.03125; FLOPs counted).")
     @click.option("--b-dec-in/--no-b-dec-in", "b_dec_in", default=True, show_default=True,
                   help="Encoder reads x - b_dec (SAELens default).")
     @click.option("--scratch-b-dec", type=click.Choice(["zeros", "mean"]), default="zeros", show_default=True,
@@ -133,7 +134,7 @@ def add_init_command(cli):
     @click.option("--source-sae-flops", type=int, default=None, help="FLOPs of the source SAE on A, if known.")
     @click.option("--target-layer", type=int, default=None, help="Target layer (default: from the stitch sidecar).")
     def init_cmd(run_dir, cache_path, stitch_path, sae_dirs, steps, batch_size, epochs, lr, eval_every,
-                 eval_tokens, ma_window, thresholds, aux_k, b_dec_in, scratch_b_dec, seed, stitch_flops,
+                 eval_tokens, ma_window, thresholds, aux_k_coef, b_dec_in, scratch_b_dec, seed, stitch_flops,
                  source_sae_flops, target_layer):
         """Train an SAE on model B from the transferred SAE and from scratch; report FLOPs savings."""
         from pydantic import ValidationError
@@ -144,7 +145,7 @@ def add_init_command(cli):
         try:
             ts = [float(t) for t in thresholds.split(",") if t.strip()]
             cfg = InitExperimentConfig(steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every,
-                                       ma_window=ma_window, thresholds=ts, aux_k=aux_k, apply_b_dec_to_input=b_dec_in,
+                                       ma_window=ma_window, thresholds=ts, aux_k_coef=aux_k_coef, apply_b_dec_to_input=b_dec_in,
                                        scratch_b_dec=scratch_b_dec, seed=seed, source_sae_flops=source_sae_flops)
         except ValidationError as exc:
             e = exc.errors()[0]

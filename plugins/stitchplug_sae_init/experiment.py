@@ -50,10 +50,9 @@ class InitExperimentConfig(BaseModel):
     """Moving-average window (in evaluation points) for the threshold crossings."""
     thresholds: list[float] = list(scaling.DEFAULT_THRESHOLDS)
     """Explained-variance thresholds at which savings are reported."""
-    aux_k: bool = False
-    """Add the AuxK loss on dead latents (paper: off); its FLOPs are counted on the steps it runs."""
-    aux_coef: float = Field(1.0, ge=0)
-    """AuxK loss coefficient (as in sae-lens)."""
+    aux_k_coef: float = Field(0.0, ge=0)
+    """AuxK loss coefficient on dead latents (the trainer's ``aux_k_coef``; 0 = off, the paper; Gao et
+    al. use 1/32); its FLOPs are counted on the steps it runs."""
     dead_window: int = Field(200, ge=1)
     """A latent that has not fired for this many steps is dead (AuxK and the dead-latent share)."""
     apply_b_dec_to_input: bool = True
@@ -112,7 +111,7 @@ def train_arm(sae: TopKSAE, batches: Iterable[torch.Tensor], x_eval: torch.Tenso
     Returns ``{"curve": [{step, flops, mse, fvu, ...}], "ledger", "dead_fraction", "batch_digests"}``;
     the curve's first point is the initialisation (step 0, FLOPs = the ledger's offset).
     """
-    trainer = TopKTrainer(sae, cfg.lr, cfg.aux_coef if cfg.aux_k else 0.0, cfg.dead_window)
+    trainer = TopKTrainer(sae, cfg.lr, cfg.aux_k_coef, cfg.dead_window)
     curve = [{"step": 0, "flops": ledger.total, **evaluate(sae, x_eval, exclude, cfg.eval_batch)}]
     digests: list[str] = []
     step = 0
@@ -162,7 +161,7 @@ def run_width(target_acts_train: Callable[[], Iterator[torch.Tensor]], x_eval: t
     if x_eval.shape[1] != d:
         raise StageError(f"transferred SAE has input width {d} but the target activations have width {x_eval.shape[1]}")
     step_flops = measure_step_flops(d, width, k, cfg.batch_size, apply_b_dec_to_input=bdi)
-    aux_flops = measure_step_flops(d, width, k, cfg.batch_size, aux=True, apply_b_dec_to_input=bdi) if cfg.aux_k else 0
+    aux_flops = measure_step_flops(d, width, k, cfg.batch_size, aux=True, apply_b_dec_to_input=bdi) if cfg.aux_k_coef > 0 else 0
     analytic = analytic_step_flops(cfg.batch_size, d, width, apply_b_dec_to_input=bdi)
 
     before = TopKSAE.from_weights(weights, bdi)

@@ -86,7 +86,7 @@ def markdown(result: dict) -> str:
         lines += ["**Synthetic stand-in data** (no default-pair run folder was available).", ""]
     cfg = result["config"]
     lines += [f"Both arms: {cfg['steps']} steps x {cfg['batch_size']} tokens, constant lr {cfg['lr']}, "
-              f"aux loss {'on' if cfg['aux_k'] else 'off'}, EV moving average over {cfg['ma_window']} evaluations "
+              f"AuxK coefficient {cfg.get('aux_k_coef', 0.0):g}, EV moving average over {cfg['ma_window']} evaluations "
               f"on {result['n_eval_tokens']} held-out tokens; massive dims excluded in the second EV: "
               f"{result['massive_dims'] or 'none'}. Stitch fitting FLOPs charged to the stitched arm: "
               f"{result['stitch_flops']:.3g}"
