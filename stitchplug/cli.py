@@ -22,6 +22,14 @@ def _flag(dotted: str) -> str:
 _NONE = ("none", "null")
 
 
+_NO_CHOICE = object()
+
+
+def _choice(choices: tuple, raw: str):
+    """The ``Literal`` choice spelled ``raw`` on the command line, or ``_NO_CHOICE``."""
+    return next((c for c in choices if str(c) == raw), _NO_CHOICE)
+
+
 class FieldType(click.ParamType):
     """A click type built from a pydantic field's annotation: ``Literal`` choices, int, float, str,
     comma-separated int/float lists, and ``None`` (spelled ``none``) where the field allows it.
@@ -73,8 +81,8 @@ class FieldType(click.ParamType):
         if raw.lower() in _NONE and type(None) in self.members:
             return None
         for m in self.members:  # literal choices first, so "auto" is not read as a string field
-            if isinstance(m, tuple) and raw in map(str, m):
-                return next(c for c in m if str(c) == raw)
+            if isinstance(m, tuple) and (c := _choice(m, raw)) is not _NO_CHOICE:
+                return c
         for m in self.members:
             try:
                 if m is int:
@@ -95,11 +103,12 @@ class FieldType(click.ParamType):
         items = [x.strip() for x in raw.split(",") if x.strip()]
         if typing.get_origin(elem) is typing.Literal:  # e.g. steering.arms: each item one of the choices
             choices = typing.get_args(elem)
-            for x in items:
-                if x not in map(str, choices):
+            picked = [_choice(choices, x) for x in items]
+            for x, c in zip(items, picked):
+                if c is _NO_CHOICE:
                     self.fail(f"{x!r} in {raw!r} is not one of {', '.join(repr(str(c)) for c in choices)}",
                               param, ctx)
-            return [next(c for c in choices if str(c) == x) for x in items]
+            return picked
         return [elem(x) for x in items]
 
     def _expected(self) -> str:

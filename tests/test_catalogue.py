@@ -92,7 +92,10 @@ def test_ctrl_c_says_what_is_kept_and_exits_130(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "stitchplug.cli", "run", "--models-source", "tiny-llama-a",
                              "--models-target", "tiny-gemma3", "--output-dir", str(out), "--cache-tokens", "200000",
                              "--cache-context-size", "64", "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a suite started in the background (`cmd &` in a script) inherits SIGINT
+                            # ignored, and Python then installs no KeyboardInterrupt handler: restore it
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 600  # the SVCCA probe runs first; a loaded CI machine is slow
     while time.time() < deadline and not (out / "cache.h5.shards").exists():
         time.sleep(0.2)  # interrupt while the cache stage is writing shards
