@@ -35,7 +35,26 @@ _probe_cache: dict[tuple[str, int], tuple[float, bool]] = {}
 
 
 def official_names() -> list[str]:
-    """Every model name TransformerLens supports officially (no network)."""
+    """Every model name TransformerLens supports officially (no network).
+
+    Read from ``transformer_lens/supported_models.py`` alone (a plain list, no imports) when that file
+    exists: importing the ``transformer_lens`` package takes seconds, and registering models (every
+    CLI call, ``--help`` included) must not pay it. Other TransformerLens layouts fall back to the import.
+    """
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("transformer_lens")  # locates the package without running it
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / "supported_models.py"
+        if path.is_file():
+            try:
+                sub = importlib.util.spec_from_file_location("_stitchplug_tl_supported_models", path)
+                mod = importlib.util.module_from_spec(sub)
+                sub.loader.exec_module(mod)
+                return list(mod.OFFICIAL_MODEL_NAMES)
+            except Exception:  # noqa: BLE001 - a changed layout: the package import below decides
+                break
     from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES
 
     return list(OFFICIAL_MODEL_NAMES)
