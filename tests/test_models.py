@@ -296,6 +296,21 @@ def test_cli_models_lists_offline_models(capsys):
         assert rows[name]["source"].startswith("hub")
 
 
+def test_official_names_match_transformer_lens_without_importing_it():
+    """Registering the ``tl:`` names (every CLI call) must not import the TransformerLens package."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from stitchplug_models.hub import official_names; n = official_names(); "
+            "print(len(n), 'transformer_lens' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    from stitchplug_models.hub import official_names
+    from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES
+
+    assert official_names() == list(OFFICIAL_MODEL_NAMES)
+    assert out == [str(len(OFFICIAL_MODEL_NAMES)), "False"]
+
+
 def test_cli_model_info_and_errors(capsys, monkeypatch, tmp_path):
     code, out, _ = _cli(capsys, "model-info", "tiny-gemma3", "--json")
     assert code == 0
