@@ -189,6 +189,8 @@ class TLAdapter(ModelAdapter):
         layers = [l for patches in variants.values() for l in (patches or {})]
         for l in layers:
             self.check_layer(l)
+        if getattr(self.model.cfg, "positional_embedding_type", None) == "shortformer":
+            return super().token_losses_many(ids, variants)  # blocks take a positional input start_at_layer lacks
         ids = ids.to(self.device)
         if not layers:
             clean = next_token_ce(self.model(ids), ids)
