@@ -211,8 +211,10 @@ def main() -> None:
     ap.add_argument("--sections", default="forward,saelens,read,stage", help="which parts to run (comma list)")
     ap.add_argument("--stage-tokens", type=int, default=20_000, help="tokens of the stage comparison")
     ap.add_argument("--full-tokens", type=int, default=200_000, help="token budget the stage ratio is projected to")
-    ap.add_argument("--svcca-tokens", type=int, default=4_000, help="SVCCA probe tokens (stitch.svcca_tokens)")
-    ap.add_argument("--full-svcca-tokens", type=int, default=4_000,
+    from stitchplug.config import SVCCA_TOKENS
+
+    ap.add_argument("--svcca-tokens", type=int, default=SVCCA_TOKENS, help="SVCCA probe tokens (stitch.svcca_tokens)")
+    ap.add_argument("--full-svcca-tokens", type=int, default=SVCCA_TOKENS,
                     help="probe size at the full budget (the projection scales the measured probe time to it)")
     args = ap.parse_args()
     sections = set(args.sections.split(","))

@@ -16,6 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError
 
+SVCCA_TOKENS = 4_000
+"""Default tokens of the SVCCA layer choice (``stitch.svcca_tokens``; the cache probe and SVCCA on a
+cache use the same default). On the default pair, 2,000, 4,000 and 10,000 all choose Gemma layer 9 at
+the default preset's budget."""
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
@@ -74,7 +79,7 @@ class StitchConfig(_Section):
     """L-BFGS iterations on the exact Eq. 3 (round trips included) after the closed form; lstsq solvers
     only, beyond the paper (0: the closed form alone). On the quick cache they take the round trips' FVU
     from 0.82 to 0.015 (A->B->A) and 0.19 to 0.045 (B->A->B) at the same one-way FVU."""
-    svcca_tokens: int = Field(4_000, ge=2)
+    svcca_tokens: int = Field(SVCCA_TOKENS, ge=2)
     """Tokens used for SVCCA layer selection (on the default pair, 2,000, 4,000 and 10,000 all choose
     Gemma layer 9 at the default preset's budget)."""
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from .. import dist
 from ..adapter import ModelAdapter
+from ..config import SVCCA_TOKENS
 from ..errors import CacheError
 from .align import get_aligner
 from .writer import _forward, build_cache, cache_config, check_existing
@@ -120,7 +121,7 @@ def stored_selection(path: str | Path) -> dict | None:
 
 
 def build_selected_cache(path: str | Path, source: ModelAdapter, target: ModelAdapter, *,
-                         target_layers: list[int] | str | None = None, svcca_tokens: int = 4_000,
+                         target_layers: list[int] | str | None = None, svcca_tokens: int = SVCCA_TOKENS,
                          source_layers: list[int] | None = None, log: Callable[[str], None] | None = None,
                          **kw) -> tuple[Path, dict | None]:
     """:func:`build_cache` with ``target_layers``: a list (cached as given), ``"all"`` (every layer),

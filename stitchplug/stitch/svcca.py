@@ -20,6 +20,8 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from ..config import SVCCA_TOKENS
+
 
 def _reduced_basis(x: torch.Tensor, var_explained: float, max_dims: int, standardize: bool) -> torch.Tensor:
     x = x.to(torch.float64)
@@ -74,7 +76,7 @@ def choose_layer(x_source: torch.Tensor | np.ndarray, targets: Mapping[int, torc
     return best, profile
 
 
-def choose_layer_from_cache(cache, source_layer: int, n_tokens: int = 4_000, split: str = "train",
+def choose_layer_from_cache(cache, source_layer: int, n_tokens: int = SVCCA_TOKENS, split: str = "train",
                             layers: list[int] | None = None, var_explained: float = 0.99,
                             max_dims: int = 64) -> tuple[int, dict[int, float]]:
     """:func:`choose_layer` on ``n_tokens`` positions of a paired cache (the first rows of ``split``)."""
