@@ -308,3 +308,21 @@ def test_run_folder_default_paths(tmp_path):
 
     assert default_paths(tmp_path) == (tmp_path / "cache.h5", tmp_path / "stitch" / "stitch.safetensors",
                                        tmp_path / "artifacts" / "sae" / "transferred")
+
+
+def test_aux_k_coef_reaches_the_trainer_and_the_ledger(synth):
+    """`--aux-k-coef` (InitExperimentConfig.aux_k_coef) turns AuxK on in both arms: steps with dead
+    latents are charged the AuxK step's FLOPs; 0 (the default) never runs it."""
+    w = transferred_init(synth, k=3, noise=0.3)
+    off = run_width(lambda: synth.batches(64, seed=3)(), synth.eval, w, 0,
+                    small_cfg(steps=40, eval_every=10, dead_window=2), exclude=[])
+    on = run_width(lambda: synth.batches(64, seed=3)(), synth.eval, w, 0,
+                   small_cfg(steps=40, eval_every=10, dead_window=2, aux_k_coef=1 / 32), exclude=[])
+    assert all(off["arms"][a]["ledger"]["aux_steps"] == 0 for a in ("scratch", "stitched"))
+    aux = {a: on["arms"][a]["ledger"]["aux_steps"] for a in ("scratch", "stitched")}
+    assert max(aux.values()) > 0, aux
+    for arm in (a for a, n in aux.items() if n):  # AuxK steps cost more than plain ones
+        assert on["arms"][arm]["ledger"]["total_flops"] > off["arms"][arm]["ledger"]["total_flops"]
+    # the loss changed: the arm with AuxK steps ends with different weights, so a different curve
+    arm = max(aux, key=aux.get)
+    assert on["arms"][arm]["curve"][-1]["fvu"] != off["arms"][arm]["curve"][-1]["fvu"]
