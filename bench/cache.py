@@ -12,12 +12,14 @@
 3. ``shuffled_read_vs_memmap``: ``PairedCache.batches(shuffle=True)`` over all cached layers versus
    reading the same bytes sequentially from ``numpy.memmap`` files (target >= 0.5).
 4. ``selected_vs_all_layers`` (issue 14): the default preset's cache stage as it was (every target
-   layer cached, SVCCA afterwards on the cache) versus layer-selective caching (an SVCCA probe of
-   ``--svcca-tokens`` over all layers, then source layer + chosen layer only), both on ``--stage-tokens``
-   tokens in this run; the chosen layers of both; bytes per row and the disk ratio; the padding ratio
-   (positions run / real tokens) of each; and, since the probe is a fixed cost, the ratio projected to
-   ``--full-tokens`` (200,000, the default preset) from the measured per-token times (the measured
-   probe's forward/SVCCA time scaled by the probe-size ratio, its planning pass by the budget ratio).
+   layer cached, SVCCA afterwards on the cache) versus layer-selective caching (a plan of the slice,
+   an SVCCA probe of ``--svcca-tokens`` rows run in the writer's own first batches, then source layer +
+   chosen layer only, the probed batches not run again), both on ``--stage-tokens`` tokens in this run;
+   ``..._with_svcca`` adds the old path's SVCCA on the cache (then done by the stitch stage) to its
+   side; the chosen layers of both; bytes per row and the disk ratio; the padding ratio (positions run
+   / real tokens) of each; and the ratio projected to ``--full-tokens`` (200,000, the default preset)
+   from per-token times, the SVCCA fits counted as fixed costs (scaled by the probe-size ratio).
+   Run it at ``--stage-tokens 200000`` to measure the default budget itself (no projection).
 
 Usage: ``python bench/cache.py [--tokens 8000] [--source smollm2-135m] [--target gemma-3-270m]
 [--sections forward,saelens,read,stage] [--stage-tokens 20000]``.
@@ -162,11 +164,13 @@ def stage_ratio(source, target, la: int, args, work: Path) -> dict:
     writer.FORWARD_STATS.update(positions=0, tokens=0)
     t = time.perf_counter()
     old = build_cache(work / "all.h5", source, target, target_layers=None, **kw)
-    t_old = time.perf_counter() - t  # the cache stage only; today's SVCCA ran in the stitch stage, untimed here
+    t_old = time.perf_counter() - t  # the cache stage only; today's SVCCA ran in the stitch stage
+    t = time.perf_counter()
     with open_cache(old) as c:
         lb_old, _ = choose_layer_from_cache(c, la, min(args.svcca_tokens, len(c.rows("train"))))
+    t_svcca_old = time.perf_counter() - t
     pad_old = writer.FORWARD_STATS["positions"] / writer.FORWARD_STATS["tokens"]
-    log(f"stage: SVCCA probe ({args.svcca_tokens} tokens) then one target layer")
+    log(f"stage: plan, SVCCA probe ({args.svcca_tokens} tokens) in the writer's batches, then one target layer")
     writer.FORWARD_STATS.update(positions=0, tokens=0)
     t = time.perf_counter()
     new, sel = build_selected_cache(work / "sel.h5", source, target, target_layers=None,
@@ -176,19 +180,18 @@ def stage_ratio(source, target, la: int, args, work: Path) -> dict:
     with open_cache(old) as c_old, open_cache(new) as c_new:
         n_old, n_new = c_old.n_tokens, c_new.n_tokens
     b_old, b_new = _disk_bytes(old) / n_old, _disk_bytes(new) / n_new
-    # the probe's forwards scale with the probe size, its tokenise-only planning pass with the budget
-    # (each scaled linearly from what was measured): project both stages to the full budget
-    per_tok_old, per_tok_new = t_old / n_old, (t_new - sel["seconds"]) / n_new
-    plan = sel["plan_seconds"]
-    probe_full = plan * args.full_tokens / n_new + (sel["seconds"] - plan) * args.full_svcca_tokens / sel["tokens"]
-    full_old = per_tok_old * args.full_tokens
-    full_new = per_tok_new * args.full_tokens + probe_full
+    # per-token work scales with the budget; the SVCCA fits with the probe size
+    fix = sel["svcca_seconds"]
+    full_old = t_old * args.full_tokens / n_old
+    full_new = (t_new - fix) * args.full_tokens / n_new + fix * args.full_svcca_tokens / sel["tokens"]
     out.update({
         "all_layers_seconds": t_old, "selected_seconds": t_new, "probe_seconds": sel["seconds"],
+        "probe_plan_seconds": sel["plan_seconds"], "probe_svcca_seconds": sel["svcca_seconds"],
+        "svcca_on_all_layer_cache_seconds": t_svcca_old,
         "selected_vs_all_layers_stage": t_old / t_new,
+        "selected_vs_all_layers_stage_with_svcca": (t_old + t_svcca_old) / t_new,
         "projected_full_stage_ratio": full_old / full_new,
-        "projected_full_seconds": {"all_layers": full_old, "selected": full_new, "of_which_probe": probe_full},
-        "probe_plan_seconds": plan,
+        "projected_full_seconds": {"all_layers": full_old, "selected": full_new},
         "chosen_layer_all_layers_cache": lb_old, "chosen_layer_probe": sel["target_layer"],
         "probe_profile": sel["profile"],
         "bytes_per_row": {"all_layers": b_old, "selected": b_new}, "disk_ratio": b_old / b_new,

@@ -165,7 +165,10 @@ class TLAdapter(ModelAdapter):
             out[int(hook.name.split(".")[1])] = act.detach()
 
         hooks = [(self.hook_name(l), save) for l in layers if l != top]
-        resid = self.model.run_with_hooks(ids.to(self.device), fwd_hooks=hooks, stop_at_layer=top)
+        if hooks:
+            resid = self.model.run_with_hooks(ids.to(self.device), fwd_hooks=hooks, stop_at_layer=top)
+        else:  # one layer: a plain forward (run_with_hooks resets every hook point, ~1% of a forward)
+            resid = self.model(ids.to(self.device), stop_at_layer=top)
         out[top] = resid.detach()
         return out
 

@@ -30,20 +30,19 @@ def full(tmp_path_factory, pair):
     return build_cache(tmp_path_factory.mktemp("full") / "c.h5", *pair, target_layers=None, log=lambda m: None, **KW)
 
 
-def test_probe_picks_what_svcca_on_the_full_cache_picks_and_only_that_layer_is_cached(tmp_path, pair, full):
+def test_probe_reads_rows_of_the_cache_and_only_the_chosen_layer_is_cached(tmp_path, pair, full):
+    from stitchplug.cache import writer
+
     logs = []
+    writer.FORWARD_STATS.update(positions=0, tokens=0)
     path, sel = build_selected_cache(tmp_path / "c.h5", *pair, target_layers=None, svcca_tokens=300,
                                      log=logs.append, **KW)
-    with open_cache(full) as c:  # what SVCCA read on the all-layer cache: the first rows of the train split
-        x = c.array("source", 1, split="train")[:300]
-        ys = {l: c.array("target", l, split="train")[:300] for l in c.target_layers}
-        assert len(c.eval_docs()) >= 1 and c.ranges("train")[0] != (0, c.n_tokens)
-        best, profile = choose_layer(x, ys)
+    selected_run = dict(writer.FORWARD_STATS)
+    with open_cache(full) as c:
         ref = {l: c.array("target", l) for l in c.target_layers}
         ref_src = c.array("source", 1)
-    assert sel["tokens"] == 300 and sel["target_layer"] == best
-    for l, v in profile.items():  # same rows; batch composition differs, so the last bits may too
-        assert sel["profile"][str(l)] == pytest.approx(v, abs=1e-5)
+    best = sel["target_layer"]
+    assert sel["tokens"] == 300 and str(best) == max(sel["profile"], key=sel["profile"].get)
     with open_cache(path) as c:
         assert c.target_layers == [best] and c.source_layers == [1]
         # the same shards and batches as the all-layer cache: the kept layers are bit-identical
@@ -51,6 +50,10 @@ def test_probe_picks_what_svcca_on_the_full_cache_picks_and_only_that_layer_is_c
         np.testing.assert_array_equal(c.array("source", 1), ref_src)
         stored = json.loads(c.attrs["layer_selection"])
     assert stored["profile"] == sel["profile"] and stored["target_layer"] == best
+    # the batches the probe ran were not run again: the forwards are those of an explicit-layer build
+    writer.FORWARD_STATS.update(positions=0, tokens=0)
+    build_cache(tmp_path / "explicit.h5", *pair, target_layers=[best], log=lambda m: None, **KW)
+    assert selected_run["positions"] == writer.FORWARD_STATS["positions"] > 0
     # the stitch stage uses the stored probe (full profile) instead of a one-layer SVCCA
     from stitchplug.config import StitchConfig
     from stitchplug.stitch.api import choose_layers
@@ -75,24 +78,35 @@ def test_all_layers_stays_an_explicit_option(tmp_path, pair, full):
         build_selected_cache(tmp_path / "d.h5", *pair, target_layers="every", **KW)
 
 
-def test_probe_reads_the_rows_svcca_read_on_the_full_cache(pair, full):
-    """With the budget: the first train-split rows of the cache it plans; without: the slice's first rows."""
-    from stitchplug.cache.select import probe_rows
-
-    kw = dict(corpus="wiki-en", doc_start=0, context_size=48, batch_size=4, source_layer=1, target_layers=[2])
-    with open_cache(full) as c:  # every train row: a held-out document lies among them
-        n = len(c.rows("train"))
-        train, every = c.array("source", 1, split="train"), c.array("source", 1)[:n]
-        target_train = c.array("target", 2, split="train")
-    xa, xb = probe_rows(*pair, n_tokens=n, tokens=900, **kw)
-    xa0, _ = probe_rows(*pair, n_tokens=n, **kw)
-    np.testing.assert_allclose(xb[2], target_train, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(xa, train, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(xa0, every, rtol=1e-5, atol=1e-5)
-    assert not np.allclose(train, every)  # the split matters here: the test can fail
-    sel = svcca_probe(*pair, source_layer=1, n_tokens=123, corpus="wiki-en", doc_start=0, context_size=48,
-                      batch_size=4)
-    assert sel["tokens"] == 123 and set(sel["profile"]) == {"0", "1", "2"}
+@pytest.mark.parametrize("shard_rows,n_tokens", [(200, 300), (2000, 150)])
+def test_probe_rows_are_training_rows_of_the_cache_in_its_own_batches(pair, full, shard_rows, n_tokens):
+    """The probe's rows are bit-identical to rows of the all-layer cache (same batches), all from the
+    training split, and SVCCA on those cache rows gives exactly the probe's profile. (200, 300): the
+    first shard is too small and the probe goes on into the next; (2000, 150): one shard, every k-th batch."""
+    kw = {**KW, "shard_rows": shard_rows}
+    kw.pop("progress"), kw.pop("source_layers")
+    sel, shards, extra = svcca_probe(*pair, source_layer=1, n_tokens=n_tokens, corpus="wiki-en", **kw)
+    rows = extra["rows"]
+    assert sel["tokens"] == len(rows) == n_tokens and len(set(rows.tolist())) == n_tokens
+    with open_cache(full) as c:
+        train = c.rows("train")
+        assert np.isin(rows, train).all() and len(c.eval_docs()) >= 1
+        x = c.array("source", 1)[rows]
+        ys = {l: c.array("target", l)[rows] for l in c.target_layers}
+    best, profile = choose_layer(x, ys)
+    assert sel["target_layer"] == best and sel["profile"] == {str(l): v for l, v in profile.items()}
+    if shard_rows == 200:  # the first shard's training rows did not suffice
+        assert sorted(sel["batches"]) == ["0", "1"] and rows.max() >= shards[0].rows
+    else:  # spread over the shard's batches, not its first rows
+        picked = sel["batches"]["0"]
+        assert list(sel["batches"]) == ["0"] and len(picked) >= 2 and picked[1] - picked[0] >= 2
+        assert rows.max() > n_tokens * 2
+    # ready: exactly the probed batches' windows, at the chosen layer only
+    ready = extra["ready"]
+    assert all(set(acts) == {best} for part in ready.values() for acts in part["target"].values())
+    # a request larger than the slice's training rows takes them all
+    sel_all, _, extra_all = svcca_probe(*pair, source_layer=1, n_tokens=10_000, corpus="wiki-en", **kw)
+    assert sel_all["tokens"] == len(train) == len(extra_all["rows"])
 
 
 def test_bfloat16_storage_is_raw_bits_read_back_as_float32(tmp_path, pair, full):

@@ -48,7 +48,8 @@ def arrays(path):
         f.visititems(lambda n, o: out.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset) else None)
         out["@attrs"] = {k: v for k, v in f.attrs.items() if k not in ("created", "layer_selection")}
         sel = json.loads(f.attrs["layer_selection"])
-        sel.pop("seconds"), sel.pop("plan_seconds")  # the probe's wall times
+        for key in ("seconds", "plan_seconds", "svcca_seconds"):  # the probe's wall times
+            sel.pop(key)
         out["@attrs"]["layer_selection"] = json.dumps(sel, sort_keys=True)
     return out
 

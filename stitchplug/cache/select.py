@@ -3,16 +3,21 @@
 Caching every layer of B so that SVCCA can pick one costs ``n_layers`` times the disk of the one
 layer used afterwards, and runs B's forward through all its blocks. Instead:
 
-1. **probe**: the tokens SVCCA read on an all-layer cache (the first ``svcca_tokens`` rows of its
-   training split: a planning pass windows the slice like the writer and applies the reader's
-   document split), run through A (to its source layer) and B (all layers); nothing is written;
-2. :func:`~stitchplug.stitch.svcca.choose_layer` picks ``lB`` on those rows;
-3. :func:`~stitchplug.cache.writer.build_cache` caches the source layer(s) and ``lB`` only, each
-   model's forward stopping right after its last cached layer.
+1. **plan**: the slice is windowed and cut into shards exactly as the writer will (the writer then
+   uses these windows instead of tokenising again), which also gives the reader's document split;
+2. **probe**: B runs through all its layers on ``svcca_tokens`` training-split rows taken from the
+   writer's own forward batches (every k-th batch of the first shard, so that the rows spread over
+   its documents and window lengths; further shards if the first is too small), and A on the whole
+   shard, all in the writer's batches;
+3. :func:`~stitchplug.stitch.svcca.choose_layer` picks ``lB`` on those rows;
+4. :func:`~stitchplug.cache.writer.build_cache` caches the source layer(s) and ``lB`` only, each
+   model's forward stopping right after its last cached layer. Batches the probe ran are not run
+   again: the same batch composition gives the same bits, so the cache is bit-identical to one built
+   with ``lB`` given explicitly, and the probe costs only B's layers above ``lB`` on its rows.
 
-The probe (tokens, profile, chosen layer, seconds) is stored in the cache's ``layer_selection``
-attribute (JSON) and returned, so the stitch stage and the report show the full profile.
-``target_layers="all"`` keeps the old behaviour (every layer cached, SVCCA on the cache).
+The probe (tokens, profile, chosen layer, batches, seconds) is stored in the cache's
+``layer_selection`` attribute (JSON) and returned, so the stitch stage and the report show the full
+profile. ``target_layers="all"`` keeps the old behaviour (every layer cached, SVCCA on the cache).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -29,86 +34,132 @@ from ..adapter import ModelAdapter
 from ..config import SVCCA_TOKENS
 from ..errors import CacheError
 from .align import get_aligner
-from .writer import _forward, build_cache, cache_config, check_existing
+from .plan import Acts, Shard, batches, forward, group_shards, plan_docs, run_batch
+from .writer import build_cache, cache_config, check_existing
 
 SELECTION_ATTR = "layer_selection"
+PLAN_KEEP_ROWS = 2_000_000
+"""The plan keeps the windows of its leading shards up to this many rows for the writer (token ids,
+offsets and alignment: tens of bytes per row); the writer tokenises the rest of a larger slice again."""
 
 
-def probe_rows(source: ModelAdapter, target: ModelAdapter, *, corpus: str, doc_start: int, n_tokens: int,
-               context_size: int, source_layer: int, target_layers: list[int], batch_size: int,
-               aligner: str = "auto", corpus_cache_dir: str | None = None, tokens: int | None = None,
-               max_docs: int | None = None, eval_fraction: float = 0.1,
-               split_seed: int = 0, timings: dict | None = None) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-    """The rows SVCCA reads: A at ``source_layer`` ``[n, dA]`` and B at each of ``target_layers``
-    ``{l: [n, dB]}`` (float32, in memory; nothing is written).
-
-    With ``tokens`` (the cache's budget) these are exactly the rows SVCCA read on an all-layer cache:
-    the first ``n_tokens`` rows of its training split. A planning pass windows the slice as the
-    writer will (rows per document, truncated to the budget), the reader's seeded document split
-    is applied, and held-out documents are skipped. Without ``tokens``: the first ``n_tokens`` rows.
-    ``timings["plan_seconds"]`` receives the planning pass's wall time.
-    """
+def plan_slice(source: ModelAdapter, target: ModelAdapter, *, corpus: str, doc_start: int, tokens: int,
+               context_size: int, shard_rows: int, aligner: str = "auto", max_docs: int | None = None,
+               corpus_cache_dir: str | None = None, keep_rows: int = PLAN_KEEP_ROWS) -> tuple[list[Shard], int]:
+    """The slice windowed and cut into shards as :func:`~stitchplug.cache.writer.build_cache` will:
+    ``(leading whole shards up to keep_rows rows, number of documents in the slice)``."""
     from .corpus import open_corpus
-    from .reader import eval_positions
-    from .windows import fingerprint, paired_windows
+    from .windows import fingerprint
 
     method = aligner if aligner != "auto" else ("identity" if fingerprint(source) == fingerprint(target)
                                                 else "end-offsets")
     _, align = get_aligner(method, source, target)
-    budget: list[int] | None = None
-    skip: set[int] = set()
-    t0 = time.perf_counter()
-    if tokens is not None:
-        budget, total = [], 0
-        for rec in open_corpus(corpus, start=doc_start, limit=max_docs, cache_dir=corpus_cache_dir):
-            rows = min(sum(len(w.idx_source) for w in paired_windows(rec["text"], source, target, context_size,
-                                                                   aligner=align)), tokens - total)
-            budget.append(rows)
-            total += rows
-            if total >= tokens:
-                break
-        skip = set(int(i) for i in eval_positions(len(budget), eval_fraction, split_seed))
-    if timings is not None:
-        timings["plan_seconds"] = time.perf_counter() - t0
-    wins, have = [], 0
-    for pos, rec in enumerate(open_corpus(corpus, start=doc_start, limit=max_docs, cache_dir=corpus_cache_dir)):
-        if budget is not None and pos >= len(budget):
-            break
-        if pos in skip:
-            continue
-        left = budget[pos] if budget is not None else n_tokens
-        for w in paired_windows(rec["text"], source, target, context_size, aligner=align):
-            keep = min(len(w.idx_source), n_tokens - have, left)
-            if keep > 0:
-                wins.append((w, keep))
-                have += keep
-                left -= keep
+    records = open_corpus(corpus, start=doc_start, limit=max_docs, cache_dir=corpus_cache_dir)
+    kept, n_docs, rows = [], 0, 0
+    for shard in group_shards(plan_docs(records, source, target, context_size, align, tokens=tokens,
+                                        index0=doc_start), shard_rows):
+        if rows < keep_rows:
+            kept.append(shard)
+        rows += shard.rows
+        n_docs += len(shard.docs)
+    return kept, n_docs
+
+
+def probe_shards(source: ModelAdapter, target: ModelAdapter, shards: Iterable[Shard], *, held_out: set[int],
+                 n_tokens: int, source_layers: list[int], source_layer: int, candidates: list[int],
+                 batch_size: int) -> tuple[np.ndarray, dict[int, np.ndarray], dict, dict]:
+    """SVCCA's rows, run in the writer's own batches: ``(xa [n, dA], {l: [n, dB]}, ready, info)``.
+
+    Per shard, B's batches are taken every ``k``-th (``k`` = the shard's training rows // the rows
+    still needed), then in order, until ``n_tokens`` rows of documents not in ``held_out`` (document
+    indices); A runs on the whole shard. ``ready[shard][side]`` holds the computed windows
+    (:func:`~stitchplug.cache.plan.forward`'s ``ready``); ``info`` the batches taken and the cache
+    rows (``rows``: indices into the cache) the probe read.
+    """
+    none = lambda t: None  # noqa: E731
+    xa: list[np.ndarray] = []
+    xb: dict[int, list[np.ndarray]] = {l: [] for l in candidates}
+    ready: dict[int, dict[str, dict[int, Acts]]] = {}
+    info: dict = {"batches": {}, "rows": []}
+    have, row0 = 0, 0
+    for k, shard in enumerate(shards):
         if have >= n_tokens:
             break
+        wins = shard.windows()
+        train = [0 if d.index in held_out else keep for d, _, keep in wins]
+        starts = np.concatenate([[0], np.cumsum([keep for _, _, keep in wins])])
+        enc_b = [w.target for _, w, _ in wins]
+        tb = batches(enc_b, batch_size)
+        rows = [sum(train[i] for i in b) for b in tb]
+        stride = max(1, sum(rows) // (n_tokens - have))
+        order = list(range(0, len(tb), stride)) + [j for j in range(len(tb)) if j % stride]
+        picked = []
+        for j in order:
+            if have >= n_tokens:
+                break
+            if rows[j]:
+                picked.append(j)
+                have += rows[j]
+        if picked:
+            acts_a = forward(source, [w.source for _, w, _ in wins], source_layers, batch_size, none)
+            acts_b: dict[int, Acts] = {}
+            for j in sorted(picked):
+                acts_b.update(run_batch(target, enc_b, tb[j], candidates))
+            for i in sorted(acts_b):  # row order
+                if train[i]:
+                    w = wins[i][1]
+                    xa.append(acts_a[i][source_layer][w.idx_source[:train[i]]])
+                    for l in candidates:
+                        xb[l].append(acts_b[i][l][w.idx_target[:train[i]]])
+                    info["rows"].append(row0 + np.arange(starts[i], starts[i] + train[i]))
+            ready[k] = {"source": dict(enumerate(acts_a)), "target": acts_b}
+            info["batches"][str(k)] = sorted(picked)
+        row0 += shard.rows
     if have == 0:
-        raise CacheError(f"corpus {corpus!r} gave no aligned tokens for the SVCCA probe")
-    none = lambda t: None  # noqa: E731
-    acts_a = _forward(source, [w.source for w, _ in wins], [source_layer], batch_size, none)
-    acts_b = _forward(target, [w.target for w, _ in wins], target_layers, batch_size, none)
-    xa = np.concatenate([a[source_layer][w.idx_source[:k]] for (w, k), a in zip(wins, acts_a)])
-    xb = {l: np.concatenate([b[l][w.idx_target[:k]] for (w, k), b in zip(wins, acts_b)]) for l in target_layers}
-    return xa, xb
+        raise CacheError("the slice gave no aligned training-split tokens for the SVCCA probe")
+    n = min(have, n_tokens)
+    info["rows"] = np.concatenate(info["rows"])[:n]
+    return (np.concatenate(xa)[:n], {l: np.concatenate(v)[:n] for l, v in xb.items()}, ready, info)
 
 
 def svcca_probe(source: ModelAdapter, target: ModelAdapter, *, source_layer: int, n_tokens: int,
-                candidates: list[int] | None = None, **kw) -> dict:
-    """Run the probe and choose ``lB``: ``{method, source_layer, target_layer, tokens, profile, seconds}``."""
+                source_layers: list[int] | None = None, candidates: list[int] | None = None, corpus: str = "wiki-en",
+                doc_start: int = 0, tokens: int = 200_000, context_size: int = 128, batch_size: int = 8,
+                aligner: str = "auto", max_docs: int | None = None, corpus_cache_dir: str | None = None,
+                eval_fraction: float = 0.1, split_seed: int = 0, shard_rows: int | None = None,
+                dtype: str = "float32") -> tuple[dict, list[Shard], dict]:
+    """Plan the slice, run the probe and choose ``lB``.
+
+    Returns ``(selection, planned shards, ready)``: ``selection`` is ``{method, source_layer,
+    target_layer, tokens, profile, batches, seconds, plan_seconds, svcca_seconds}``; the shards and
+    ``ready`` go to :func:`~stitchplug.cache.writer.build_cache` (``planned``/``ready``).
+    """
     from ..stitch.svcca import choose_layer
+    from .reader import eval_positions
 
     t0 = time.perf_counter()
+    src = sorted(set(source_layers or [source_layer]))
     candidates = list(range(target.n_layers)) if candidates is None else list(candidates)
-    timings: dict = {}
-    xa, xb = probe_rows(source, target, n_tokens=n_tokens, source_layer=source_layer, target_layers=candidates,
-                        timings=timings, **kw)
+    cfg = cache_config(source, target, corpus=corpus, doc_start=doc_start, max_docs=max_docs, tokens=tokens,
+                       context_size=context_size, source_layers=src, target_layers=[0], dtype=dtype,
+                       aligner=aligner, shard_rows=shard_rows)  # one target layer: the shards of the cache
+    shards, n_docs = plan_slice(source, target, corpus=corpus, doc_start=doc_start, tokens=tokens,
+                                context_size=context_size, shard_rows=cfg["shard_rows"], aligner=aligner,
+                                max_docs=max_docs, corpus_cache_dir=corpus_cache_dir)
+    t_plan = time.perf_counter() - t0
+    held_out = {doc_start + int(p) for p in eval_positions(n_docs, eval_fraction, split_seed)}
+    xa, xb, ready, info = probe_shards(source, target, shards, held_out=held_out, n_tokens=n_tokens,
+                                       source_layers=src, source_layer=source_layer, candidates=candidates,
+                                       batch_size=batch_size)
+    t1 = time.perf_counter()
     best, profile = choose_layer(xa, xb)
-    return {"method": "svcca", "source_layer": int(source_layer), "target_layer": int(best),
-            "tokens": int(xa.shape[0]), "profile": {str(l): float(v) for l, v in profile.items()},
-            "seconds": time.perf_counter() - t0, "plan_seconds": timings.get("plan_seconds", 0.0)}
+    for parts in ready.values():  # the writer needs the chosen layer only
+        parts["target"] = {i: {best: acts[best]} for i, acts in parts["target"].items()}
+    sel = {"method": "svcca", "source_layer": int(source_layer), "target_layer": int(best),
+           "tokens": int(xa.shape[0]), "profile": {str(l): float(v) for l, v in profile.items()},
+           "batches": info["batches"], "seconds": time.perf_counter() - t0, "plan_seconds": t_plan,
+           "svcca_seconds": time.perf_counter() - t1}
+    return sel, shards, {"ready": ready, "rows": info["rows"]}
 
 
 def stored_selection(path: str | Path) -> dict | None:
@@ -165,20 +216,22 @@ def build_selected_cache(path: str | Path, source: ModelAdapter, target: ModelAd
             pass  # an incomplete or different cache: build_cache below refuses or resumes it as usual
     log(f"SVCCA probe: {svcca_tokens:,} tokens, {source.name} layer {lA} vs all {target.n_layers} layers "
         f"of {target.name}")
-    sel = None
+    sel, planned, ready = None, None, None
     if dist.is_main():  # under torchrun rank 0 probes and every rank caches its choice
-        sel = svcca_probe(source, target, source_layer=lA, n_tokens=svcca_tokens, corpus=corpus,
-                          doc_start=doc_start, context_size=kw.get("context_size", 128),
-                          batch_size=kw.get("batch_size", 8), aligner=kw.get("aligner", "auto"),
-                          corpus_cache_dir=kw.get("corpus_cache_dir"), tokens=kw.get("tokens", 200_000),
-                          max_docs=kw.get("max_docs"), eval_fraction=kw.get("eval_fraction", 0.1),
-                          split_seed=kw.get("split_seed", 0))
+        sel, shards, extra = svcca_probe(
+            source, target, source_layer=lA, source_layers=src, n_tokens=svcca_tokens, corpus=corpus,
+            doc_start=doc_start, context_size=kw.get("context_size", 128), batch_size=kw.get("batch_size", 8),
+            aligner=kw.get("aligner", "auto"), corpus_cache_dir=kw.get("corpus_cache_dir"),
+            tokens=kw.get("tokens", 200_000), max_docs=kw.get("max_docs"), eval_fraction=kw.get("eval_fraction", 0.1),
+            split_seed=kw.get("split_seed", 0), shard_rows=kw.get("shard_rows"), dtype=kw.get("dtype", "float32"))
         sel["tokens_requested"] = int(svcca_tokens)
+        planned, ready = [d for s in shards for d in s.docs], extra["ready"]
     sel = dist.broadcast_object(sel)
     log(f"SVCCA probe chose {target.name} layer {sel['target_layer']} "
         f"({sel['profile'][str(sel['target_layer'])]:.3f}; {sel['seconds']:.1f} s)")
     out = build_cache(path, source, target, source_layers=src, target_layers=[sel["target_layer"]], log=log,
-                      extra_attrs={SELECTION_ATTR: json.dumps(sel, sort_keys=True)}, **kw)
+                      extra_attrs={SELECTION_ATTR: json.dumps(sel, sort_keys=True)}, planned=planned,
+                      ready=ready, **kw)
     return out, sel
 
 

@@ -16,13 +16,11 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import h5py
 import numpy as np
-import torch
 
 from .. import __version__, dist
 from ..adapter import ModelAdapter
@@ -32,42 +30,10 @@ from .align import get_aligner
 from .corpus import corpus_fingerprint
 from .format import (BF16_ATTR, FORMAT, FORMAT_VERSION, RESUME_FIELDS, SIDES, STORAGE_DTYPES,
                      config_diff, layer_key, open_h5, refuse_mismatch, shard_dir, store, stored_config)
-from .windows import Window, fingerprint, paired_windows
+from .plan import FORWARD_STATS, Acts, Doc, Shard, forward, group_shards, plan_docs  # noqa: F401 (FORWARD_STATS)
+from .windows import fingerprint
 
 SHARD_BYTES = 64 * 2**20
-FORWARD_STATS = {"positions": 0, "tokens": 0}
-"""Positions run through the models (padding included) and real tokens, summed over this process's
-cache forwards; ``positions / tokens`` is the padding overhead (``bench/cache.py`` reports it)."""
-
-
-@dataclass
-class _Doc:
-    index: int
-    key: str
-    windows: list[Window]
-    rows: int  # aligned rows kept (after a final truncation to the token budget)
-    real: tuple[int, int] = (0, 0)  # non-special tokens per side, for the alignment rate
-    aligned: int = 0  # aligned pairs before truncation
-
-
-def _windows_for(wins: list[Window], rows: int) -> list[Window]:
-    """The leading windows that supply the first ``rows`` aligned rows (the rest would be cut anyway)."""
-    kept, have = [], 0
-    for w in wins:
-        if have >= rows:
-            break
-        kept.append(w)
-        have += len(w.idx_source)
-    return kept
-
-
-@dataclass
-class _Shard:
-    docs: list[_Doc] = field(default_factory=list)
-
-    @property
-    def rows(self) -> int:
-        return sum(d.rows for d in self.docs)
 
 
 def _fsync_replace(tmp: Path, final: Path) -> None:
@@ -84,30 +50,6 @@ def _fsync_replace(tmp: Path, final: Path) -> None:
         os.close(dfd)
 
 
-def _forward(adapter: ModelAdapter, encs: list, layers: list[int], batch_size: int, tick: Callable[[float], None]):
-    """Residuals at ``layers`` for each encoded window: ``out[i][layer] -> np.ndarray [len_i, d]``.
-
-    Windows are sorted by length (stable) and right-padded in batches; causal attention makes the
-    padding invisible to real positions, which are the only ones returned.
-    """
-    order = sorted(range(len(encs)), key=lambda i: -len(encs[i]))
-    out: list[dict | None] = [None] * len(encs)
-    for s in range(0, len(order), batch_size):
-        chunk = order[s:s + batch_size]
-        width = max(len(encs[i]) for i in chunk)
-        FORWARD_STATS["positions"] += width * len(chunk)
-        FORWARD_STATS["tokens"] += sum(len(encs[i]) for i in chunk)
-        ids = torch.zeros((len(chunk), width), dtype=torch.long)
-        for r, i in enumerate(chunk):
-            ids[r, :len(encs[i])] = encs[i].ids
-        acts = adapter.capture(ids, layers)
-        acts = {l: a.float().cpu().numpy() for l, a in acts.items()}
-        for r, i in enumerate(chunk):
-            out[i] = {l: a[r, :len(encs[i])] for l, a in acts.items()}
-        tick(sum(len(encs[i]) for i in chunk))
-    return out
-
-
 class _Writer:
     def __init__(self, path: Path, source: ModelAdapter, target: ModelAdapter, cfg: dict, batch_size: int,
                  tick: Callable[[float], None]):
@@ -118,38 +60,36 @@ class _Writer:
     def shard_path(self, k: int) -> Path:
         return self.dir / f"shard_{k:05d}.h5"
 
-    def write_shard(self, k: int, shard: _Shard) -> dict:
-        cfg, n = self.cfg, shard.rows
-        wins = [(d, w) for d in shard.docs for w in d.windows]
-        tokens_total = sum(len(w.source) + len(w.target) for _, w in wins) or 1
+    def write_shard(self, k: int, shard: Shard, ready: dict[str, dict[int, Acts]] | None = None) -> dict:
+        """Run and write shard ``k``; ``ready[side]`` holds windows a layer probe already ran in these
+        same batches (see :func:`~stitchplug.cache.plan.forward`)."""
+        cfg, n, ready = self.cfg, shard.rows, ready or {}
+        wins = shard.windows()
+        tokens_total = sum(len(w.source) + len(w.target) for _, w, _ in wins) or 1
         scale = n / tokens_total
 
         def tick(t):
             self.tick(t * scale)
 
-        acts = {"source": _forward(self.source, [w.source for _, w in wins], cfg["source_layers"], self.batch_size, tick)}
+        acts = {"source": forward(self.source, [w.source for _, w, _ in wins], cfg["source_layers"],
+                                  self.batch_size, tick, ready.get("source"))}
         if self.target is self.source and cfg["target_layers"] == cfg["source_layers"] \
-                and all(w.target is w.source for _, w in wins):
+                and all(w.target is w.source for _, w, _ in wins):
             acts["target"] = acts["source"]  # one model and one set of hooks: one forward pass (same bits)
-            tick(sum(len(w.target) for _, w in wins))
+            tick(sum(len(w.target) for _, w, _ in wins))
         else:
-            acts["target"] = _forward(self.target, [w.target for _, w in wins], cfg["target_layers"],
-                                      self.batch_size, tick)
+            acts["target"] = forward(self.target, [w.target for _, w, _ in wins], cfg["target_layers"],
+                                     self.batch_size, tick, ready.get("target"))
         cols = {side: {l: [] for l in cfg[f"{side}_layers"]} for side in SIDES}
         meta = {k2: [] for k2 in ("source/token_ids", "target/token_ids", "source/ends", "target/ends", "doc_ids")}
-        wi = 0
-        for doc in shard.docs:
-            left = doc.rows
-            for w in doc.windows:
-                ia, ib = w.idx_source[:left], w.idx_target[:left]
-                left -= len(ia)
-                for side, idx, enc in (("source", ia, w.source), ("target", ib, w.target)):
-                    for l in cfg[f"{side}_layers"]:
-                        cols[side][l].append(acts[side][wi][l][idx])
-                    meta[f"{side}/token_ids"].append(enc.ids.numpy()[idx].astype(np.int32))
-                    meta[f"{side}/ends"].append(enc.ends.numpy()[idx].astype(np.int32))
-                meta["doc_ids"].append(np.full(len(ia), doc.index, dtype=np.int64))
-                wi += 1
+        for wi, (doc, w, keep) in enumerate(wins):
+            ia, ib = w.idx_source[:keep], w.idx_target[:keep]
+            for side, idx, enc in (("source", ia, w.source), ("target", ib, w.target)):
+                for l in cfg[f"{side}_layers"]:
+                    cols[side][l].append(acts[side][wi][l][idx])
+                meta[f"{side}/token_ids"].append(enc.ids.numpy()[idx].astype(np.int32))
+                meta[f"{side}/ends"].append(enc.ends.numpy()[idx].astype(np.int32))
+            meta["doc_ids"].append(np.full(len(ia), doc.index, dtype=np.int64))
         final = self.shard_path(k)
         tmp = final.with_name(final.name + ".tmp")
         with h5py.File(tmp, "w") as f:
@@ -285,7 +225,8 @@ def build_cache(path: str | Path, source: ModelAdapter, target: ModelAdapter, *,
                 dtype: str = "float32", batch_size: int = 8, aligner: str = "auto", eval_fraction: float = 0.1,
                 split_seed: int = 0, shard_rows: int | None = None, progress: bool = True,
                 log: Callable[[str], None] | None = None, corpus_cache_dir: str | None = None,
-                extra_attrs: dict | None = None) -> Path:
+                extra_attrs: dict | None = None, planned: Sequence[Doc] | None = None,
+                ready: dict[int, dict[str, dict[int, Acts]]] | None = None) -> Path:
     """Build the paired cache at ``path`` (an ``.h5`` entry file), resuming finished shards.
 
     Returns ``path``. An existing complete cache with the same content config is reused as is;
@@ -293,6 +234,10 @@ def build_cache(path: str | Path, source: ModelAdapter, target: ModelAdapter, *,
     ``eval_fraction``/``split_seed`` are stored as the reader's default document split;
     ``extra_attrs`` are written as further attributes of the entry file (not part of its identity).
     Under torchrun, shard ``k`` is written by rank ``k % world_size`` and rank 0 writes the entry.
+
+    ``planned``: the slice's leading documents already windowed (:func:`~stitchplug.cache.plan.plan_docs`
+    with these settings), used instead of tokenising them again; ``ready``: per shard and side, windows a
+    layer probe already ran in the writer's own batches (:mod:`stitchplug.cache.select`).
     """
     from tqdm import tqdm
 
@@ -345,12 +290,22 @@ def build_cache(path: str | Path, source: ModelAdapter, target: ModelAdapter, *,
         bar = tqdm(total=tokens, initial=rows_done, unit="tok", unit_scale=True, disable=not progress or rank != 0,
                    desc="caching", dynamic_ncols=True, file=sys.stderr)
         writer.tick = bar.update
-        limit = None if max_docs is None else max_docs - docs_done
-        docs = open_corpus(corpus, start=doc_start + docs_done, limit=limit, cache_dir=corpus_cache_dir) \
-            if (limit is None or limit > 0) and rows_done < tokens else iter(())
-        shard, total, n_shards, kept = _Shard(), rows_done, len(done), []
+        kept: list[int] = []
 
-        def flush(k: int, shard: _Shard) -> None:
+        def documents():
+            """The slice's documents after the finished shards: planned ones first, then the corpus."""
+            total = rows_done
+            for d in (planned or [])[docs_done:]:
+                yield d
+                total += d.rows
+            start = max(docs_done, len(planned or []))
+            limit = None if max_docs is None else max_docs - start
+            if total < tokens and (limit is None or limit > 0):
+                records = open_corpus(corpus, start=doc_start + start, limit=limit, cache_dir=corpus_cache_dir)
+                yield from plan_docs(records, source, target, context_size, align, tokens=tokens, total=total,
+                                     index0=doc_start + start)
+
+        def flush(k: int, shard: Shard) -> None:
             """Shard ``k`` is rank ``k % world``'s; one that a killed run finished is verified and kept."""
             if k % world != rank:
                 return
@@ -361,27 +316,14 @@ def build_cache(path: str | Path, source: ModelAdapter, target: ModelAdapter, *,
                     kept.append(k)
                     return
                 final.unlink()
-            writer.write_shard(k, shard)
+            writer.write_shard(k, shard, (ready or {}).get(k))
 
         # Shard boundaries depend only on the config and the corpus: every rank windows every document
         # (tokenising is cheap next to the forwards) and runs the models on its own shards only.
-        for i, rec in enumerate(docs):
-            wins = paired_windows(rec["text"], source, target, context_size, aligner=align)
-            aligned = sum(len(w.idx_source) for w in wins)
-            real = (sum(int((w.source.ends >= 0).sum()) for w in wins),
-                    sum(int((w.target.ends >= 0).sum()) for w in wins))
-            rows = min(aligned, tokens - total)
-            wins = _windows_for(wins, rows)  # a long document's windows past the budget are never run
-            shard.docs.append(_Doc(doc_start + docs_done + i, str(rec["doc_id"]), wins, rows, real, aligned))
-            total += rows
-            if total >= tokens or shard.rows >= cfg["shard_rows"]:
-                flush(n_shards, shard)
-                n_shards, shard = n_shards + 1, _Shard()
-            if total >= tokens:
-                break
-        if shard.docs:
+        n_shards, total = len(done), rows_done
+        for shard in group_shards(documents(), cfg["shard_rows"]):
             flush(n_shards, shard)
-            n_shards += 1
+            n_shards, total = n_shards + 1, total + shard.rows
         bar.close()
         if kept:
             log(f"rank {rank}: kept {len(kept)} shard(s) that an interrupted run finished")

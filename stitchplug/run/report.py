@@ -52,8 +52,9 @@ def core_markdown(metrics: dict[str, Any], folder: RunFolder) -> str:
         lines += ["## Layer choice (mean SVCCA)", ""]
         sel = cache.get("layer_selection")
         if sel:
-            lines += [f"Chosen by an SVCCA probe of {sel['tokens']:,} tokens over all of B's layers before caching "
-                      f"({sel['seconds']:.0f} s); the cache holds only B's layer {sel['target_layer']}.", ""]
+            lines += [f"Chosen by an SVCCA probe of {sel['tokens']:,} tokens over all of B's layers, run in the "
+                      f"cache's own first forward batches ({sel['seconds']:.0f} s with the planning pass, before "
+                      f"caching the rest); the cache holds only B's layer {sel['target_layer']}.", ""]
         lines += [svcca_markdown(prof, lA), "", "![](svcca_profile.png)", ""]
     lines += ["## Stitch reconstruction (held-out)", "", recon_markdown(stitch["recon"]), ""]
     fit = stitch.get("fit", {})
