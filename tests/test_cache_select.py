@@ -172,3 +172,27 @@ def test_cli_all_layers_and_bfloat16_flags(tmp_path):
     with open_cache(out) as c:
         assert c.target_layers == [0, 1, 2] and c.attrs["dtype"] == "bfloat16" and "layer_selection" not in c.attrs
         assert c.array("target", 1).dtype == np.float32
+
+
+@pytest.mark.parametrize("keep_rows", [10**9, 250])
+def test_the_writer_uses_the_plan_instead_of_tokenising_again(tmp_path, pair, full, monkeypatch, keep_rows):
+    """A plan covering the slice: the writer windows nothing itself; a plan cut after its first shards
+    (``keep_rows``): the writer windows the rest. Either way the cache is bit-identical to one built
+    without a plan."""
+    from stitchplug.cache import plan as plan_mod
+    from stitchplug.cache.select import plan_slice
+
+    shards, n_docs = plan_slice(*pair, corpus="wiki-en", doc_start=0, tokens=KW["tokens"],
+                                context_size=KW["context_size"], shard_rows=KW["shard_rows"], keep_rows=keep_rows)
+    planned = [d for s in shards for d in s.docs]
+    assert (len(planned) == n_docs) == (keep_rows > 900) and len(shards) >= 1
+    calls = []
+    real = plan_mod.paired_windows
+    monkeypatch.setattr(plan_mod, "paired_windows", lambda *a, **k: calls.append(1) or real(*a, **k))
+    path = build_cache(tmp_path / "c.h5", *pair, target_layers=[0, 1, 2], planned=planned, log=lambda m: None, **KW)
+    assert len(calls) == n_docs - len(planned) and (len(calls) > 0) == (keep_rows < 900)
+    with open_cache(path) as c, open_cache(full) as ref:
+        for l in (0, 1, 2):
+            np.testing.assert_array_equal(c.array("target", l), ref.array("target", l))
+        np.testing.assert_array_equal(c.array("source", 1), ref.array("source", 1))
+        assert c.attrs["n_docs"] == ref.attrs["n_docs"] == n_docs
