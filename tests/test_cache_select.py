@@ -196,3 +196,35 @@ def test_the_writer_uses_the_plan_instead_of_tokenising_again(tmp_path, pair, fu
             np.testing.assert_array_equal(c.array("target", l), ref.array("target", l))
         np.testing.assert_array_equal(c.array("source", 1), ref.array("source", 1))
         assert c.attrs["n_docs"] == ref.attrs["n_docs"] == n_docs
+
+
+def test_an_interrupted_selected_build_resumes_without_a_new_probe(tmp_path, pair):
+    from stitchplug.cache.format import shard_dir
+
+    path, sel = build_selected_cache(tmp_path / "c.h5", *pair, target_layers=None, svcca_tokens=300,
+                                     log=lambda m: None, **KW)
+    with open_cache(path) as c:
+        want = {l: c.array("target", l) for l in c.target_layers}
+    shards = sorted(shard_dir(path).glob("shard_*.h5"))
+    assert len(shards) >= 3
+    with h5py.File(shards[-1], "r") as f:  # every shard records the choice
+        assert json.loads(f.attrs["layer_selection"]) == sel
+    path.unlink()  # killed after two shards: no entry file, the later shards gone
+    for p in shards[2:]:
+        p.unlink()
+    logs = []
+    path2, sel2 = build_selected_cache(tmp_path / "c.h5", *pair, target_layers=None, svcca_tokens=300,
+                                       log=logs.append, **KW)
+    assert sel2 == sel and not any("SVCCA probe:" in m for m in logs)
+    assert any("resuming with target layer" in m for m in logs)
+    with open_cache(path2) as c:
+        assert json.loads(c.attrs["layer_selection"]) == sel
+        for l, x in want.items():
+            np.testing.assert_array_equal(c.array("target", l), x)
+    # a different probe request (or a first shard without a record) probes again
+    path.unlink()
+    for p in sorted(shard_dir(path).glob("shard_*.h5"))[2:]:
+        p.unlink()
+    logs.clear()
+    build_selected_cache(tmp_path / "c.h5", *pair, target_layers=None, svcca_tokens=299, log=logs.append, **KW)
+    assert any("SVCCA probe:" in m for m in logs)

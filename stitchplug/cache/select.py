@@ -17,7 +17,8 @@ layer used afterwards, and runs B's forward through all its blocks. Instead:
 
 The probe (tokens, profile, chosen layer, batches, seconds) is stored in the cache's
 ``layer_selection`` attribute (JSON) and returned, so the stitch stage and the report show the full
-profile. ``target_layers="all"`` keeps the old behaviour (every layer cached, SVCCA on the cache).
+profile; every shard carries it too, so an interrupted build resumes without probing again.
+``target_layers="all"`` keeps the old behaviour (every layer cached, SVCCA on the cache).
 """
 
 from __future__ import annotations
@@ -171,6 +172,26 @@ def stored_selection(path: str | Path) -> dict | None:
     return None if raw is None else json.loads(raw)
 
 
+def shard_selection(path: str | Path, wanted: dict) -> dict | None:
+    """The ``layer_selection`` an interrupted selected build stored in its first shard, if that shard
+    verifies and matches ``wanted`` (content fields); else ``None``."""
+    from . import integrity
+    from .format import config_diff, open_h5, shard_dir, stored_config
+
+    shard0 = shard_dir(path) / "shard_00000.h5"
+    if not shard0.exists() or integrity.verify_shard(shard0) is not None:
+        return None
+    try:
+        with open_h5(shard0, "cache shard") as f:
+            cfg, raw = stored_config(f, shard0), f.attrs.get(SELECTION_ATTR)
+    except CacheError:
+        return None
+    if raw is None or config_diff(cfg, wanted):
+        return None
+    sel = json.loads(raw)
+    return sel if cfg.get("target_layers") == [sel.get("target_layer")] else None
+
+
 def build_selected_cache(path: str | Path, source: ModelAdapter, target: ModelAdapter, *,
                          target_layers: list[int] | str | None = None, svcca_tokens: int = SVCCA_TOKENS,
                          source_layers: list[int] | None = None, log: Callable[[str], None] | None = None,
@@ -195,18 +216,22 @@ def build_selected_cache(path: str | Path, source: ModelAdapter, target: ModelAd
     lA = src[len(src) // 2]  # the stitch's default source layer among those cached (stitch.api.resolve_layers)
     corpus, doc_start = kw.get("corpus", "wiki-en"), kw.get("doc_start", 0)
     path = Path(path)
-    if path.exists():  # a finished selected cache: its content config minus the chosen layer must match
-        wanted = cache_config(source, target, corpus=corpus, doc_start=doc_start, max_docs=kw.get("max_docs"),
-                              tokens=kw.get("tokens", 200_000), context_size=kw.get("context_size", 128),
-                              source_layers=src, target_layers=[0], dtype=kw.get("dtype", "float32"),
-                              aligner=kw.get("aligner", "auto"), shard_rows=kw.get("shard_rows"))
-        wanted.pop("_row_bytes")
-        for key in ("target_layers", "shard_rows"):  # both follow from the chosen layer
-            wanted.pop(key)
+    # the content config minus the chosen layer (and the shard size, which follows from it)
+    wanted = cache_config(source, target, corpus=corpus, doc_start=doc_start, max_docs=kw.get("max_docs"),
+                          tokens=kw.get("tokens", 200_000), context_size=kw.get("context_size", 128),
+                          source_layers=src, target_layers=[0], dtype=kw.get("dtype", "float32"),
+                          aligner=kw.get("aligner", "auto"), shard_rows=kw.get("shard_rows"))
+    for key in ("_row_bytes", "target_layers", "shard_rows"):
+        wanted.pop(key)
+
+    def same_probe(sel: dict | None) -> bool:
+        return bool(sel) and sel.get("tokens_requested") == svcca_tokens and sel.get("source_layer") == lA
+
+    if path.exists():  # a finished selected cache
         try:
             if check_existing(path, wanted):
                 sel = stored_selection(path)
-                if sel and sel.get("tokens_requested") == svcca_tokens and sel.get("source_layer") == lA:
+                if same_probe(sel):
                     log(f"cache {path}: target layer {sel['target_layer']} was chosen by SVCCA when it was built")
                     out = build_cache(path, source, target, source_layers=src, target_layers=[sel["target_layer"]],
                                       log=log, extra_attrs={SELECTION_ATTR: json.dumps(sel, sort_keys=True)},
@@ -214,6 +239,12 @@ def build_selected_cache(path: str | Path, source: ModelAdapter, target: ModelAd
                     return out, sel
         except CacheError:
             pass  # an incomplete or different cache: build_cache below refuses or resumes it as usual
+    else:  # an interrupted build: its first shard records the choice, so resuming needs no new probe
+        sel = shard_selection(path, wanted)
+        if same_probe(sel):
+            log(f"cache {path}: resuming with target layer {sel['target_layer']}, chosen by SVCCA when it started")
+            return build_cache(path, source, target, source_layers=src, target_layers=[sel["target_layer"]], log=log,
+                               extra_attrs={SELECTION_ATTR: json.dumps(sel, sort_keys=True)}, **kw), sel
     log(f"SVCCA probe: {svcca_tokens:,} tokens, {source.name} layer {lA} vs all {target.n_layers} layers "
         f"of {target.name}")
     sel, planned, ready = None, None, None

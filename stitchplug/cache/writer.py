@@ -56,6 +56,7 @@ class _Writer:
         self.path, self.source, self.target, self.cfg = path, source, target, cfg
         self.batch_size, self.tick = batch_size, tick
         self.dir = shard_dir(path)
+        self.extra: dict = {}
 
     def shard_path(self, k: int) -> Path:
         return self.dir / f"shard_{k:05d}.h5"
@@ -98,6 +99,8 @@ class _Writer:
             f.attrs["config"] = json.dumps(cfg, sort_keys=True)
             f.attrs["shard"] = k
             f.attrs["rows"] = n
+            for key, value in self.extra.items():  # e.g. the layer selection, so a resume needs no probe
+                f.attrs[key] = value
             for side in SIDES:
                 d = self.source.d_model if side == "source" else self.target.d_model
                 for l, parts in cols[side].items():
@@ -232,7 +235,8 @@ def build_cache(path: str | Path, source: ModelAdapter, target: ModelAdapter, *,
     Returns ``path``. An existing complete cache with the same content config is reused as is;
     one with a different config is refused (:class:`CacheError` naming the fields).
     ``eval_fraction``/``split_seed`` are stored as the reader's default document split;
-    ``extra_attrs`` are written as further attributes of the entry file (not part of its identity).
+    ``extra_attrs`` are written as further attributes of the entry file and of each shard written (not
+    part of their identity).
     Under torchrun, shard ``k`` is written by rank ``k % world_size`` and rank 0 writes the entry.
 
     ``planned``: the slice's leading documents already windowed (:func:`~stitchplug.cache.plan.plan_docs`
@@ -264,6 +268,7 @@ def build_cache(path: str | Path, source: ModelAdapter, target: ModelAdapter, *,
     try:
         cfg["batch_size"] = int(batch_size)  # shards only: a finished cache is reused at any batch size
         writer = _Writer(path, source, target, cfg, batch_size, lambda t: None)
+        writer.extra = dict(extra_attrs or {})
         if rank == 0:  # repairs touch every rank's shards: one rank does them while the others wait
             for stale in sdir.glob("*.tmp"):
                 stale.unlink()
