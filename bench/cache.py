@@ -236,7 +236,7 @@ def main() -> None:
         result = {"bench": "cache", "source": args.source, "target": args.target, "tokens": args.tokens,
                   "source_layer": la, "target_layers": args.target_layers, "context_size": args.context_size,
                   "batch_size": args.batch_size, "torch_threads": torch.get_num_threads()}
-        from stitchplug.cache.windows import fingerprint
+        from stitchplug.cache.align import fingerprint
 
         fingerprint(source), fingerprint(target)  # one-time costs (tokenizer fingerprints) out of the timing
         pair = None

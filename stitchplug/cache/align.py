@@ -65,18 +65,29 @@ def align_identity(ends_a, ends_b) -> tuple[np.ndarray, np.ndarray]:
 BUILTIN: dict[str, Aligner] = {"end-offsets": align_by_end_offsets, "identity": align_identity}
 
 
+def fingerprint(adapter) -> str:
+    """``adapter.tokenizer_fingerprint()``, memoised on the adapter (hashing a big vocab is slow)."""
+    fp = getattr(adapter, "_stitchplug_fingerprint", None)
+    if fp is None:
+        fp = adapter.tokenizer_fingerprint()
+        try:
+            adapter._stitchplug_fingerprint = fp
+        except AttributeError:
+            pass
+    return fp
+
+
 def get_aligner(method: str = "auto", source=None, target=None) -> tuple[str, Aligner]:
     """The aligner to use for a model pair: ``(method_name, align_fn)``.
 
     ``method="auto"`` picks ``identity`` when both adapters have the same
-    ``tokenizer_fingerprint()`` and ``end-offsets`` otherwise. Names are looked up in the plugin
+    ``tokenizer_fingerprint()`` (memoised: :func:`fingerprint`) and ``end-offsets`` otherwise. Names are looked up in the plugin
     registry first (kind ``aligners``), then among the built-in ones.
     """
     if method == "auto":
         if source is None or target is None:
             raise CacheError("aligner 'auto' needs both model adapters")
-        same = source.tokenizer_fingerprint() == target.tokenizer_fingerprint()
-        method = "identity" if same else "end-offsets"
+        method = "identity" if fingerprint(source) == fingerprint(target) else "end-offsets"
     try:
         from ..plugins import registry
 

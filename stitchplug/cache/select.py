@@ -50,11 +50,8 @@ def plan_slice(source: ModelAdapter, target: ModelAdapter, *, corpus: str, doc_s
     """The slice windowed and cut into shards as :func:`~stitchplug.cache.writer.build_cache` will:
     ``(leading whole shards up to keep_rows rows, number of documents in the slice)``."""
     from .corpus import open_corpus
-    from .windows import fingerprint
 
-    method = aligner if aligner != "auto" else ("identity" if fingerprint(source) == fingerprint(target)
-                                                else "end-offsets")
-    _, align = get_aligner(method, source, target)
+    _, align = get_aligner(aligner, source, target)
     records = open_corpus(corpus, start=doc_start, limit=max_docs, cache_dir=corpus_cache_dir)
     kept, n_docs, rows = [], 0, 0
     for shard in group_shards(plan_docs(records, source, target, context_size, align, tokens=tokens,
@@ -133,7 +130,8 @@ def svcca_probe(source: ModelAdapter, target: ModelAdapter, *, source_layer: int
 
     Returns ``(selection, planned shards, ready)``: ``selection`` is ``{method, source_layer,
     target_layer, tokens, profile, batches, seconds, plan_seconds, svcca_seconds}``; the shards and
-    ``ready`` go to :func:`~stitchplug.cache.writer.build_cache` (``planned``/``ready``).
+    ``ready`` go to :func:`~stitchplug.cache.writer.build_cache` (``planned``/``ready``). ``shard_rows``
+    ``None``: the shard size of a cache of ``source_layers`` and one target layer.
     """
     from ..stitch.svcca import choose_layer
     from .reader import eval_positions
@@ -141,11 +139,12 @@ def svcca_probe(source: ModelAdapter, target: ModelAdapter, *, source_layer: int
     t0 = time.perf_counter()
     src = sorted(set(source_layers or [source_layer]))
     candidates = list(range(target.n_layers)) if candidates is None else list(candidates)
-    cfg = cache_config(source, target, corpus=corpus, doc_start=doc_start, max_docs=max_docs, tokens=tokens,
-                       context_size=context_size, source_layers=src, target_layers=[0], dtype=dtype,
-                       aligner=aligner, shard_rows=shard_rows)  # one target layer: the shards of the cache
+    if shard_rows is None:  # the shards of a cache with one target layer
+        shard_rows = cache_config(source, target, corpus=corpus, doc_start=doc_start, max_docs=max_docs,
+                                  tokens=tokens, context_size=context_size, source_layers=src, target_layers=[0],
+                                  dtype=dtype, aligner=aligner, shard_rows=None)["shard_rows"]
     shards, n_docs = plan_slice(source, target, corpus=corpus, doc_start=doc_start, tokens=tokens,
-                                context_size=context_size, shard_rows=cfg["shard_rows"], aligner=aligner,
+                                context_size=context_size, shard_rows=shard_rows, aligner=aligner,
                                 max_docs=max_docs, corpus_cache_dir=corpus_cache_dir)
     t_plan = time.perf_counter() - t0
     held_out = {doc_start + int(p) for p in eval_positions(n_docs, eval_fraction, split_seed)}
@@ -216,50 +215,44 @@ def build_selected_cache(path: str | Path, source: ModelAdapter, target: ModelAd
     lA = src[len(src) // 2]  # the stitch's default source layer among those cached (stitch.api.resolve_layers)
     corpus, doc_start = kw.get("corpus", "wiki-en"), kw.get("doc_start", 0)
     path = Path(path)
-    # the content config minus the chosen layer (and the shard size, which follows from it)
-    wanted = cache_config(source, target, corpus=corpus, doc_start=doc_start, max_docs=kw.get("max_docs"),
-                          tokens=kw.get("tokens", 200_000), context_size=kw.get("context_size", 128),
-                          source_layers=src, target_layers=[0], dtype=kw.get("dtype", "float32"),
-                          aligner=kw.get("aligner", "auto"), shard_rows=kw.get("shard_rows"))
-    for key in ("_row_bytes", "target_layers", "shard_rows"):
-        wanted.pop(key)
-
-    def same_probe(sel: dict | None) -> bool:
-        return bool(sel) and sel.get("tokens_requested") == svcca_tokens and sel.get("source_layer") == lA
-
+    cfg = cache_config(source, target, corpus=corpus, doc_start=doc_start, max_docs=kw.get("max_docs"),
+                       tokens=kw.get("tokens", 200_000), context_size=kw.get("context_size", 128),
+                       source_layers=src, target_layers=[0], dtype=kw.get("dtype", "float32"),
+                       aligner=kw.get("aligner", "auto"), shard_rows=kw.get("shard_rows"))
+    # what a selected cache must match: the content config minus the chosen layer and the shard size
+    wanted = {k: v for k, v in cfg.items() if k not in ("_row_bytes", "target_layers", "shard_rows")}
+    sel = None
     if path.exists():  # a finished selected cache
         try:
             if check_existing(path, wanted):
                 sel = stored_selection(path)
-                if same_probe(sel):
-                    log(f"cache {path}: target layer {sel['target_layer']} was chosen by SVCCA when it was built")
-                    out = build_cache(path, source, target, source_layers=src, target_layers=[sel["target_layer"]],
-                                      log=log, extra_attrs={SELECTION_ATTR: json.dumps(sel, sort_keys=True)},
-                                      **kw)  # verifies the shards, reuses or repairs
-                    return out, sel
         except CacheError:
             pass  # an incomplete or different cache: build_cache below refuses or resumes it as usual
+        found = "cache {path}: target layer {layer} was chosen by SVCCA when it was built"
     else:  # an interrupted build: its first shard records the choice, so resuming needs no new probe
         sel = shard_selection(path, wanted)
-        if same_probe(sel):
-            log(f"cache {path}: resuming with target layer {sel['target_layer']}, chosen by SVCCA when it started")
-            return build_cache(path, source, target, source_layers=src, target_layers=[sel["target_layer"]], log=log,
-                               extra_attrs={SELECTION_ATTR: json.dumps(sel, sort_keys=True)}, **kw), sel
-    log(f"SVCCA probe: {svcca_tokens:,} tokens, {source.name} layer {lA} vs all {target.n_layers} layers "
-        f"of {target.name}")
-    sel, planned, ready = None, None, None
-    if dist.is_main():  # under torchrun rank 0 probes and every rank caches its choice
-        sel, shards, extra = svcca_probe(
-            source, target, source_layer=lA, source_layers=src, n_tokens=svcca_tokens, corpus=corpus,
-            doc_start=doc_start, context_size=kw.get("context_size", 128), batch_size=kw.get("batch_size", 8),
-            aligner=kw.get("aligner", "auto"), corpus_cache_dir=kw.get("corpus_cache_dir"),
-            tokens=kw.get("tokens", 200_000), max_docs=kw.get("max_docs"), eval_fraction=kw.get("eval_fraction", 0.1),
-            split_seed=kw.get("split_seed", 0), shard_rows=kw.get("shard_rows"), dtype=kw.get("dtype", "float32"))
-        sel["tokens_requested"] = int(svcca_tokens)
-        planned, ready = [d for s in shards for d in s.docs], extra["ready"]
-    sel = dist.broadcast_object(sel)
-    log(f"SVCCA probe chose {target.name} layer {sel['target_layer']} "
-        f"({sel['profile'][str(sel['target_layer'])]:.3f}; {sel['seconds']:.1f} s)")
+        found = "cache {path}: resuming with target layer {layer}, chosen by SVCCA when it started"
+    planned, ready = None, None
+    if sel and sel.get("tokens_requested") == svcca_tokens and sel.get("source_layer") == lA:
+        log(found.format(path=path, layer=sel["target_layer"]))
+    else:
+        log(f"SVCCA probe: {svcca_tokens:,} tokens, {source.name} layer {lA} vs all {target.n_layers} layers "
+            f"of {target.name}")
+        sel = None
+        if dist.is_main():  # under torchrun rank 0 probes and every rank caches its choice
+            sel, shards, extra = svcca_probe(
+                source, target, source_layer=lA, source_layers=src, n_tokens=svcca_tokens, corpus=corpus,
+                doc_start=doc_start, context_size=kw.get("context_size", 128), batch_size=kw.get("batch_size", 8),
+                aligner=cfg["alignment_method"], corpus_cache_dir=kw.get("corpus_cache_dir"),
+                tokens=kw.get("tokens", 200_000), max_docs=kw.get("max_docs"),
+                eval_fraction=kw.get("eval_fraction", 0.1), split_seed=kw.get("split_seed", 0),
+                shard_rows=cfg["shard_rows"])
+            sel["tokens_requested"] = int(svcca_tokens)
+            planned, ready = [d for s in shards for d in s.docs], extra["ready"]
+        sel = dist.broadcast_object(sel)
+        log(f"SVCCA probe chose {target.name} layer {sel['target_layer']} "
+            f"({sel['profile'][str(sel['target_layer'])]:.3f}; {sel['seconds']:.1f} s)")
+    # a reused cache is verified (and repaired or resumed) by build_cache like any other
     out = build_cache(path, source, target, source_layers=src, target_layers=[sel["target_layer"]], log=log,
                       extra_attrs={SELECTION_ATTR: json.dumps(sel, sort_keys=True)}, planned=planned,
                       ready=ready, **kw)

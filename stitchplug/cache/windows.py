@@ -34,18 +34,6 @@ class Window:
         return iter((self.source, self.target, self.idx_source, self.idx_target))
 
 
-def fingerprint(adapter: ModelAdapter) -> str:
-    """``adapter.tokenizer_fingerprint()``, memoised on the adapter (hashing a big vocab is slow)."""
-    fp = getattr(adapter, "_stitchplug_fingerprint", None)
-    if fp is None:
-        fp = adapter.tokenizer_fingerprint()
-        try:
-            adapter._stitchplug_fingerprint = fp
-        except AttributeError:
-            pass
-    return fp
-
-
 def max_context(adapter: ModelAdapter) -> int | None:
     """The model's maximum sequence length, if the adapter exposes one."""
     n = getattr(adapter, "n_ctx", None)
@@ -72,8 +60,7 @@ def paired_windows(text: str, source: ModelAdapter, target: ModelAdapter, contex
     Each window unpacks as ``(enc_source, enc_target, idx_source, idx_target)``.
     """
     if aligner is None:
-        same = fingerprint(source) == fingerprint(target)
-        aligner = get_aligner("identity" if same else "end-offsets")[1]
+        aligner = get_aligner("auto", source, target)[1]
     full = source.encode(text)
     ends = full.ends.numpy()
     real = np.flatnonzero(ends >= 0)

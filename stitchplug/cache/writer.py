@@ -26,12 +26,11 @@ from .. import __version__, dist
 from ..adapter import ModelAdapter
 from ..errors import CacheError
 from . import integrity
-from .align import get_aligner
+from .align import fingerprint, get_aligner
 from .corpus import corpus_fingerprint
 from .format import (BF16_ATTR, FORMAT, FORMAT_VERSION, RESUME_FIELDS, SIDES, STORAGE_DTYPES,
                      config_diff, layer_key, open_h5, refuse_mismatch, shard_dir, store, stored_config)
 from .plan import FORWARD_STATS, Acts, Doc, Shard, forward, group_shards, plan_docs  # noqa: F401 (FORWARD_STATS)
-from .windows import fingerprint
 
 SHARD_BYTES = 64 * 2**20
 
@@ -52,11 +51,11 @@ def _fsync_replace(tmp: Path, final: Path) -> None:
 
 class _Writer:
     def __init__(self, path: Path, source: ModelAdapter, target: ModelAdapter, cfg: dict, batch_size: int,
-                 tick: Callable[[float], None]):
+                 tick: Callable[[float], None], extra: dict | None = None):
         self.path, self.source, self.target, self.cfg = path, source, target, cfg
         self.batch_size, self.tick = batch_size, tick
         self.dir = shard_dir(path)
-        self.extra: dict = {}
+        self.extra = dict(extra or {})  # further shard attributes (e.g. the layer selection: a resume needs no probe)
 
     def shard_path(self, k: int) -> Path:
         return self.dir / f"shard_{k:05d}.h5"
@@ -99,7 +98,7 @@ class _Writer:
             f.attrs["config"] = json.dumps(cfg, sort_keys=True)
             f.attrs["shard"] = k
             f.attrs["rows"] = n
-            for key, value in self.extra.items():  # e.g. the layer selection, so a resume needs no probe
+            for key, value in self.extra.items():
                 f.attrs[key] = value
             for side in SIDES:
                 d = self.source.d_model if side == "source" else self.target.d_model
@@ -267,8 +266,7 @@ def build_cache(path: str | Path, source: ModelAdapter, target: ModelAdapter, *,
         raise CacheError(f"another stitchplug process is writing {path}") from None
     try:
         cfg["batch_size"] = int(batch_size)  # shards only: a finished cache is reused at any batch size
-        writer = _Writer(path, source, target, cfg, batch_size, lambda t: None)
-        writer.extra = dict(extra_attrs or {})
+        writer = _Writer(path, source, target, cfg, batch_size, lambda t: None, extra_attrs)
         if rank == 0:  # repairs touch every rank's shards: one rank does them while the others wait
             for stale in sdir.glob("*.tmp"):
                 stale.unlink()
