@@ -1,5 +1,6 @@
-"""Open a corpus by name: a registered corpus, ``file:PATH`` (local .jsonl/.json/.txt/.parquet) or
-``hub:NAME`` (a Hugging Face hub dataset, when the hub is reachable).
+"""Open a corpus by name: a registered corpus, ``file:PATH`` (local .jsonl/.json/.txt/.parquet),
+``hub:NAME`` (a Hugging Face hub dataset, when the hub is reachable) or ``mix:A=w,B=w,...`` (a
+deterministic, character-weighted interleaving of other corpora, :func:`mix_corpus`).
 
 Every corpus is an iterable of dicts with at least ``text`` (str) and ``doc_id`` (str, stable),
 plus any extra fields (``title``, ``topic`` ...), in a deterministic order.
@@ -16,7 +17,8 @@ from typing import Iterable, Iterator
 from ..errors import StitchplugError
 
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".txt": "text", ".parquet": "parquet"}
-OFFLINE_CORPORA = "wiki-en, wiki-fr, wiki-es or file:PATH"
+OFFLINE_CORPORA = "wiki-en, wiki-fr, wiki-es, file:PATH or mix:wiki-en=0.6,wiki-fr=0.2,wiki-es=0.2"
+MIX_PREFIX = "mix:"
 
 
 def _default_cache_dir() -> str:
@@ -91,9 +93,64 @@ def hub_corpus(name: str, split: str = "train", text_field: str = "text") -> Ite
     yield from _records(itertools.chain([first], rows), f"hub:{name}", text_field)
 
 
+def parse_mix(name: str) -> list[tuple[str, float]]:
+    """``mix:A=0.6,B=0.4`` -> ``[("A", 0.6), ("B", 0.4)]`` with the weights normalised to sum 1
+    (``mix:A,B``: equal weights). Components are any corpus names but ``mix:``; each appears once."""
+    import math
+
+    body = name[len(MIX_PREFIX):]
+    parts: list[tuple[str, float]] = []
+    for item in body.split(","):
+        item = item.strip()
+        if not item:
+            raise StitchplugError(f"corpus {name!r}: empty component (syntax: mix:wiki-en=0.6,wiki-fr=0.4)")
+        comp, sep, w = item.rpartition("=") if "=" in item else (item, "", "1")
+        comp = comp.strip()
+        try:
+            weight = float(w)
+        except ValueError:
+            raise StitchplugError(f"corpus {name!r}: weight {w!r} of {comp!r} is not a number") from None
+        if not math.isfinite(weight) or weight <= 0:
+            raise StitchplugError(f"corpus {name!r}: weight of {comp!r} must be a positive finite number, not {w}")
+        if comp.startswith(MIX_PREFIX):
+            raise StitchplugError(f"corpus {name!r}: a mix cannot contain another mix")
+        if any(comp == c for c, _ in parts):
+            raise StitchplugError(f"corpus {name!r}: {comp!r} appears twice")
+        parts.append((comp, weight))
+    if len(parts) < 2:
+        raise StitchplugError(f"corpus {name!r}: a mix needs at least two corpora")
+    total = sum(w for _, w in parts)
+    return [(c, w / total) for c, w in parts]
+
+
+def mix_corpus(parts: list[tuple[str, float]], cache_dir: str | None = None) -> Iterator[dict]:
+    """Interleave corpora so that every prefix holds each one's share of *characters* as closely as
+    whole documents allow: the next document comes from the corpus with the least characters emitted
+    per unit weight (ties: the earlier one). Deterministic, so document indices are stable. The mix
+    ends when the corpus whose turn it is runs out, so the shares hold to the end. ``doc_id`` becomes
+    ``NAME:doc_id`` and each record gains ``corpus`` (its component's name)."""
+    its = [iter(open_corpus(c, cache_dir=cache_dir)) for c, _ in parts]
+    chars = [0] * len(parts)
+    while True:
+        i = min(range(len(parts)), key=lambda j: (chars[j] / parts[j][1], j))
+        doc = next(its[i], None)
+        if doc is None:
+            return
+        chars[i] += len(doc["text"])
+        yield {**doc, "doc_id": f"{parts[i][0]}:{doc['doc_id']}", "corpus": parts[i][0]}
+
+
 def corpus_fingerprint(name: str) -> str | None:
-    """A digest of a ``file:`` corpus's bytes (so an edited file is a different cache); ``None`` for
+    """A digest of a ``file:`` corpus's bytes (so an edited file is a different cache); for a
+    ``mix:``, a digest over its components' fingerprints (None when none is a file); ``None`` for
     registered and hub corpora, whose identity is their name."""
+    if name.startswith(MIX_PREFIX):
+        prints = [corpus_fingerprint(c) for c, _ in parse_mix(name)]
+        if all(p is None for p in prints):
+            return None
+        import hashlib
+
+        return hashlib.blake2b("|".join(p or "" for p in prints).encode(), digest_size=16).hexdigest()
     if not name.startswith("file:"):
         return None
     import hashlib
@@ -120,6 +177,8 @@ def open_corpus(name: str, start: int = 0, limit: int | None = None, cache_dir: 
         docs = file_corpus(name[len("file:"):], cache_dir=cache_dir, **kwargs)
     elif name.startswith("hub:"):
         docs = hub_corpus(name[len("hub:"):], **kwargs)
+    elif name.startswith(MIX_PREFIX):
+        docs = mix_corpus(parse_mix(name), cache_dir=cache_dir)
     else:
         from ..plugins import registry
 
