@@ -12,6 +12,22 @@ from pathlib import Path
 from ..errors import ConfigError, StitchplugError
 
 
+def check_corpus(corpus: str) -> None:
+    """A registered name, an existing ``file:``, a ``hub:`` name, or a ``mix:`` of those."""
+    from ..cache.corpus import MIX_PREFIX, parse_mix
+    from ..plugins import registry
+
+    if corpus.startswith(MIX_PREFIX):
+        for part, _ in parse_mix(corpus):
+            check_corpus(part)
+    elif corpus.startswith("file:"):
+        path = Path(corpus[len("file:"):])
+        if not path.is_file():
+            raise StitchplugError(f"corpus file {path} does not exist (cache.corpus {corpus!r})")
+    elif not corpus.startswith("hub:"):
+        registry().get("corpora", corpus)
+
+
 def check_names(cfg) -> None:
     """Model, artifact and corpus names resolve; a ``file:`` corpus exists; the device exists."""
     from ..plugins import registry
@@ -20,13 +36,7 @@ def check_names(cfg) -> None:
     reg.get("models", cfg.models.source)
     reg.get("models", cfg.models.target)
     reg.get("artifacts", cfg.artifact)
-    corpus = cfg.cache.corpus
-    if corpus.startswith("file:"):
-        path = Path(corpus[len("file:"):])
-        if not path.is_file():
-            raise StitchplugError(f"corpus file {path} does not exist (cache.corpus {corpus!r})")
-    elif not corpus.startswith("hub:"):
-        reg.get("corpora", corpus)
+    check_corpus(cfg.cache.corpus)
     if cfg.device == "cuda":
         import torch
 
