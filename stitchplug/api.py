@@ -49,6 +49,7 @@ _EXPORTS = {
     "eq3_total": "stitchplug.stitch.model",
     "stitch_step_flops": "stitchplug.stitch.fit",
     "RunFolder": "stitchplug.runfolder",
+    "fit_run_folder": "stitchplug.run.pipeline",
     "write_text_atomic": "stitchplug.atomic",
     "write_json_atomic": "stitchplug.atomic",
     # measurement

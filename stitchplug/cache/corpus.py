@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from ..errors import StitchplugError
+from ..errors import ConfigError, StitchplugError
 
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".txt": "text", ".parquet": "parquet"}
 OFFLINE_CORPORA = "wiki-en, wiki-fr, wiki-es, file:PATH or mix:wiki-en=0.6,wiki-fr=0.2,wiki-es=0.2"
@@ -95,7 +95,8 @@ def hub_corpus(name: str, split: str = "train", text_field: str = "text") -> Ite
 
 def parse_mix(name: str) -> list[tuple[str, float]]:
     """``mix:A=0.6,B=0.4`` -> ``[("A", 0.6), ("B", 0.4)]`` with the weights normalised to sum 1
-    (``mix:A,B``: equal weights). Components are any corpus names but ``mix:``; each appears once."""
+    (``mix:A,B``: equal weights). Components are any corpus names but ``mix:``; each appears once.
+    Bad syntax is a one-line :class:`ConfigError` (exit 2 from the CLI)."""
     import math
 
     body = name[len(MIX_PREFIX):]
@@ -103,22 +104,24 @@ def parse_mix(name: str) -> list[tuple[str, float]]:
     for item in body.split(","):
         item = item.strip()
         if not item:
-            raise StitchplugError(f"corpus {name!r}: empty component (syntax: mix:wiki-en=0.6,wiki-fr=0.4)")
+            raise ConfigError(f"corpus {name!r}: empty component (syntax: mix:wiki-en=0.6,wiki-fr=0.4)")
         comp, sep, w = item.rpartition("=") if "=" in item else (item, "", "1")
         comp = comp.strip()
+        if not comp:
+            raise ConfigError(f"corpus {name!r}: a weight without a corpus name in {item!r}")
         try:
             weight = float(w)
         except ValueError:
-            raise StitchplugError(f"corpus {name!r}: weight {w!r} of {comp!r} is not a number") from None
+            raise ConfigError(f"corpus {name!r}: weight {w!r} of {comp!r} is not a number") from None
         if not math.isfinite(weight) or weight <= 0:
-            raise StitchplugError(f"corpus {name!r}: weight of {comp!r} must be a positive finite number, not {w}")
+            raise ConfigError(f"corpus {name!r}: weight of {comp!r} must be a positive finite number, not {w}")
         if comp.startswith(MIX_PREFIX):
-            raise StitchplugError(f"corpus {name!r}: a mix cannot contain another mix")
+            raise ConfigError(f"corpus {name!r}: a mix cannot contain another mix")
         if any(comp == c for c, _ in parts):
-            raise StitchplugError(f"corpus {name!r}: {comp!r} appears twice")
+            raise ConfigError(f"corpus {name!r}: {comp!r} appears twice")
         parts.append((comp, weight))
     if len(parts) < 2:
-        raise StitchplugError(f"corpus {name!r}: a mix needs at least two corpora")
+        raise ConfigError(f"corpus {name!r}: a mix needs at least two corpora")
     total = sum(w for _, w in parts)
     return [(c, w / total) for c, w in parts]
 
@@ -138,6 +141,14 @@ def mix_corpus(parts: list[tuple[str, float]], cache_dir: str | None = None) -> 
             return
         chars[i] += len(doc["text"])
         yield {**doc, "doc_id": f"{parts[i][0]}:{doc['doc_id']}", "corpus": parts[i][0]}
+
+
+def corpus_files(name: str) -> dict[str, str]:
+    """``{label: path}`` of the local files a corpus reads (``file:`` itself, or a ``mix:``'s file
+    components), so a run stage can fingerprint them as inputs."""
+    if name.startswith(MIX_PREFIX):
+        return {f"corpus:{comp}": p for comp, _ in parse_mix(name) for p in corpus_files(comp).values()}
+    return {"corpus": name[len("file:"):]} if name.startswith("file:") else {}
 
 
 def corpus_fingerprint(name: str) -> str | None:

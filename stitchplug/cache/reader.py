@@ -119,6 +119,17 @@ class PairedCache:
         cache's documents (at least one when the fraction is positive and there are >= 2 documents)."""
         return np.sort(self.doc_index[eval_positions(len(self.doc_index), self.eval_fraction, self.split_seed)])
 
+    def doc_keys(self, split: str | None = None) -> list[str]:
+        """The corpus ``doc_id`` of each cached document of ``split`` ('train', 'eval' or None for all),
+        in cache order (a ``mix:`` corpus's ids carry their component: ``wiki-fr:Paris``)."""
+        if split not in (None, "train", "eval"):
+            raise CacheError(f"split must be 'train', 'eval' or None, not {split!r}")
+        keys = [k.decode() if isinstance(k, bytes) else str(k) for k in self.file["docs/key"][()]]
+        if split is None:
+            return keys
+        is_eval = np.isin(self.doc_index, self.eval_docs())
+        return [k for k, e in zip(keys, is_eval) if bool(e) == (split == "eval")]
+
     def ranges(self, split: str | None = None) -> list[tuple[int, int]]:
         """Row ranges ``[start, stop)`` of ``split`` ('train', 'eval' or None for all), merged."""
         if split is None:

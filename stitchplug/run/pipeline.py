@@ -251,7 +251,9 @@ class Pipeline:
 
     def _run(self) -> dict:
         cfg, rf, kind, name = self.cfg, self.rf, self.kind, self.cfg.artifact
-        corpus = {"corpus": cfg.cache.corpus[len("file:"):]} if cfg.cache.corpus.startswith("file:") else {}
+        from ..cache.corpus import corpus_files
+
+        corpus = corpus_files(cfg.cache.corpus)  # a file: corpus, or a mix:'s file components
         outputs = self.stage_outputs()
         cache_res = self.stage("cache", self.deps(), self.stage_cache, inputs=corpus, outputs=outputs["cache"])
         dist.on_main(lambda: rf.require("cache", CACHE_FILE))
@@ -371,3 +373,42 @@ class Pipeline:
 def run(cfg: RunConfig, log: Callable[[str], None] = print, progress: bool = True) -> dict:
     """Run (or resume) the whole pipeline for ``cfg``; returns the run folder's ``metrics.json``."""
     return Pipeline(cfg, log=log, progress=progress).run()
+
+
+def fit_run_folder(output_dir: str, preset: str | None = None, overrides: dict | None = None,
+                   artifact: str = "steering", log: Callable[[str], None] = print,
+                   progress: bool = False) -> dict:
+    """Only the ``cache`` and ``stitch`` stages of ``stitchplug run`` in ``output_dir`` (same deps,
+    markers and config snapshot, so a later ``stitchplug run --artifact ARTIFACT`` there reuses them).
+    ``overrides`` are dotted config keys (``{"cache.corpus": "mix:..."}``). Returns
+    ``{"config", "cache", "stitch"}`` (the stages' results)."""
+    from ..config import artifact_sections, build_config
+    from .preflight import check_names
+
+    sections, presets = artifact_sections()
+    cfg = build_config(preset=preset, overrides={"artifact": artifact, "output_dir": str(output_dir),
+                                                 **(overrides or {})},
+                       cls=run_config_class(sections), section_presets=presets)
+    check_names(cfg)
+    pipe = Pipeline(cfg, log=log, progress=progress)
+    rf = pipe.rf
+    with rf.writing("stitchplug fit_run_folder"):
+        deps = {"cache": pipe.deps(), "stitch": pipe.deps("stitch")}
+        rf.check(deps)
+        outputs = pipe.stage_outputs()
+        for stage in deps:
+            rf.stale(stage, outputs=outputs[stage])
+        (rf.root / "stages").mkdir(parents=True, exist_ok=True)
+        if not rf.config_file.exists():
+            snapshot(pipe.cfg, rf.config_file)
+        from ..cache.corpus import corpus_files
+
+        corpus = corpus_files(cfg.cache.corpus)
+        cache_res = rf.run("cache", deps["cache"], pipe.stage_cache, log, inputs=corpus, outputs=outputs["cache"])
+        rf.require("cache", CACHE_FILE)
+        stitch_res = rf.run("stitch", deps["stitch"], pipe.stage_stitch, log, inputs={"cache": rf.cache},
+                            outputs=outputs["stitch"])
+        rf.require("stitch", STITCH_FILE)
+    if pipe._cache is not None:
+        pipe._cache.close()
+    return {"config": run_config_dict(pipe.cfg), "cache": cache_res, "stitch": stitch_res}
