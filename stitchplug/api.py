@@ -43,6 +43,8 @@ _EXPORTS = {
     # data, stitch, run folder
     "open_cache": "stitchplug.cache.reader",
     "open_corpus": "stitchplug.cache.corpus",
+    "parse_mix": "stitchplug.cache.corpus",
+    "windows_for_texts": "stitchplug.stitch.stitched_ce",
     "align_by_end_offsets": "stitchplug.cache.align",
     "align_identity": "stitchplug.cache.align",
     "Stitch": "stitchplug.stitch.model",

@@ -47,5 +47,7 @@ def register_evaluators(register):
 @hookimpl
 def register_commands(cli):
     from .cli import steer_cmd
+    from .fitexp_cli import add_command
 
     cli.add_command(steer_cmd)
+    add_command(cli)

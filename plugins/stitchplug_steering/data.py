@@ -58,16 +58,18 @@ def _load(lang: str) -> dict[str, str]:
     return {d["doc_id"]: d["text"] for d in open_corpus(f"wiki-{lang}")}
 
 
-def parallel_pairs(lang: str, n: int, seed: int = 0) -> list[tuple[str, str, str]]:
+def parallel_pairs(lang: str, n: int, seed: int = 0, exclude: frozenset[str] = frozenset()) -> list[tuple[str, str, str]]:
     """``n`` (title, target-language lead, English lead) for articles present in both languages,
-    in a seeded hash order (the first ``n`` of it: a larger ``n`` extends a smaller one)."""
+    in a seeded hash order (the first ``n`` of it: a larger ``n`` extends a smaller one); titles in
+    ``exclude`` (e.g. documents a stitch was fitted on) are skipped."""
     if lang == "en":
         raise ConfigError("steering target language cannot be 'en' (English is the reference)")
     tgt = _load(lang)
     en = _load("en")
-    titles = sorted(set(tgt) & set(en), key=lambda t: _rank(t, f"{seed}:{lang}"))
+    titles = sorted((set(tgt) & set(en)) - set(exclude), key=lambda t: _rank(t, f"{seed}:{lang}"))
     if len(titles) < n:
-        raise ConfigError(f"steering.vector_docs={n} but only {len(titles)} articles exist in both en and {lang}")
+        left = " outside the excluded documents" if exclude else ""
+        raise ConfigError(f"steering.vector_docs={n} but only {len(titles)} articles exist in both en and {lang}{left}")
     return [(t, tgt[t], en[t]) for t in titles[:n]]
 
 
