@@ -37,7 +37,8 @@ class ModelsConfig(_Section):
 
 class CacheConfig(_Section):
     corpus: str = "wiki-en"
-    """Registered corpus name (wiki-en, wiki-fr, wiki-es, file:PATH, hub:NAME)."""
+    """Registered corpus name (wiki-en, wiki-fr, wiki-es, file:PATH, hub:NAME), or a mix of them by share of
+    characters: mix:wiki-en=0.6,wiki-fr=0.2,wiki-es=0.2."""
     doc_start: int = Field(0, ge=0)
     """First document of the corpus slice."""
     max_docs: int | None = Field(None, ge=1)

@@ -171,14 +171,14 @@ def markdown(res: dict) -> str:
                          f"{_d(sw.get('massive'))} | {_d(sw.get('z'))} | {acc} |")
     langs = ["en", *cfg["languages"]]
     lines += ["", "**Held-out FVU per language** (up = A -> B, down = B -> A; excluding massive dims in brackets)", "",
-              "| fitting text | tokens | " + " | ".join(f"{L} up | {L} down" for L in langs) + " |",
-              "|---|---|" + "---|---|" * len(langs)]
+              "| fitting text | tokens | cached | " + " | ".join(f"{L} up | {L} down" for L in langs) + " |",
+              "|---|---|---|" + "---|---|" * len(langs)]
     for f in res["fits"]:
         row = []
         for L in langs:
             v = (f.get("fvu") or {}).get(L)
             row += ["-", "-"] if not v else [f"{v[d]['fvu']:.3f} ({v[d]['fvu_excl_massive']:.3f})" for d in ("up", "down")]
-        lines.append(f"| {f['corpus']} | {f['tokens']:,} | " + " | ".join(row) + " |")
+        lines.append(f"| {f['corpus']} | {f['tokens']:,} | {f.get('n_tokens') or 0:,} | " + " | ".join(row) + " |")
     lines += ["", "**Held-out documents.** Each cache's document split per component (train / eval documents): "
               + "; ".join(f"`{k.split('/')[-1]}` " + ", ".join(f"{c} {n['train']}/{n['eval']}" for c, n in v.items())
                           for k, v in res["coverage"].items())
