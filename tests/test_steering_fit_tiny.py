@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 MIX = "mix:wiki-en=0.6,wiki-fr=0.2,wiki-es=0.2"
 TINY = ["--source", "tiny-llama-a", "--target", "tiny-gemma3", "--set", "stitch.svcca_tokens=500",
@@ -104,7 +105,7 @@ def test_the_cache_and_run_fingerprints_follow_the_mix(experiment, tmp_path):
 
     root, _ = experiment
     mix_folder = next(p for p in (root / "fits").iterdir() if p.name.startswith("mix-"))
-    cfg = json.loads(json.dumps(__import__("yaml").safe_load((mix_folder / "config.yaml").read_text())))
+    cfg = yaml.safe_load((mix_folder / "config.yaml").read_text())
     over = {"models.source": "tiny-llama-a", "models.target": "tiny-gemma3", "stitch.svcca_tokens": 500,
             "cache.context_size": 64, "cache.eval_fraction": 0.3, "cache.tokens": 6000,
             "stitch.source_layer": cfg["stitch"]["source_layer"], "stitch.target_layer": cfg["stitch"]["target_layer"]}

@@ -10,8 +10,8 @@ from stitchplug.errors import ConfigError, StageError
 from stitchplug_steering.data import _load
 from stitchplug_steering.fitexp_config import SteeringFitConfig, fit_label, folder_name, parse_sizes
 from stitchplug_steering.fitexp_report import boot_diff, boot_gap, summarise
-from stitchplug_steering.heldout import (assert_disjoint, overlaps, qualify, select_heldout, split_coverage,
-                                         split_docs)
+from stitchplug_steering.heldout import (assert_disjoint, overlaps, qualify, require_heldout, select_heldout,
+                                         split_coverage, split_docs)
 from stitchplug_steering.stats import share
 
 MIX = "mix:wiki-en=0.6,wiki-fr=0.2,wiki-es=0.2"
@@ -46,6 +46,9 @@ def test_mix_ids_are_split_by_component():
     assert split_coverage(cache, MIX) == {"wiki-en": {"train": 2, "eval": 0}, "wiki-fr": {"train": 1, "eval": 0},
                                           "wiki-es": {"train": 0, "eval": 1}}
     assert split_docs(cache, MIX, "train") == {("wiki-en", "A"), ("wiki-fr", "B"), ("wiki-en", "C")}
+    with pytest.raises(StageError, match="no document of wiki-en, wiki-fr"):
+        require_heldout("runs/x", split_coverage(cache, MIX))
+    require_heldout("runs/x", split_coverage(FakeCache(["wiki-en:A"], ["wiki-en:B"]), "wiki-en"))
 
 
 def test_heldout_draws_avoid_every_fitted_document_and_each_other():

@@ -23,12 +23,12 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from ._core import RunFolder, StageError, Stitch, fit_run_folder, load_model, write_json_atomic
+from ._core import RunFolder, Stitch, fit_run_folder, load_model, write_json_atomic
 from .arms import Side
 from .fitexp_arms import evaluate_one, heldout_pairs, shared_arms, stitch_arms, stitch_fvu
 from .fitexp_config import SteeringFitConfig, folder_name
 from .fitexp_report import markdown, summarise
-from .heldout import assert_disjoint, overlaps, select_heldout, split_coverage, split_docs
+from .heldout import assert_disjoint, overlaps, require_heldout, select_heldout, split_coverage, split_docs
 from .vector import LanguageStats, language_stats, texts_key
 
 
@@ -59,10 +59,7 @@ def fitted_docs(fits: list[dict]) -> tuple[set, dict]:
         with rf.open_cache() as cache:
             fitted |= split_docs(cache, f["corpus"], "train")
             coverage[f["folder"]] = split_coverage(cache, f["corpus"])
-        empty = [c for c, n in coverage[f["folder"]].items() if n["eval"] == 0]
-        if empty:
-            raise StageError(f"{f['folder']}: the cache's eval split holds no document of {', '.join(empty)}; "
-                             "raise the size or cache.eval_fraction")
+        require_heldout(f["folder"], coverage[f["folder"]])
     return fitted, coverage
 
 

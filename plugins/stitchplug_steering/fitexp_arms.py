@@ -79,9 +79,10 @@ def stitch_arms(fit: str, stitch, stats: dict[str, LanguageStats], massive: dict
     return out
 
 
-def arm_key(arm: SteerArm, prompts: list[dict], settings: dict) -> str:
-    h = hashlib.sha256(json.dumps([arm.side, arm.kind, arm.lang, arm.z, arm.z_en, [p["text"] for p in prompts],
-                                   settings], sort_keys=True).encode())
+def arm_key(arm: SteerArm, side: Side, prompts: list[dict], settings: dict) -> str:
+    """What an arm's result depends on: model, layer, vector, z, prompts and generation settings."""
+    h = hashlib.sha256(json.dumps([side.adapter.name, side.layer, arm.side, arm.kind, arm.lang, arm.z, arm.z_en,
+                                   [p["text"] for p in prompts], settings], sort_keys=True).encode())
     if arm.v is not None:
         h.update(arm.v.float().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
@@ -96,7 +97,7 @@ def evaluate_one(rf: RunFolder, label: str, arm: SteerArm, sides: dict[str, Side
     """One arm's record, reused from ``RUN/steering_fit/arms/`` when its vector, z, prompts and
     settings are unchanged; written atomically as soon as it is evaluated (a killed run resumes)."""
     path = rf.path("steering_fit", "arms", label.replace("/", "__") + ".json")
-    key = arm_key(arm, prompts, settings)
+    key = arm_key(arm, sides[arm.side], prompts, settings)
     if path.exists():
         try:
             old = json.loads(path.read_text())

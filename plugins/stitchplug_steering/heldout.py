@@ -55,6 +55,14 @@ def split_coverage(cache, corpus: str) -> dict[str, dict[str, int]]:
     return out
 
 
+def require_heldout(folder: str, coverage: dict[str, dict[str, int]]) -> None:
+    """Refuse a cache whose eval split holds no document of some component (one line)."""
+    empty = [c for c, n in coverage.items() if n["eval"] == 0]
+    if empty:
+        raise StageError(f"{folder}: the cache's eval split holds no document of {', '.join(empty)}; "
+                         "raise the size or cache.eval_fraction")
+
+
 @dataclass
 class Heldout:
     """Everything the steering evaluation reads, drawn outside every fitting set."""
