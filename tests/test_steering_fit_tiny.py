@@ -54,6 +54,8 @@ def test_every_cell_is_measured_and_reported(experiment):
     assert "Steering transfer by fitting text" in report and "Held-out FVU per language" in report
     assert "wiki-en (no target-language text fitted)" in report
     assert res.stdout.strip().endswith("report.md")
+    # two fits and the evaluation share one load of each model
+    assert res.stderr.count("loading tiny-llama-a") == 1 and res.stderr.count("loading tiny-gemma3") == 1
 
 
 def test_heldout_documents_cover_every_language_and_stay_out_of_fitting(experiment):

@@ -32,15 +32,16 @@ from .heldout import assert_disjoint, overlaps, require_heldout, select_heldout,
 from .vector import LanguageStats, language_stats, texts_key
 
 
-def fit_all(root: Path, cfg: SteeringFitConfig, log: Callable[[str], None]) -> list[dict]:
-    """Build (or reuse) every stitch folder; returns ``[{corpus, tokens, folder, meta, ...}]``."""
+def fit_all(root: Path, cfg: SteeringFitConfig, log: Callable[[str], None], models: dict | None = None) -> list[dict]:
+    """Build (or reuse) every stitch folder; returns ``[{corpus, tokens, folder, meta, ...}]``.
+    ``models`` (``{name: adapter}``) is shared by the fits (each model loads once)."""
     fits, pin = [], {}
     for tokens in cfg.sizes:
         for corpus in cfg.fitting:
             folder = root / "fits" / folder_name(corpus, tokens)
             over = {"seed": cfg.seed, **cfg.run_overrides, "cache.corpus": corpus, "cache.tokens": int(tokens), **pin}
             log(f"[steering-fit] stitch on {corpus} ({tokens:,} tokens) in {folder}")
-            res = fit_run_folder(str(folder), preset=cfg.preset, overrides=over, log=log)
+            res = fit_run_folder(str(folder), preset=cfg.preset, overrides=over, log=log, models=models)
             meta = res["stitch"]["meta"]
             if not pin:
                 pin = {"stitch.source_layer": int(meta["source_layer"]), "stitch.target_layer": int(meta["target_layer"])}
@@ -97,7 +98,8 @@ def run_experiment(root: str | Path, cfg: SteeringFitConfig, log: Callable[[str]
     root = Path(root)
     rf = RunFolder(root)
     with rf.writing("stitchplug experiment steering-fit"):
-        fits = fit_all(root, cfg, log)
+        models: dict = {}
+        fits = fit_all(root, cfg, log, models)
         fitted, coverage = fitted_docs(fits)
         held = select_heldout(fitted, cfg.languages, cfg.vector_docs, cfg.n_prompts, cfg.prompt_words,
                               cfg.fvu_docs, cfg.seed)
@@ -110,8 +112,12 @@ def run_experiment(root: str | Path, cfg: SteeringFitConfig, log: Callable[[str]
         m0 = fits[0]["meta"]
         layers = {"A": int(m0["source_layer"]), "B": int(m0["target_layer"])}
         names = {"A": fits[0]["models"]["source"], "B": fits[0]["models"]["target"]}
-        log(f"[steering-fit] loading {names['A']} and {names['B']}")
-        adapters = {k: load_model(n, device=device) for k, n in names.items()}
+        adapters = {}
+        for k, n in names.items():
+            if n not in models:
+                log(f"[steering-fit] loading {n}")
+                models[n] = load_model(n, device=device)
+            adapters[k] = models[n]
         texts = held.vector_texts()
         stats = {k: _stats(rf, k, adapters[k], layers[k], texts, cfg.vector_tokens, log) for k in ("A", "B")}
         sides = {k: Side(k, adapters[k], layers[k], stats[k]) for k in ("A", "B")}

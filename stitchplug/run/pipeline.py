@@ -377,11 +377,12 @@ def run(cfg: RunConfig, log: Callable[[str], None] = print, progress: bool = Tru
 
 def fit_run_folder(output_dir: str, preset: str | None = None, overrides: dict | None = None,
                    artifact: str = "steering", log: Callable[[str], None] = print,
-                   progress: bool = False) -> dict:
+                   progress: bool = False, models: dict | None = None) -> dict:
     """Only the ``cache`` and ``stitch`` stages of ``stitchplug run`` in ``output_dir`` (same deps,
     markers and config snapshot, so a later ``stitchplug run --artifact ARTIFACT`` there reuses them).
     ``overrides`` are dotted config keys (``{"cache.corpus": "mix:..."}``). Returns
-    ``{"config", "cache", "stitch"}`` (the stages' results)."""
+    ``{"config", "cache", "stitch"}`` (the stages' results). ``models`` (``{name: adapter}``) is
+    shared with the caller: adapters in it are used, and the ones this call loads are added."""
     from ..config import artifact_sections, build_config
     from .preflight import check_names
 
@@ -391,6 +392,8 @@ def fit_run_folder(output_dir: str, preset: str | None = None, overrides: dict |
                        cls=run_config_class(sections), section_presets=presets)
     check_names(cfg)
     pipe = Pipeline(cfg, log=log, progress=progress)
+    if models is not None:
+        pipe._models = models
     rf = pipe.rf
     with rf.writing("stitchplug fit_run_folder"):
         deps = {"cache": pipe.deps(), "stitch": pipe.deps("stitch")}
