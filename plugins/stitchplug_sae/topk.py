@@ -1,9 +1,19 @@
-"""The TopK SAE module the project trains (:mod:`stitchplug_sae.trainer`) and its decoder-norm folding."""
+"""The TopK SAE module the project trains (:mod:`stitchplug_sae.trainer`), its sparse decode, and the
+warm starts from given (e.g. transferred) weights: ``fold`` and ``preserve`` (docs/flops.md)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+WARM_STARTS = ("fold", "preserve")
+"""How a trainer starts from given weights whose decoder rows are not unit norm (docs/flops.md):
+``fold``: unit-norm rows, the norms folded into the encoder (TopK then ranks ``n_i pre_i``, so step 0
+can select other latents); ``preserve``: rows kept at their step-0 norms and renormalised to those
+norms after every step (step 0 computes exactly the given SAE)."""
 
 from stitchplug.api import StageError
 
@@ -31,6 +41,9 @@ class TopKSAE(nn.Module):
         self.b_dec = nn.Parameter(b_dec.detach().float().clone())
         self.k = int(k)
         self.apply_b_dec_to_input = bool(apply_b_dec_to_input)
+        # the norm every decoder row is renormalised to after each step (1: the plain recipe;
+        # the step-0 norms under the ``preserve`` warm start)
+        self.register_buffer("row_norm", torch.ones(m))
 
     @property
     def d(self) -> int:
@@ -72,16 +85,66 @@ class TopKSAE(nn.Module):
         vals, idx = pre.topk(self.k, dim=-1, sorted=False)
         return torch.zeros_like(pre).scatter(-1, idx, vals.relu())
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns ``(x_hat, z, pre)``."""
+    def forward(self, x: torch.Tensor, sparse: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Dense: ``(x_hat, z, pre)``. ``sparse=True``: ``(x_hat, vals, idx)`` from :meth:`forward_sparse`
+        (a keyword, so a ``DistributedDataParallel`` wrapper passes it through)."""
+        if sparse:
+            return self.forward_sparse(x)
         pre = self.pre(x)
         z = self.topk(pre)
         return torch.addmm(self.b_dec, z, self.W_dec), z, pre
 
+    def forward_sparse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The same function as :meth:`forward`, touching only the ``k`` selected latents per row
+        where gradients flow: ``(x_hat, vals [B, k], idx [B, k])``.
+
+        The dense pre-activation is computed without autograd to pick the TopK indices; the selected
+        values carry a backward (:class:`_SelectedPre`) that touches only the selected encoder columns
+        (a sparse ``[M, B] @ [B, d]`` product for ``dW_enc``, ``embedding_bag`` for ``dx``), and the
+        decode is ``embedding_bag`` (a weighted sum of the ``k`` gathered decoder rows) instead of
+        ``[B, M] @ [M, d]``. Backward then costs ``O(B k d)`` instead of ``8 B d M`` (``10`` with
+        ``apply_b_dec_to_input``); the forward's selection matmul (``2 B d M``) remains. The loss and
+        every gradient equal the dense step's up to float summation order (tests/test_sae_sparse.py).
+        """
+        xin = x - self.b_dec if self.apply_b_dec_to_input else x
+        with torch.no_grad():
+            pre = torch.addmm(self.b_enc, xin, self.W_enc)
+            idx = pre.topk(self.k, dim=-1, sorted=False).indices
+        vals = _SelectedPre.apply(xin, self.W_enc, self.b_enc, idx, pre).relu()
+        x_hat = F.embedding_bag(idx, self.W_dec, per_sample_weights=vals, mode="sum") + self.b_dec
+        return x_hat, vals, idx
+
     @torch.no_grad()
     def normalise_decoder_(self) -> None:
-        """Set every decoder row to unit norm (the per-step constraint; does not touch the encoder)."""
-        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
+        """Set every decoder row to its target norm ``row_norm`` (1 unless the ``preserve`` warm start
+        set the step-0 norms; the per-step constraint; does not touch the encoder)."""
+        self.W_dec.mul_((self.row_norm / self.W_dec.norm(dim=1).clamp_min(1e-12))[:, None])
+
+
+class _SelectedPre(torch.autograd.Function):
+    """``(xin @ W_enc + b_enc).gather(1, idx)`` given the precomputed ``pre``; the backward touches
+    only the ``B * k`` selected (row, latent) pairs."""
+
+    @staticmethod
+    def forward(ctx, xin, W_enc, b_enc, idx, pre):  # noqa: D102
+        ctx.save_for_backward(xin, W_enc, idx)
+        return pre.gather(1, idx)
+
+    @staticmethod
+    def backward(ctx, dvals):  # noqa: D102
+        xin, W_enc, idx = ctx.saved_tensors
+        (B, k), M = idx.shape, W_enc.shape[1]
+        flat, dflat = idx.reshape(-1), dvals.reshape(-1).contiguous()
+        d_xin = d_W = d_b = None
+        if ctx.needs_input_grad[2]:
+            d_b = torch.zeros(M, dtype=dvals.dtype, device=dvals.device).index_add_(0, flat, dflat)
+        if ctx.needs_input_grad[1]:
+            rows = torch.arange(B, device=idx.device).repeat_interleave(k)
+            s_t = torch.sparse_coo_tensor(torch.stack([flat, rows]), dflat, (M, B), check_invariants=False)
+            d_W = torch.sparse.mm(s_t, xin).t()
+        if ctx.needs_input_grad[0]:
+            d_xin = F.embedding_bag(idx, W_enc.t().contiguous(), per_sample_weights=dvals.contiguous(), mode="sum")
+        return d_xin, d_W, d_b, None, None
 
 
 @torch.no_grad()
@@ -98,3 +161,26 @@ def fold_decoder_norms(sae: TopKSAE) -> torch.Tensor:
     sae.W_enc.mul_(n[None, :])
     sae.b_enc.mul_(n)
     return n
+
+
+@torch.no_grad()
+def warm_start(sae: TopKSAE, mode: Literal["fold", "preserve"]) -> dict:
+    """Prepare ``sae`` (given weights, e.g. the transferred SAE theta') for training; see
+    :data:`WARM_STARTS` and docs/flops.md. Returns the decoder row norms found (min/max/mean).
+
+    ``preserve`` leaves every weight as it is and records the step-0 row norms as the rows' target
+    norms, so the first step starts from exactly the given function. A scratch arm keeps its own
+    step-0 norms (1) under the same rule, which is why the comparison stays fair: both arms keep the
+    decoder row norms they started with.
+    """
+    if mode not in WARM_STARTS:
+        raise StageError(f"unknown warm start {mode!r} (choose from {', '.join(WARM_STARTS)})")
+    n = sae.W_dec.norm(dim=1).clamp_min(1e-12)
+    stats = {"decoder_norm_min": float(n.min()), "decoder_norm_max": float(n.max()),
+             "decoder_norm_mean": float(n.mean())}
+    if mode == "fold":
+        fold_decoder_norms(sae)
+        sae.row_norm.fill_(1.0)
+    else:
+        sae.row_norm.copy_(n)
+    return stats

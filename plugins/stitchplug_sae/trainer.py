@@ -37,7 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from stitchplug.api import StageError, dist
 
-from .topk import TopKSAE, fold_decoder_norms  # noqa: F401  (re-exported: the module the trainer trains)
+from .topk import WARM_STARTS, TopKSAE, fold_decoder_norms, warm_start  # noqa: F401  (re-exported: the module the trainer trains)
 
 
 class TrainerConfig(BaseModel):
@@ -72,6 +72,12 @@ class TrainerConfig(BaseModel):
     """``expected_norm``: train on ``x * s`` with ``s = sqrt(d_in) / mean ||x||``; undone on save."""
     clip_grad_norm: float | None = Field(None, gt=0)
     """Clip the gradient norm to this value (off by default)."""
+    decode: Literal["dense", "sparse"] = "dense"
+    """``sparse``: steps touch only the k selected latents (:meth:`TopKSAE.forward_sparse`; the same
+    loss and gradients, faster at large widths); FLOPs are still charged as the dense step's."""
+    warm_start: Literal["fold", "preserve"] = "fold"
+    """How training starts from given weights (``init``): fold the decoder norms into the encoder, or
+    keep the rows at their step-0 norms (step 0 = exactly the given SAE); see docs/flops.md."""
 
     def effective_lr(self) -> float:
         return self.lr * math.sqrt(self.lr_width_ref / self.width) if self.lr_width_ref else self.lr
@@ -82,20 +88,36 @@ class TrainerConfig(BaseModel):
 
 def sae_step(sae: TopKSAE, opt: torch.optim.Optimizer, x: torch.Tensor,
              dead_mask: torch.Tensor | None = None, aux_coef: float = 0.0,
-             clip_grad_norm: float | None = None, forward: nn.Module | None = None) -> tuple[float, bool, torch.Tensor]:
+             clip_grad_norm: float | None = None, forward: nn.Module | None = None,
+             sparse: bool = False) -> tuple[float, bool, torch.Tensor]:
     """One Adam step on ``sum_d (x_hat - x)^2`` averaged over rows, plus AuxK when ``dead_mask`` marks
     dead latents and ``aux_coef > 0`` (``k_aux = d/2``, scaled by ``min(n_dead / k_aux, 1)`` as in
     sae-lens); then renormalise the decoder rows.
 
     Returns ``(reconstruction loss, aux_active, fired)`` where ``fired`` marks latents active in this
     batch. ``forward`` (a ``DistributedDataParallel`` around ``sae``) runs the forward instead, so
-    gradients are averaged over ranks before the step.
+    gradients are averaged over ranks before the step. ``sparse``: the k-row forward/backward
+    (:meth:`TopKSAE.forward_sparse`) on steps without AuxK (an AuxK step needs the dense
+    pre-activation and runs dense).
     """
+    want_aux = aux_coef > 0 and dead_mask is not None and int(dead_mask.sum()) > 0
+    if sparse and not want_aux:
+        x_hat, vals, idx = (forward or sae)(x, sparse=True)
+        fired = torch.zeros(sae.width, dtype=torch.bool, device=x.device)
+        fired[idx[vals.detach() > 0]] = True
+        recon = (x_hat - x).pow(2).sum(-1).mean()
+        opt.zero_grad(set_to_none=True)
+        recon.backward()
+        if clip_grad_norm is not None:
+            nn.utils.clip_grad_norm_(sae.parameters(), clip_grad_norm)
+        opt.step()
+        sae.normalise_decoder_()
+        return float(recon.detach()), False, fired
     x_hat, z, pre = (forward or sae)(x)
     recon = (x_hat - x).pow(2).sum(-1).mean()
     loss = recon
     aux_active = False
-    if aux_coef > 0 and dead_mask is not None and int(dead_mask.sum()) > 0:
+    if want_aux:
         aux_active = True
         num_dead = int(dead_mask.sum())
         k_aux = max(1, x.shape[-1] // 2)
@@ -121,7 +143,8 @@ class TopKTrainer:
     ``step(x)`` returns ``{"mse", "ev", "aux_active"}`` on the training batch. The FLOPs of a step
     are counted with ``FlopCounterMode`` on the first plain step and on the first AuxK step, and
     every later step of the same kind is charged the same count (the step's matmuls have fixed
-    shapes); ``flops`` is their running total.
+    shapes); ``flops`` is their running total. With ``decode="sparse"`` a plain step is charged the
+    dense step's analytic FLOPs (the paper's accounting, docs/flops.md), not what the sparse step ran.
 
     Under torchrun (a process group of ``world_size > 1``) the SAE is wrapped in
     ``DistributedDataParallel``: each rank steps on its share of the global batch, gradients are
@@ -131,7 +154,10 @@ class TopKTrainer:
     """
 
     def __init__(self, sae: TopKSAE, lr: float, aux_k_coef: float = 0.0, dead_window: int = 200,
-                 clip_grad_norm: float | None = None):
+                 clip_grad_norm: float | None = None, decode: str = "dense"):
+        if decode not in ("dense", "sparse"):
+            raise StageError(f"decode must be 'dense' or 'sparse', not {decode!r}")
+        self.sparse = decode == "sparse"
         self.sae = sae
         self.opt = torch.optim.Adam(sae.parameters(), lr=lr)
         self.aux_k_coef = float(aux_k_coef)
@@ -153,15 +179,20 @@ class TopKTrainer:
     def step(self, x: torch.Tensor) -> dict:
         dead = self.dead_mask() if self.aux_k_coef > 0 else None
         will_aux = dead is not None and bool(dead.any())
+        if self.sparse and not will_aux and False not in self.step_flops:
+            from .step_flops import analytic_step_flops
+
+            self.step_flops[False] = analytic_step_flops(x.shape[0], self.sae.d, self.sae.width,
+                                                         apply_b_dec_to_input=self.sae.apply_b_dec_to_input)
         counter = FlopCounterMode(display=False) if will_aux not in self.step_flops else None
         if counter is not None:
             with counter:
                 loss, aux_active, fired = sae_step(self.sae, self.opt, x, dead, self.aux_k_coef, self.clip_grad_norm,
-                                                   self.forward)
+                                                   self.forward, self.sparse)
             self.step_flops[aux_active] = int(counter.get_total_flops())
         else:
             loss, aux_active, fired = sae_step(self.sae, self.opt, x, dead, self.aux_k_coef, self.clip_grad_norm,
-                                               self.forward)
+                                               self.forward, self.sparse)
         if self.forward is not None:  # one all-reduce: the latents fired, the global batch's loss and variance
             with torch.no_grad():
                 xd, n = x.double(), x.shape[0]
@@ -264,7 +295,8 @@ def train_topk_sae(batches: Iterable[torch.Tensor], d_in: int, cfg: Any = None, 
 
     ``cfg`` is a :class:`TrainerConfig`, a dict, or any object with the same field names (the run's
     ``SAEConfig``); keyword ``overrides`` (``width=``, ``k=``, ``lr=``, ...) replace its fields.
-    ``init`` starts from given weights instead of the random init (its width and k win).
+    ``init`` starts from given weights instead of the random init (its width and k win), prepared by
+    the ``warm_start`` option (:func:`stitchplug_sae.topk.warm_start`).
     ``on_step(step, info)`` is called after every step (``info``: mse, ev, aux_active, flops).
 
     Under torchrun each rank passes its own share of the activations; ``batch_size`` and
@@ -309,8 +341,9 @@ def train_topk_sae(batches: Iterable[torch.Tensor], d_in: int, cfg: Any = None, 
         if c.normalize != "none":
             raise StageError("an SAE started from given weights is trained on unscaled activations (normalize='none')")
         sae = init
+        warm_start(sae, c.warm_start)
     sae = sae.to(device)
-    trainer = TopKTrainer(sae, c.effective_lr(), c.aux_k_coef, c.dead_window, c.clip_grad_norm)
+    trainer = TopKTrainer(sae, c.effective_lr(), c.aux_k_coef, c.dead_window, c.clip_grad_norm, c.decode)
     bar = None
     if progress:
         from tqdm.auto import tqdm

@@ -8,8 +8,10 @@ first crosses each threshold give the savings ``(scratch - stitched) / scratch``
 
 Both arms are trained by the project's one TopK trainer (:mod:`stitchplug_sae.trainer`): constant lr
 Adam, unnormalised activations, decoder rows renormalised to unit norm after every step, dense decode
-(the paper's SAELens accounting), optional AuxK loss. theta''s decoder rows are not unit norm; they are folded
-into the encoder at step 0 (see :func:`fold_decoder_norms` and docs/flops.md).
+(the paper's SAELens accounting), optional AuxK loss. theta''s decoder rows are not unit norm; the
+``warm_start`` option says how the stitched arm starts from them (``fold``: folded into the encoder at
+step 0; ``preserve``: kept at their step-0 norms, so step 0 is exactly theta'; see
+:func:`stitchplug_sae.topk.warm_start` and docs/flops.md).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from stitchplug.api import ConfigError, ReconAccumulator, StageError, massive_dims
 from stitchplug_sae.step_flops import analytic_step_flops, measure_step_flops
-from stitchplug_sae.trainer import TopKSAE, TopKTrainer, fold_decoder_norms, sae_step  # noqa: F401  (the one trainer)
+from stitchplug_sae.trainer import (WARM_STARTS, TopKSAE, TopKTrainer, fold_decoder_norms, sae_step,  # noqa: F401
+                                   warm_start)  # (the one trainer)
 
 from . import scaling
 from .ledger import ArmLedger
@@ -64,6 +67,16 @@ class InitExperimentConfig(BaseModel):
     """Seed of the scratch arm's random init."""
     source_sae_flops: int | None = None
     """FLOPs already paid for the source SAE on A (reported in a total that includes it, if known)."""
+    warm_start: Literal["fold", "preserve"] = "fold"
+    """How the stitched arm starts from theta' (``fold``: decoder norms folded into the encoder;
+    ``preserve``: rows kept at their step-0 norms, step 0 = exactly theta'); docs/flops.md."""
+    decode: Literal["dense", "sparse"] = "dense"
+    """``sparse``: train with the k-row step (same loss and gradients, faster at large widths); the
+    ledger still charges the dense step's FLOPs (the paper's accounting)."""
+    recipe: str = "custom"
+    """Name of the recipe these settings came from (``paper``, ``tuned`` or ``custom``); every table says it."""
+    epochs: int | None = None
+    """Passes over the cached training tokens the data iterator was allowed (1 = single-epoch); reported."""
 
     @field_validator("thresholds")
     @classmethod
@@ -111,10 +124,11 @@ def train_arm(sae: TopKSAE, batches: Iterable[torch.Tensor], x_eval: torch.Tenso
     Returns ``{"curve": [{step, flops, mse, fvu, ...}], "ledger", "dead_fraction", "batch_digests"}``;
     the curve's first point is the initialisation (step 0, FLOPs = the ledger's offset).
     """
-    trainer = TopKTrainer(sae, cfg.lr, cfg.aux_k_coef, cfg.dead_window)
+    trainer = TopKTrainer(sae, cfg.lr, cfg.aux_k_coef, cfg.dead_window, decode=cfg.decode)
     curve = [{"step": 0, "flops": ledger.total, **evaluate(sae, x_eval, exclude, cfg.eval_batch)}]
     digests: list[str] = []
     step = 0
+    snap, snap_step = _snapshot(sae), 0
     for xb in itertools.islice(batches, cfg.steps):  # never pulls a batch it will not train on
         xb = xb.reshape(-1, sae.d).float()
         digests.append(_digest(xb))
@@ -122,12 +136,37 @@ def train_arm(sae: TopKSAE, batches: Iterable[torch.Tensor], x_eval: torch.Tenso
         step += 1
         flops = ledger.pay_step(info["aux_active"])
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            curve.append({"step": step, "flops": flops, **evaluate(sae, x_eval, exclude, cfg.eval_batch)})
+            curve.append({"step": step, "flops": flops, **evaluate(sae, x_eval, exclude, cfg.eval_batch),
+                          "update": _relative_update(sae, snap, step - snap_step)})
+            snap, snap_step = _snapshot(sae), step
     if curve[-1]["step"] != step:
-        curve.append({"step": step, "flops": ledger.total, **evaluate(sae, x_eval, exclude, cfg.eval_batch)})
+        curve.append({"step": step, "flops": ledger.total, **evaluate(sae, x_eval, exclude, cfg.eval_batch),
+                      "update": _relative_update(sae, snap, max(step - snap_step, 1))})
     dead_frac = trainer.dead_fraction()
     return {"curve": curve, "ledger": ledger.summary(cfg.source_sae_flops), "dead_fraction": dead_frac,
             "batch_digests": digests}
+
+
+_TRACKED = ("W_enc", "W_dec", "b_enc", "b_dec")
+
+
+def _snapshot(sae: TopKSAE) -> dict:
+    return {n: getattr(sae, n).detach().clone() for n in _TRACKED}
+
+
+@torch.no_grad()
+def _relative_update(sae: TopKSAE, before: dict, steps: int) -> dict:
+    """Per parameter, ``||W_now - W_before|| / ||W_before|| / steps``: the relative step size Adam
+    took per step since the last evaluation (``W_enc`` also per latent: the median over columns of
+    ``||dW_enc[:, i]|| / ||W_enc[:, i]||`` per step). Answers whether a larger folded encoder moves
+    more slowly in relative terms (docs/flops.md)."""
+    out = {}
+    for n in _TRACKED:
+        w, b = getattr(sae, n).detach(), before[n]
+        out[n] = float((w - b).norm() / b.norm().clamp_min(1e-12)) / max(steps, 1)
+    col = (sae.W_enc.detach() - before["W_enc"]).norm(dim=0) / before["W_enc"].norm(dim=0).clamp_min(1e-12)
+    out["W_enc_col_median"] = float(col.median()) / max(steps, 1)
+    return out
 
 
 def crossings(curve: list[dict], thresholds: Sequence[float], window: int) -> dict:
@@ -152,31 +191,58 @@ def _first_batch(factory: Callable[[], Iterator[torch.Tensor]]) -> torch.Tensor:
         raise StageError("the training activation iterator is empty") from None
 
 
+def step_costs(d: int, width: int, k: int, cfg: InitExperimentConfig) -> dict:
+    """Counted (FlopCounterMode, dense step: the paper's accounting even when training sparse) and
+    analytic FLOPs of one step of either arm."""
+    bdi = cfg.apply_b_dec_to_input
+    step = measure_step_flops(d, width, k, cfg.batch_size, apply_b_dec_to_input=bdi)
+    aux = measure_step_flops(d, width, k, cfg.batch_size, aux=True, apply_b_dec_to_input=bdi) if cfg.aux_k_coef > 0 else 0
+    analytic = analytic_step_flops(cfg.batch_size, d, width, apply_b_dec_to_input=bdi)
+    return {"sae_step_flops_counted": step, "sae_step_flops_analytic": analytic,
+            "counted_over_analytic": step / analytic, "aux_step_flops_counted": aux or None,
+            "dense_decode_charged": True}
+
+
+def scratch_init(d: int, width: int, k: int, cfg: InitExperimentConfig,
+                 target_acts_train: Callable[[], Iterator[torch.Tensor]]) -> TopKSAE:
+    """The scratch arm: random unit decoder rows (seed ``cfg.seed + width``), ``W_enc = W_dec^T``,
+    ``b_dec`` zeros or the first batch's mean. When the encoder reads ``x`` (not ``x - b_dec``),
+    ``b_enc = -b_dec @ W_enc``, so its step-0 function is the same as with ``x - b_dec``."""
+    gen = torch.Generator().manual_seed(cfg.seed + width)
+    b_dec = _first_batch(target_acts_train).reshape(-1, d).mean(0) if cfg.scratch_b_dec == "mean" else None
+    sae = TopKSAE.random(d, width, k, generator=gen, b_dec=b_dec, apply_b_dec_to_input=cfg.apply_b_dec_to_input)
+    if not cfg.apply_b_dec_to_input:
+        with torch.no_grad():
+            sae.b_enc.copy_(-(sae.b_dec @ sae.W_enc))
+    return sae
+
+
+def stitched_init(weights: dict, mode: str, cfg: InitExperimentConfig, x_eval: torch.Tensor,
+                  exclude: Sequence[int]) -> tuple[TopKSAE, dict]:
+    """theta' prepared by the warm start ``mode``, and what the start did: decoder norms, TopK
+    selection agreement with theta' on held-out rows, theta''s EV and the arm's step-0 EV on the
+    same rows (``ev_before_fold``/``ev_after_fold`` keep their old names)."""
+    bdi = cfg.apply_b_dec_to_input
+    theta, before = TopKSAE.from_weights(weights, bdi), TopKSAE.from_weights(weights, bdi)
+    if x_eval.shape[1] != theta.d:
+        raise StageError(f"transferred SAE has input width {theta.d} but the target activations have width {x_eval.shape[1]}")
+    stats = warm_start(theta, mode)
+    ev_t = evaluate(before, x_eval, exclude, cfg.eval_batch)["ev"]
+    ev_0 = evaluate(theta, x_eval, exclude, cfg.eval_batch)["ev"]
+    info = {"warm_start": mode, **stats,
+            "topk_selection_agreement": selection_agreement(before, theta, x_eval[: min(len(x_eval), 4096)].float()),
+            "ev_transferred": ev_t, "ev_step0": ev_0, "ev_before_fold": ev_t, "ev_after_fold": ev_0}
+    return theta, info
+
+
 def run_width(target_acts_train: Callable[[], Iterator[torch.Tensor]], x_eval: torch.Tensor, weights: dict,
               stitch_flops: int, cfg: InitExperimentConfig, exclude: Sequence[int]) -> dict:
     """Both arms at one width. Raises :class:`StageError` if they did not see identical batches."""
-    bdi = cfg.apply_b_dec_to_input
-    theta = TopKSAE.from_weights(weights, bdi)
+    theta, renorm = stitched_init(weights, cfg.warm_start, cfg, x_eval, exclude)
     d, width, k = theta.d, theta.width, theta.k
-    if x_eval.shape[1] != d:
-        raise StageError(f"transferred SAE has input width {d} but the target activations have width {x_eval.shape[1]}")
-    step_flops = measure_step_flops(d, width, k, cfg.batch_size, apply_b_dec_to_input=bdi)
-    aux_flops = measure_step_flops(d, width, k, cfg.batch_size, aux=True, apply_b_dec_to_input=bdi) if cfg.aux_k_coef > 0 else 0
-    analytic = analytic_step_flops(cfg.batch_size, d, width, apply_b_dec_to_input=bdi)
-
-    before = TopKSAE.from_weights(weights, bdi)
-    sample = x_eval[: min(len(x_eval), 4096)].float()
-    ev_before = evaluate(before, x_eval, exclude, cfg.eval_batch)
-    norms = fold_decoder_norms(theta)
-    renorm = {"decoder_norm_min": float(norms.min()), "decoder_norm_max": float(norms.max()),
-              "decoder_norm_mean": float(norms.mean()),
-              "topk_selection_agreement": selection_agreement(before, theta, sample),
-              "ev_before_fold": ev_before["ev"], "ev_after_fold": evaluate(theta, x_eval, exclude, cfg.eval_batch)["ev"]}
-
-    gen = torch.Generator().manual_seed(cfg.seed + width)
-    b_dec = _first_batch(target_acts_train).reshape(-1, d).mean(0) if cfg.scratch_b_dec == "mean" else None
-    scratch = TopKSAE.random(d, width, k, generator=gen, b_dec=b_dec, apply_b_dec_to_input=bdi)
-
+    costs = step_costs(d, width, k, cfg)
+    step_flops, aux_flops = costs["sae_step_flops_counted"], costs["aux_step_flops_counted"] or 0
+    scratch = scratch_init(d, width, k, cfg, target_acts_train)
     arms = {
         "scratch": train_arm(scratch, target_acts_train(), x_eval, cfg, ArmLedger(step_flops, aux_flops, 0), exclude),
         "stitched": train_arm(theta, target_acts_train(), x_eval, cfg, ArmLedger(step_flops, aux_flops, int(stitch_flops)), exclude),
@@ -190,9 +256,7 @@ def run_width(target_acts_train: Callable[[], Iterator[torch.Tensor]], x_eval: t
     sav = {m: scaling.savings_table(cross["scratch"][m], cross["stitched"][m], cfg.thresholds, budget) for m in METRICS}
     return {
         "width": width, "k": k, "d": d,
-        "ledger": {"sae_step_flops_counted": step_flops, "sae_step_flops_analytic": analytic,
-                   "counted_over_analytic": step_flops / analytic, "aux_step_flops_counted": aux_flops or None,
-                   "stitch_flops": int(stitch_flops), "source_sae_flops": cfg.source_sae_flops},
+        "ledger": {**costs, "stitch_flops": int(stitch_flops), "source_sae_flops": cfg.source_sae_flops},
         "init_renorm": renorm, "arms": arms, "crossings": cross, "savings": sav,
         "data_order": {"identical": True, "steps": len(da), "digest": hashlib.blake2b("".join(da).encode(), digest_size=8).hexdigest()},
     }
