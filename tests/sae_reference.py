@@ -44,3 +44,37 @@ def reference_codes(x, W_enc, b_enc, W_dec, b_dec, k):
     pre = (x - b_dec) @ W_enc + b_enc
     vals, idx = pre.topk(k, dim=-1)
     return torch.zeros_like(pre).scatter(-1, idx, vals.relu())
+
+
+def train_reference_from(batches, W_enc, b_enc, W_dec, b_dec, k, lr=1e-4, mode="preserve"):
+    """The stitched arm, written plainly (issue 22): start from given weights of an SAE whose encoder
+    reads ``x`` (as the transferred SAE theta' does: ``pre = x @ W_enc + b_enc``), Adam at a constant lr,
+    one step per batch. ``mode="fold"``: decoder rows made unit norm at step 0 with their norms
+    multiplied into the encoder columns and bias, then unit norm after every step; ``"preserve"``: rows
+    renormalised to their step-0 norms after every step. Returns the trained weights."""
+    W_enc, b_enc, W_dec, b_dec = (t.detach().float().clone() for t in (W_enc, b_enc, W_dec, b_dec))
+    norms = W_dec.norm(dim=1)
+    if mode == "fold":
+        W_dec, W_enc, b_enc, norms = W_dec / norms[:, None], W_enc * norms, b_enc * norms, torch.ones_like(norms)
+    params = [p.requires_grad_() for p in (W_enc, b_enc, W_dec, b_dec)]
+    opt = torch.optim.Adam(params, lr=lr)
+    for x in batches:
+        pre = x @ W_enc + b_enc
+        vals, idx = pre.topk(k, dim=-1)
+        x_hat = torch.zeros_like(pre).scatter(-1, idx, vals.relu()) @ W_dec + b_dec
+        loss = (x_hat - x).pow(2).sum(-1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            W_dec *= (norms / W_dec.norm(dim=1))[:, None]
+    return tuple(p.detach() for p in params)
+
+
+def reference_ev_x(x, W_enc, b_enc, W_dec, b_dec, k):
+    """Explained variance of an SAE whose encoder reads ``x`` on rows ``x``."""
+    with torch.no_grad():
+        pre = x @ W_enc + b_enc
+        vals, idx = pre.topk(k, dim=-1)
+        x_hat = torch.zeros_like(pre).scatter(-1, idx, vals.relu()) @ W_dec + b_dec
+        return float(1 - (x_hat - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum())

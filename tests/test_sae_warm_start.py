@@ -1,0 +1,144 @@
+"""Issue 22: warm starts from the transferred SAE (fold, preserve), the k-row sparse step, and the
+trainer's stitched arm against a plain reference."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from stitchplug_sae.step_flops import analytic_step_flops
+from stitchplug_sae.topk import TopKSAE, warm_start
+from stitchplug_sae.trainer import TopKTrainer, train_topk_sae
+from stitchplug_sae_init.experiment import InitExperimentConfig, evaluate, stitched_init, train_arm
+from stitchplug_sae_init.ledger import ArmLedger
+from stitchplug_sae_init.synthetic import make_synthetic, transferred_init
+
+sys.path.insert(0, str(Path(__file__).parent))
+from sae_reference import reference_ev_x, train_reference_from  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def synth():
+    return make_synthetic(d=32, n_latents=96, k=4, n_train=4000, n_eval=1000, offset_scale=2.0, seed=3)
+
+
+def _weights(synth, seed=0):
+    # decoder row norms 0.5-2 (synthetic.transferred_init), like a real transfer's unequal norms
+    return transferred_init(synth, k=4, rank=24, noise=0.5, seed=seed)
+
+
+def _random_sae(d, m, k, bdi, seed):
+    g = torch.Generator().manual_seed(seed)
+    sae = TopKSAE.random(d, m, k, generator=g, b_dec=torch.randn(d, generator=g), apply_b_dec_to_input=bdi)
+    with torch.no_grad():
+        sae.b_enc.normal_(generator=g)
+        sae.W_dec.mul_(0.5 + torch.rand(m, 1, generator=g))
+    return sae
+
+
+# --------------------------------------------------------------------------- sparse step
+
+
+@pytest.mark.parametrize("bdi", [False, True])
+def test_sparse_step_has_the_dense_loss_and_gradients(bdi):
+    sae = _random_sae(24, 80, 6, bdi, seed=1)
+    x = torch.randn(50, 24, generator=torch.Generator().manual_seed(2)) * 3
+    out = {}
+    for sparse in (False, True):
+        sae.zero_grad(set_to_none=True)
+        x_hat = sae(x, sparse=sparse)[0]
+        loss = (x_hat - x).pow(2).sum(-1).mean()
+        loss.backward()
+        out[sparse] = (float(loss.detach()), {n: p.grad.clone() for n, p in sae.named_parameters()})
+    assert out[True][0] == pytest.approx(out[False][0], rel=1e-6)
+    for n, g in out[False][1].items():
+        assert torch.allclose(out[True][1][n], g, rtol=1e-4, atol=1e-5), n
+        assert g.abs().max() > 0, n  # every parameter gets a gradient
+
+
+def test_sparse_training_follows_dense_training_and_charges_dense_flops():
+    x = [torch.randn(64, 16, generator=torch.Generator().manual_seed(s)) + 2 for s in range(20)]
+    runs = {}
+    for decode in ("dense", "sparse"):
+        sae = _random_sae(16, 64, 4, True, seed=5)
+        tr = TopKTrainer(sae, 1e-3, decode=decode)
+        evs = [tr.step(xb)["ev"] for xb in x]
+        runs[decode] = (sae, evs, tr.flops)
+    (sd, ed, fd), (ss, es, fs) = runs["dense"], runs["sparse"]
+    assert es == pytest.approx(ed, abs=1e-4)
+    for n in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        assert torch.allclose(getattr(ss, n), getattr(sd, n), atol=1e-4), n
+    assert fs == fd == 20 * analytic_step_flops(64, 16, 64, apply_b_dec_to_input=True)
+
+
+# --------------------------------------------------------------------------- warm starts
+
+
+def test_preserve_keeps_the_function_and_the_row_norms(synth):
+    w = _weights(synth)
+    theta = TopKSAE.from_weights(w)
+    norms = theta.W_dec.norm(dim=1).clone()
+    assert norms.max() / norms.min() > 2  # unequal norms: fold would reorder TopK
+    stats = warm_start(theta, "preserve")
+    assert stats["decoder_norm_max"] == pytest.approx(float(norms.max()))
+    tr = TopKTrainer(theta, 1e-3)
+    for xb in synth.batches(128)():
+        tr.step(xb)
+    assert torch.allclose(theta.W_dec.norm(dim=1), norms, rtol=1e-5)
+    with pytest.raises(Exception, match="unknown warm start"):
+        warm_start(theta, "bogus")
+
+
+@pytest.mark.parametrize("bdi", [False, True])
+def test_step0_of_preserve_is_the_transferred_sae_and_fold_is_not(synth, bdi):
+    """Acceptance (synthetic): step-0 EV of the stitched arm = the transferred SAE's EV on the same
+    held-out rows within 1e-3 under ``preserve``; ``fold`` changes the TopK selection (agreement < 1)."""
+    w = _weights(synth)
+    cfg = InitExperimentConfig(apply_b_dec_to_input=bdi)
+    _, keep = stitched_init(w, "preserve", cfg, synth.eval, [])
+    _, fold = stitched_init(w, "fold", cfg, synth.eval, [])
+    assert keep["ev_step0"] == pytest.approx(keep["ev_transferred"], abs=1e-3)
+    assert keep["topk_selection_agreement"] == 1.0
+    assert fold["ev_transferred"] == keep["ev_transferred"]
+    assert fold["topk_selection_agreement"] < 0.99
+    assert abs(fold["ev_step0"] - fold["ev_transferred"]) > 1e-3
+    # theta''s EV computed independently of the project's SAE class
+    ev = reference_ev_x(synth.eval, w["W_enc"], w["b_enc"], w["W_dec"], w["b_dec"], w["k"])
+    assert keep["ev_transferred"] == pytest.approx(ev, abs=1e-4)
+
+
+def test_train_topk_sae_applies_the_warm_start(synth):
+    w = _weights(synth)
+    batches = list(synth.batches(128)())[:3]
+    for mode in ("fold", "preserve"):
+        init = TopKSAE.from_weights(w)
+        norms = init.W_dec.norm(dim=1).clone()
+        sae, summary = train_topk_sae(batches, 32, init=init, warm_start=mode, lr=1e-4, batch_size=128,
+                                      train_tokens=3 * 128, progress=False)
+        got = sae.W_dec.detach().norm(dim=1)
+        expect = torch.ones_like(norms) if mode == "fold" else norms
+        assert torch.allclose(got, expect, rtol=1e-5), mode
+        assert summary["warm_start"] == mode
+
+
+# --------------------------------------------------------------------------- the plain reference
+
+
+@pytest.mark.parametrize("mode", ["fold", "preserve"])
+def test_trainer_stitched_arm_equals_the_plain_reference(synth, mode):
+    """With the encoder reading x (as theta' does), the trainer's stitched arm IS the ~30-line reference
+    (tests/sae_reference.py): same data, lr and steps give the same weights and held-out EV."""
+    w = _weights(synth)
+    batches = list(synth.batches(128)())[:25]
+    cfg = InitExperimentConfig(steps=25, batch_size=128, lr=3e-3, eval_every=25, apply_b_dec_to_input=False,
+                               warm_start=mode)
+    theta, _ = stitched_init(w, mode, cfg, synth.eval, [])
+    res = train_arm(theta, iter(batches), synth.eval, cfg, ArmLedger(1), [])
+    ref = train_reference_from(batches, w["W_enc"], w["b_enc"], w["W_dec"], w["b_dec"], w["k"], lr=3e-3, mode=mode)
+    for got, want in zip((theta.W_enc, theta.b_enc, theta.W_dec, theta.b_dec), ref):
+        assert torch.allclose(got.detach(), want, atol=2e-4)
+    assert res["curve"][-1]["ev"] == pytest.approx(reference_ev_x(synth.eval, *ref, w["k"]), abs=1e-3)
+    assert res["curve"][-1]["update"]["W_enc"] > 0
