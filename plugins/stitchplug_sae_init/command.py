@@ -92,6 +92,126 @@ def default_paths(run: Path) -> tuple[Path, Path, Path]:
     return rf.cache, rf.stitch, rf.artifact("sae", "transferred")
 
 
+def _recipe_options(f):
+    """``--recipe`` and the recipe fields it sets (an explicit flag overrides the recipe; the label then says so)."""
+    for opt in reversed([
+        click.option("--recipe", type=click.Choice(["paper", "tuned"]), default="paper", show_default=True,
+                     help="paper: k 64, lr 1e-4, no AuxK, scratch b_dec zeros; tuned: k 32, lr 4e-4, scratch b_dec mean "
+                          "(both unnormalised, dense-decode FLOPs; k applies where an SAE is trained from scratch)."),
+        click.option("--lr", type=float, default=None, help="Constant Adam learning rate [default: the recipe's]."),
+        click.option("--aux-k-coef", type=float, default=None,
+                     help="AuxK loss coefficient on dead latents, all arms [default: the recipe's, 0]."),
+        click.option("--b-dec-in/--no-b-dec-in", "b_dec_in", default=True, show_default=True,
+                     help="Encoder reads x - b_dec (SAELens default) in every arm; --no-b-dec-in: reads x, as theta' does."),
+        click.option("--scratch-b-dec", type=click.Choice(["zeros", "mean"]), default=None,
+                     help="Scratch arm decoder-bias init [default: the recipe's]."),
+        click.option("--decode", type=click.Choice(["dense", "sparse"]), default="dense", show_default=True,
+                     help="sparse: the k-row step (same loss/gradients, faster at large widths); dense FLOPs are charged."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _recipe_fields(recipe: str, **given) -> tuple[dict, int]:
+    """The arm settings of ``recipe`` with the flags given (not None); the label names any override."""
+    from .experiment import RECIPES
+
+    base = dict(RECIPES[recipe])
+    k = base.pop("k")
+    base.pop("normalize")
+    over = {key: v for key, v in given.items() if v is not None and base.get(key, v) != v}
+    fields = {**base, **{key: v for key, v in given.items() if v is not None}}
+    fields["recipe"] = recipe if not over else f"{recipe} + " + ", ".join(f"{key}={v}" for key, v in over.items())
+    return fields, k
+
+
+def _experiment_config(thresholds: str, **fields):
+    from pydantic import ValidationError
+
+    from .experiment import InitExperimentConfig
+
+    try:
+        ts = [float(t) for t in thresholds.split(",") if t.strip()]
+        return InitExperimentConfig(thresholds=ts, **fields)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        raise ConfigError(f"invalid option --{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}") from None
+    except ValueError as exc:
+        raise ConfigError(f"invalid --thresholds {thresholds!r}: {exc}") from None
+
+
+def _ints(name: str, text: str) -> list[int]:
+    try:
+        return [int(float(v)) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"invalid --{name} {text!r}: expected comma-separated integers") from None
+
+
+def add_sweep_command(group: click.Group) -> None:
+    """``stitchplug experiment init-sweep``: widths x budgets x warm starts, resumable."""
+
+    @group.command("init-sweep")
+    @click.option("--run", "run_dir", type=click.Path(file_okay=False), default="runs/default", show_default=True,
+                  help="Run folder whose cache and stitch are used; arms are stored under RUN/init_sweep/.")
+    @click.option("--cache", "cache_path", default=None, help="Activation cache [default: RUN/cache.h5].")
+    @click.option("--stitch", "stitch_path", default=None, help="Stitch file [default: RUN/stitch/stitch.safetensors].")
+    @click.option("--sweep-dir", default=None, help="Where finished arms are stored [default: RUN/init_sweep].")
+    @click.option("--widths", default="2304,4608,9216,18432", show_default=True, help="Comma-separated SAE widths.")
+    @click.option("--budgets", default="500000,1800000", show_default=True,
+                  help="Comma-separated token budgets per arm (smaller ones are read from the largest run's prefix).")
+    @click.option("--warm-starts", default="fold,preserve", show_default=True, help="Comma-separated warm-start arms.")
+    @click.option("--k", type=int, default=None, help="TopK k [default: the recipe's].")
+    @click.option("--batch-size", type=int, default=1024, show_default=True, help="Tokens per step.")
+    @click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True,
+                  help="Max passes over the cached training tokens (1: single-epoch; more is labelled in the report).")
+    @_recipe_options
+    @click.option("--eval-every", type=int, default=50, show_default=True, help="Steps between held-out evaluations.")
+    @click.option("--eval-tokens", type=click.IntRange(min=1), default=8192, show_default=True, help="Held-out tokens evaluated.")
+    @click.option("--ma-window", type=int, default=5, show_default=True, help="Moving-average window (evaluations).")
+    @click.option("--thresholds", default="0.70,0.75,0.80,0.85,0.90", show_default=True,
+                  help="Comma-separated explained-variance thresholds.")
+    @click.option("--seed", type=int, default=0, show_default=True, help="Data order and scratch init seed.")
+    def sweep_cmd(run_dir, cache_path, stitch_path, sweep_dir, widths, budgets, warm_starts, k, batch_size, epochs,
+                  recipe, lr, aux_k_coef, b_dec_in, scratch_b_dec, decode, eval_every, eval_tokens, ma_window,
+                  thresholds, seed):
+        """Source SAE on A, transfer, scratch and warm-start arms on B, per width; savings per budget."""
+        from pydantic import ValidationError
+
+        from .sweep import SweepConfig, run_sweep
+        from .sweep_report import plot_sweep, sweep_markdown
+
+        run = Path(run_dir)
+        fields, k_recipe = _recipe_fields(recipe, lr=lr, aux_k_coef=aux_k_coef, apply_b_dec_to_input=b_dec_in,
+                                          scratch_b_dec=scratch_b_dec)
+        if k is not None and k != k_recipe:
+            fields["recipe"] += (", " if " + " in fields["recipe"] else " + ") + f"k={k}"
+        cfg = _experiment_config(thresholds, batch_size=batch_size, eval_every=eval_every, ma_window=ma_window,
+                                 seed=seed, decode=decode, epochs=epochs, **fields)
+        try:
+            sweep = SweepConfig(widths=_ints("widths", widths), budgets=_ints("budgets", budgets),
+                                warm_starts=[w.strip() for w in warm_starts.split(",") if w.strip()],
+                                k=k or k_recipe, epochs=epochs)
+        except ValidationError as exc:
+            e = exc.errors()[0]
+            raise ConfigError(f"invalid option --{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}") from None
+        d_cache, d_stitch, _ = default_paths(run)
+        rf = RunFolder(run)
+        with rf.writing("stitchplug experiment init-sweep"):
+            result = run_sweep(run, sweep, cfg, cache_path=Path(cache_path) if cache_path else d_cache,
+                               stitch_path=Path(stitch_path) if stitch_path else d_stitch, eval_tokens=eval_tokens,
+                               sweep_dir=Path(sweep_dir) if sweep_dir else None, log=click.echo)
+            result["plots"] = [str(p) for p in plot_sweep(result, rf.path("plots"))]
+            rf.add_metrics("init_experiment", result)
+            rf.add_report_section("init_experiment", sweep_markdown(result))
+        for b, bb in result["budgets"].items():
+            for w, row in bb["widths"].items():
+                cells = ", ".join(f"{ws}: " + ("n/a" if row["savings"][ws]["fvu"]["0.90"]["savings"] is None
+                                               else f"{100 * row['savings'][ws]['fvu']['0.90']['savings']:+.0f}%")
+                                  for ws in sweep.warm_starts if "0.90" in row["savings"][ws]["fvu"])
+                click.echo(f"budget {b} width {w} saving at EV 0.90: {cells or 'n/a (0.90 not among --thresholds)'}")
+        click.echo(f"wrote the init_experiment sections of {run / 'report.md'} and {run / 'metrics.json'}")
+
+
 def _experiment_group(cli: click.Group) -> click.Group:
     group = cli.commands.get("experiment")
     if group is None:
@@ -116,42 +236,30 @@ def add_init_command(cli):
                   help="Transferred SAE folder(s), SAELens format; repeat for a width sweep [default: RUN/artifacts/sae/transferred].")
     @click.option("--steps", type=int, default=2000, show_default=True, help="Training steps per arm.")
     @click.option("--batch-size", type=int, default=1024, show_default=True, help="Tokens per step.")
-    @click.option("--epochs", type=click.IntRange(min=1), default=100, show_default=True, help="Max passes over the cached training tokens.")
-    @click.option("--lr", type=float, default=1e-4, show_default=True, help="Constant Adam learning rate.")
+    @click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True,
+                  help="Max passes over the cached training tokens (1: each token read at most once; the report labels more).")
+    @_recipe_options
+    @click.option("--warm-start", type=click.Choice(["fold", "preserve"]), default="fold", show_default=True,
+                  help="How the stitched arm starts from theta': fold the decoder norms into the encoder, or keep them (step 0 = theta').")
     @click.option("--eval-every", type=int, default=50, show_default=True, help="Steps between held-out evaluations.")
     @click.option("--eval-tokens", type=click.IntRange(min=1), default=8192, show_default=True, help="Held-out tokens evaluated.")
     @click.option("--ma-window", type=int, default=5, show_default=True, help="Moving-average window (evaluations).")
     @click.option("--thresholds", default="0.70,0.75,0.80,0.85,0.90", show_default=True,
                   help="Comma-separated explained-variance thresholds.")
-    @click.option("--aux-k-coef", type=float, default=0.0, show_default=True,
-                  help="AuxK loss coefficient on dead latents, both arms (0: off; Gao et al.: 0.03125; FLOPs counted).")
-    @click.option("--b-dec-in/--no-b-dec-in", "b_dec_in", default=True, show_default=True,
-                  help="Encoder reads x - b_dec (SAELens default).")
-    @click.option("--scratch-b-dec", type=click.Choice(["zeros", "mean"]), default="zeros", show_default=True,
-                  help="Scratch arm decoder-bias init (paper/SAELens: zeros).")
     @click.option("--seed", type=int, default=0, show_default=True, help="Data order and scratch init seed.")
     @click.option("--stitch-flops", type=int, default=None, help="Override the stitch sidecar's 'flops'.")
     @click.option("--source-sae-flops", type=int, default=None, help="FLOPs of the source SAE on A, if known.")
     @click.option("--target-layer", type=int, default=None, help="Target layer (default: from the stitch sidecar).")
-    def init_cmd(run_dir, cache_path, stitch_path, sae_dirs, steps, batch_size, epochs, lr, eval_every,
-                 eval_tokens, ma_window, thresholds, aux_k_coef, b_dec_in, scratch_b_dec, seed, stitch_flops,
-                 source_sae_flops, target_layer):
+    def init_cmd(run_dir, cache_path, stitch_path, sae_dirs, steps, batch_size, epochs, recipe, lr, aux_k_coef,
+                 b_dec_in, scratch_b_dec, decode, warm_start, eval_every, eval_tokens, ma_window, thresholds, seed,
+                 stitch_flops, source_sae_flops, target_layer):
         """Train an SAE on model B from the transferred SAE and from scratch; report FLOPs savings."""
-        from pydantic import ValidationError
-
-        from .experiment import InitExperimentConfig
-
         run = Path(run_dir)
-        try:
-            ts = [float(t) for t in thresholds.split(",") if t.strip()]
-            cfg = InitExperimentConfig(steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every,
-                                       ma_window=ma_window, thresholds=ts, aux_k_coef=aux_k_coef, apply_b_dec_to_input=b_dec_in,
-                                       scratch_b_dec=scratch_b_dec, seed=seed, source_sae_flops=source_sae_flops)
-        except ValidationError as exc:
-            e = exc.errors()[0]
-            raise ConfigError(f"invalid option --{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}") from None
-        except ValueError as exc:
-            raise ConfigError(f"invalid --thresholds {thresholds!r}: {exc}") from None
+        fields, _ = _recipe_fields(recipe, lr=lr, aux_k_coef=aux_k_coef, apply_b_dec_to_input=b_dec_in,
+                                   scratch_b_dec=scratch_b_dec)
+        cfg = _experiment_config(thresholds, steps=steps, batch_size=batch_size, eval_every=eval_every,
+                                 ma_window=ma_window, seed=seed, source_sae_flops=source_sae_flops, decode=decode,
+                                 warm_start=warm_start, epochs=epochs, **fields)
         d_cache, d_stitch, d_sae = default_paths(run)
         result = run_on_folder(run, Path(cache_path) if cache_path else d_cache,
                                Path(stitch_path) if stitch_path else d_stitch,
@@ -162,3 +270,5 @@ def add_init_command(cli):
                             for t, v in w["savings"]["fvu"].items())
             click.echo(f"width {width} savings at EV thresholds: {row}")
         click.echo(f"wrote the init_experiment sections of {run / 'report.md'} and {run / 'metrics.json'}")
+
+    add_sweep_command(group)

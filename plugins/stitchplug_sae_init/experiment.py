@@ -34,6 +34,17 @@ from .ledger import ArmLedger
 METRICS = ("fvu", "fvu_excl_massive")
 
 
+RECIPES: dict[str, dict] = {
+    "paper": {"k": 64, "lr": 1e-4, "aux_k_coef": 0.0, "normalize": "none", "scratch_b_dec": "zeros"},
+    "tuned": {"k": 32, "lr": 4e-4, "aux_k_coef": 0.0, "normalize": "none", "scratch_b_dec": "mean"},
+}
+"""Named recipes (docs/flops.md). ``paper``: method.md section 3 (TopK k 64, constant lr 1e-4, no AuxK,
+unnormalised activations, SAELens's zero decoder bias for scratch, dense-decode FLOPs accounting);
+``tuned``: the project's own (k 32, lr 4e-4, scratch ``b_dec`` = the data mean; docs/sae.md). Both
+charge the dense step's FLOPs. ``k`` applies where an SAE is trained from scratch on A (the sweep);
+the init experiment takes ``k`` from the transferred SAE."""
+
+
 class InitExperimentConfig(BaseModel):
     """Settings of the init experiment (both arms share all of them)."""
 
@@ -118,13 +129,14 @@ def _digest(x: torch.Tensor) -> str:
 
 
 def train_arm(sae: TopKSAE, batches: Iterable[torch.Tensor], x_eval: torch.Tensor, cfg: InitExperimentConfig,
-              ledger: ArmLedger, exclude: Sequence[int] = ()) -> dict:
+              ledger: ArmLedger, exclude: Sequence[int] = (), eval_at: Iterable[int] = ()) -> dict:
     """Train ``sae`` on ``batches`` for up to ``cfg.steps`` steps, logging held-out metrics.
 
     Returns ``{"curve": [{step, flops, mse, fvu, ...}], "ledger", "dead_fraction", "batch_digests"}``;
     the curve's first point is the initialisation (step 0, FLOPs = the ledger's offset).
     """
     trainer = TopKTrainer(sae, cfg.lr, cfg.aux_k_coef, cfg.dead_window, decode=cfg.decode)
+    eval_at = set(eval_at)
     curve = [{"step": 0, "flops": ledger.total, **evaluate(sae, x_eval, exclude, cfg.eval_batch)}]
     digests: list[str] = []
     step = 0
@@ -135,7 +147,7 @@ def train_arm(sae: TopKSAE, batches: Iterable[torch.Tensor], x_eval: torch.Tenso
         info = trainer.step(xb)
         step += 1
         flops = ledger.pay_step(info["aux_active"])
-        if step % cfg.eval_every == 0 or step == cfg.steps:
+        if step % cfg.eval_every == 0 or step == cfg.steps or step in eval_at:
             curve.append({"step": step, "flops": flops, **evaluate(sae, x_eval, exclude, cfg.eval_batch),
                           "update": _relative_update(sae, snap, step - snap_step)})
             snap, snap_step = _snapshot(sae), step

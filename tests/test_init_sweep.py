@@ -1,0 +1,125 @@
+"""Issue 22: `stitchplug experiment init-sweep` on a tiny run folder: savings per width and budget, the
+recipes, single-epoch labelling, and resume after SIGKILL without retraining finished arms."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A paired cache of two random-init tiny models and an lstsq stitch (no SAE: the sweep trains its own)."""
+    from stitchplug.adapter import load_model
+    from stitchplug.cache.reader import open_cache
+    from stitchplug.cache.writer import build_cache
+    from stitchplug.config import StitchConfig
+    from stitchplug.stitch import api
+
+    run = tmp_path_factory.mktemp("sweeprun")
+    a, b = load_model("tiny-llama-a"), load_model("tiny-gemma3")
+    cache_path = build_cache(run / "cache.h5", a, b, tokens=3000, context_size=48,
+                             source_layers=[1], target_layers=[1], progress=False, log=lambda m: None)
+    with open_cache(cache_path) as cache:
+        api.train(cache, StitchConfig(solver="lstsq", target_layer=1), run / "stitch" / "stitch.safetensors")
+    return run
+
+
+ARGS = ["--widths", "16,32", "--budgets", "640,1600", "--batch-size", "64", "--k", "4", "--lr", "3e-3",
+        "--eval-every", "5", "--eval-tokens", "256", "--thresholds", "0.3,0.5,0.9", "--decode", "sparse"]
+
+
+def _cli(run, *extra, sweep_dir=None):
+    args = ["experiment", "init-sweep", "--run", str(run), *ARGS, *extra]
+    return args + (["--sweep-dir", str(sweep_dir)] if sweep_dir else [])
+
+
+def test_sweep_writes_savings_per_width_and_budget(tiny_run, capsys):
+    from stitchplug.cli import main
+
+    main(_cli(tiny_run))
+    m = json.loads((tiny_run / "metrics.json").read_text())["init_experiment"]
+    assert m["kind"] == "init_sweep" and m["recipe"] == "paper + lr=0.003, k=4"
+    assert set(m["budgets"]) == {"640", "1600"} and set(m["widths"]) == {"16", "32"}
+    assert m["all_single_epoch"] and set(m["single_epoch"]) == {f"{w}/{a}" for w in ("16", "32")
+                                                                 for a in ("scratch", "fold", "preserve")}
+    for w in ("16", "32"):
+        arms = m["widths"][w]["arms"]
+        # the same data order in every arm, at most one pass over the cache
+        assert len({a["data_digest"] for a in arms.values()}) == 1
+        assert all(a["passes"] <= 1.0 for a in arms.values())
+        assert arms["preserve"]["init"]["ev_step0"] == pytest.approx(arms["preserve"]["init"]["ev_transferred"], abs=1e-3)
+        assert arms["preserve"]["init"]["topk_selection_agreement"] == 1.0
+        assert arms["scratch"]["curve"][0]["flops"] == 0 and arms["fold"]["curve"][0]["flops"] == m["stitch_flops"] > 0
+        assert m["widths"][w]["source_sae"]["train_flops"] > 0
+        # the small budget is the large budget's prefix: an evaluation at its last step, same values
+        small = m["budgets"]["640"]["widths"][w]
+        assert m["budgets"]["640"]["steps"] == 10 and any(p["step"] == 10 for p in arms["scratch"]["curve"])
+        ev10 = next(p["ev"] for p in arms["fold"]["curve"] if p["step"] == 10)
+        assert small["final_ev"]["fold"] == ev10
+        for ws in ("fold", "preserve"):
+            assert set(small["savings"][ws]["fvu"]) == {"0.30", "0.50", "0.90"}
+    assert set(m["budgets"]["1600"]["fits_fvu"]) == {"scratch", "fold", "preserve"}
+    report = (tiny_run / "report.md").read_text()
+    assert "Recipe **paper + lr=0.003, k=4**" in report and "single-epoch" in report
+    assert all((tiny_run / "plots" / n).stat().st_size > 1000
+               for n in ("init_sweep_saving_vs_width.png", "init_sweep_saving_vs_budget.png"))
+    assert "saving at EV 0.90" in capsys.readouterr().out
+
+
+def test_sweep_refuses_other_settings_in_the_same_folder(tiny_run, capsys):
+    from stitchplug.cli import main
+
+    sweep_dir = tiny_run / "other_sweep"
+    main(_cli(tiny_run, "--widths", "16", "--warm-starts", "preserve", sweep_dir=sweep_dir))
+    with pytest.raises(SystemExit) as exc:
+        main(_cli(tiny_run, "--widths", "16", "--warm-starts", "preserve", "--seed", "1", sweep_dir=sweep_dir))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 1 and len(err) == 1 and "other settings" in err[0] and "seed" in err[0]
+
+
+def test_bad_sweep_options_are_one_line_errors(tiny_run, capsys):
+    from stitchplug.cli import main
+
+    for bad in (["--warm-starts", "fold,bogus"], ["--widths", "a,b"], ["--budgets", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            main(_cli(tiny_run, *bad))
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exc.value.code != 0 and len(err) == 1 and err[0].startswith("Error"), (bad, err)
+
+
+def test_killed_sweep_resumes_without_retraining_finished_arms(tiny_run, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'plugins'}", "OMP_NUM_THREADS": "1"}
+    code = f"from stitchplug.cli import main; main({_cli(tiny_run, '--widths', '16,32', sweep_dir=sweep_dir)!r})"
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    first = sweep_dir / "w16" / "fold.json"
+    deadline = time.time() + 240
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert first.exists(), proc.communicate()[0].decode()[-2000:]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("w*/*.json")}
+    arms_done = [p for p in done if p.name != "source.json"]
+    assert arms_done and not (sweep_dir / "w32" / "preserve.json").exists()  # killed mid-sweep
+    assert not list(sweep_dir.rglob("*.tmp*"))  # atomic writes leave no partial files behind
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for p, mtime in done.items():  # finished pieces were read back, not rewritten
+        assert p.stat().st_mtime_ns == mtime, p
+    for p in arms_done:
+        assert f"width {p.parent.name[1:]}: reusing arm {p.stem}" in out.stdout
+    trained = out.stdout.count(": training arm ")
+    assert trained == 2 * 3 - len(arms_done)
+    assert (sweep_dir / "w32" / "preserve.json").exists()
