@@ -74,10 +74,14 @@ def run_on_folder(run: Path, cache_path: Path, stitch_path: Path, sae_dirs: list
         log(f"init experiment: widths {[w['W_dec'].shape[0] for w, _ in loaded]}, target layer {lB}, "
             f"{cfg.steps} steps x {cfg.batch_size} tokens per arm, stitch FLOPs {s_flops:.3g}")
         result = run_init_experiment(train_iter, x_eval, [w for w, _ in loaded], s_flops, cfg)
+        n_train = int(len(cache.rows("train")))
     finally:
         cache.close()
+    steps = max(int(w["data_order"]["steps"]) for w in result["widths"].values())
     result.update({"target_layer": int(lB), "cache": str(cache_path), "stitch": str(stitch_path),
-                   "sae_dirs": [str(d) for d in sae_dirs], "synthetic": False})
+                   "sae_dirs": [str(d) for d in sae_dirs], "synthetic": False, "epochs": int(epochs),
+                   "n_train_tokens": n_train, "passes": steps * cfg.batch_size / max(n_train, 1),
+                   "single_epoch": int(epochs) == 1})
     rf = RunFolder(run)
     plots = plot(result, rf.path("plots"))
     result["plots"] = [str(p) for p in plots]

@@ -85,6 +85,12 @@ def markdown(result: dict) -> str:
     if result.get("synthetic"):
         lines += ["**Synthetic stand-in data** (no default-pair run folder was available).", ""]
     cfg = result["config"]
+    if "single_epoch" in result:
+        lines += [f"Recipe **{cfg.get('recipe', 'custom')}**, warm start **{cfg.get('warm_start', 'fold')}**, "
+                  f"{cfg.get('decode', 'dense')} step (dense-decode FLOPs charged). "
+                  + ("**Single-epoch**: each cached training token read at most once"
+                     if result["single_epoch"] else f"**Multi-epoch** (up to {result['epochs']} passes)")
+                  + f"; {result['passes']:.2f} passes over {result['n_train_tokens']} cached training tokens.", ""]
     lines += [f"Both arms: {cfg['steps']} steps x {cfg['batch_size']} tokens, constant lr {cfg['lr']}, "
               f"AuxK coefficient {cfg.get('aux_k_coef', 0.0):g}, EV moving average over {cfg['ma_window']} evaluations "
               f"on {result['n_eval_tokens']} held-out tokens; massive dims excluded in the second EV: "
@@ -96,9 +102,9 @@ def markdown(result: dict) -> str:
         lines += [f"### width {width} (k {w['k']})", "",
                   f"SAE step: {led['sae_step_flops_counted']:.3g} FLOPs counted, {led['sae_step_flops_analytic']:.3g} analytic "
                   f"(ratio {led['counted_over_analytic']:.3f}). theta' decoder row norms "
-                  f"{ren['decoder_norm_min']:.3g}-{ren['decoder_norm_max']:.3g}; TopK selection kept after folding them "
-                  f"into the encoder: {100 * ren['topk_selection_agreement']:.1f}%; EV {ren['ev_before_fold']:.3f} -> "
-                  f"{ren['ev_after_fold']:.3f}. Dead latents at the end: scratch "
+                  f"{ren['decoder_norm_min']:.3g}-{ren['decoder_norm_max']:.3g}; TopK selection kept at step 0 "
+                  f"(warm start {ren.get('warm_start', 'fold')}): {100 * ren['topk_selection_agreement']:.1f}%; EV of theta' "
+                  f"{ren['ev_before_fold']:.3f}, of the stitched arm's step 0 {ren['ev_after_fold']:.3f}. Dead latents at the end: scratch "
                   f"{100 * w['arms']['scratch']['dead_fraction']:.1f}%, stitched {100 * w['arms']['stitched']['dead_fraction']:.1f}%.", "",
                   "| EV threshold | scratch FLOPs | stitched FLOPs | savings | savings (excl. massive) |",
                   "|---|---|---|---|---|"]
