@@ -81,7 +81,10 @@ def test_sweep_refuses_other_settings_in_the_same_folder(tiny_run, capsys):
     from stitchplug.cli import main
 
     sweep_dir = tiny_run / "other_sweep"
-    main(_cli(tiny_run, "--widths", "16", "--warm-starts", "preserve", sweep_dir=sweep_dir))
+    main(_cli(tiny_run, "--widths", "16", "--warm-starts", "preserve", "--section", "init_sweep_b", sweep_dir=sweep_dir))
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert metrics["init_sweep_b"]["config"]["warm_starts"] == ["preserve"]  # beside, not over, the first section
+    assert (tiny_run / "plots" / "init_sweep_saving_vs_width_init_sweep_b.png").exists()
     with pytest.raises(SystemExit) as exc:
         main(_cli(tiny_run, "--widths", "16", "--warm-starts", "preserve", "--seed", "1", sweep_dir=sweep_dir))
     err = capsys.readouterr().err.strip().splitlines()

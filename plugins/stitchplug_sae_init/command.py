@@ -175,9 +175,11 @@ def add_sweep_command(group: click.Group) -> None:
     @click.option("--thresholds", default="0.70,0.75,0.80,0.85,0.90", show_default=True,
                   help="Comma-separated explained-variance thresholds.")
     @click.option("--seed", type=int, default=0, show_default=True, help="Data order and scratch init seed.")
+    @click.option("--section", default="init_experiment", show_default=True,
+                  help="metrics.json / report section written (another name keeps a second sweep beside the first).")
     def sweep_cmd(run_dir, cache_path, stitch_path, sweep_dir, widths, budgets, warm_starts, k, batch_size, epochs,
                   recipe, lr, aux_k_coef, b_dec_in, scratch_b_dec, decode, eval_every, eval_tokens, ma_window,
-                  thresholds, seed):
+                  thresholds, seed, section):
         """Source SAE on A, transfer, scratch and warm-start arms on B, per width; savings per budget."""
         from pydantic import ValidationError
 
@@ -205,15 +207,17 @@ def add_sweep_command(group: click.Group) -> None:
                                stitch_path=Path(stitch_path) if stitch_path else d_stitch, eval_tokens=eval_tokens,
                                sweep_dir=Path(sweep_dir) if sweep_dir else None, log=click.echo)
             result["plots"] = [str(p) for p in plot_sweep(result, rf.path("plots"))]
-            rf.add_metrics("init_experiment", result)
-            rf.add_report_section("init_experiment", sweep_markdown(result))
+            if section != "init_experiment":
+                result["plots"] = [str(p.rename(p.with_name(p.stem + f"_{section}.png"))) for p in map(Path, result["plots"])]
+            rf.add_metrics(section, result)
+            rf.add_report_section(section, sweep_markdown(result))
         for b, bb in result["budgets"].items():
             for w, row in bb["widths"].items():
                 cells = ", ".join(f"{ws}: " + ("n/a" if row["savings"][ws]["fvu"]["0.90"]["savings"] is None
                                                else f"{100 * row['savings'][ws]['fvu']['0.90']['savings']:+.0f}%")
                                   for ws in sweep.warm_starts if "0.90" in row["savings"][ws]["fvu"])
                 click.echo(f"budget {b} width {w} saving at EV 0.90: {cells or 'n/a (0.90 not among --thresholds)'}")
-        click.echo(f"wrote the init_experiment sections of {run / 'report.md'} and {run / 'metrics.json'}")
+        click.echo(f"wrote the {section} sections of {run / 'report.md'} and {run / 'metrics.json'}")
 
 
 def _experiment_group(cli: click.Group) -> click.Group:
