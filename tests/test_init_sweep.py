@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,20 +14,8 @@ import torch
 
 from stitchplug.api import count_step_flops
 
-from .trainer import TopKSAE, sae_step
-
-
-def analytic_step_flops(batch: int, d: int, width: int, aux: bool = False,
-                        apply_b_dec_to_input: bool = False) -> int:
-    """Matmul FLOPs of one training step of the dense TopK SAE (see docs/flops.md).
-
-    Forward: encoder ``x @ W_e`` (2BdM) and dense decoder ``z @ W_d`` (2BdM). Backward: ``dW_d = z^T g``
-    (2BdM), ``dz = g W_d^T`` (2BdM), ``dW_e = x^T dpre`` (2BdM); ``dx`` is not needed: 10BdM. When the
-    encoder reads ``x - b_dec``, ``db_dec`` also needs ``dpre W_e^T`` (+2BdM): 12BdM. AuxK adds a
-    second dense decode of the dead latents (2BdM forward, 4BdM backward): +6BdM.
-    """
-    per = 10 + (2 if apply_b_dec_to_input else 0) + (6 if aux else 0)
-    return per * int(batch) * int(d) * int(width)
+from .topk import TopKSAE, analytic_step_flops  # noqa: F401  (re-exported)
+from .trainer import sae_step
 
 
 def measure_step_flops(d: int, width: int, k: int, batch: int, aux: bool = False,

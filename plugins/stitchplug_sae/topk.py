@@ -121,6 +121,19 @@ class TopKSAE(nn.Module):
         self.W_dec.mul_((self.row_norm / self.W_dec.norm(dim=1).clamp_min(1e-12))[:, None])
 
 
+def analytic_step_flops(batch: int, d: int, width: int, aux: bool = False,
+                        apply_b_dec_to_input: bool = False) -> int:
+    """Matmul FLOPs of one training step of the dense TopK SAE (see docs/flops.md).
+
+    Forward: encoder ``x @ W_e`` (2BdM) and dense decoder ``z @ W_d`` (2BdM). Backward: ``dW_d = z^T g``
+    (2BdM), ``dz = g W_d^T`` (2BdM), ``dW_e = x^T dpre`` (2BdM); ``dx`` is not needed: 10BdM. When the
+    encoder reads ``x - b_dec``, ``db_dec`` also needs ``dpre W_e^T`` (+2BdM): 12BdM. AuxK adds a
+    second dense decode of the dead latents (2BdM forward, 4BdM backward): +6BdM.
+    """
+    per = 10 + (2 if apply_b_dec_to_input else 0) + (6 if aux else 0)
+    return per * int(batch) * int(d) * int(width)
+
+
 class _SelectedPre(torch.autograd.Function):
     """``(xin @ W_enc + b_enc).gather(1, idx)`` given the precomputed ``pre``; the backward touches
     only the ``B * k`` selected (row, latent) pairs."""

@@ -37,7 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from stitchplug.api import StageError, dist
 
-from .topk import WARM_STARTS, TopKSAE, fold_decoder_norms, warm_start  # noqa: F401  (re-exported: the module the trainer trains)
+from .topk import WARM_STARTS, TopKSAE, analytic_step_flops, fold_decoder_norms, warm_start  # noqa: F401  (re-exported: the module the trainer trains)
 
 
 class TrainerConfig(BaseModel):
@@ -180,8 +180,6 @@ class TopKTrainer:
         dead = self.dead_mask() if self.aux_k_coef > 0 else None
         will_aux = dead is not None and bool(dead.any())
         if self.sparse and not will_aux and False not in self.step_flops:
-            from .step_flops import analytic_step_flops
-
             self.step_flops[False] = analytic_step_flops(x.shape[0], self.sae.d, self.sae.width,
                                                          apply_b_dec_to_input=self.sae.apply_b_dec_to_input)
         counter = FlopCounterMode(display=False) if will_aux not in self.step_flops else None

@@ -101,7 +101,7 @@ def run_sweep(run: Path, sweep: SweepConfig, cfg: InitExperimentConfig, *, cache
     from stitchplug_sae.trainer import train_topk_sae
     from stitchplug_sae.transfer import transfer_sae
 
-    from .command import load_transferred_weights
+    from .weights import load_transferred_weights
     from .ledger import read_stitch_flops
 
     for p in (cache_path, stitch_path):
