@@ -101,7 +101,7 @@ def build(a: TopK, b: TopK, first, length, docs_tokens: dict, lengths: dict, log
         row = {"i": j, "live": live, "freq_a": freq["a"], "freq_b": freq["b"],
                "mean_a": r4(mean["a"]), "mean_b": r4(mean["b"]),
                "freq_docs_a": ra["freq_docs"], "freq_docs_b": rb["freq_docs"], "max_a": ra["max"], "max_b": rb["max"],
-               "r": rec["r"], "r_random": rec["r_random"], "class": rec["class"], "entropy": rec["entropy"],
+               "r": analysis["r"][j], "r_random": analysis["r_random"][j], "class": rec["class"], "entropy": rec["entropy"],
                "attention": rec["attention"],
                "tokens_a": top_tokens(ra["top"], docs_tokens["a"]), "tokens_b": top_tokens(rb["top"], docs_tokens["b"]),
                "logits_a": [p[0] for p in ra["pos"][:3]], "logits_b": [p[0] for p in rb["pos"][:3]]}
