@@ -98,7 +98,7 @@ SLOW_CHILD = textwrap.dedent("""
     import stitchplug_browse.stream as s
     fwd = s._forward
     def slow(*a, **k):
-        time.sleep(0.4)
+        time.sleep(1.0)
         return fwd(*a, **k)
     s._forward = slow
     from stitchplug.cli import main

@@ -74,15 +74,21 @@ def test_index_sorts_filters_and_a_latent_page_shows_both_models(drv, browsed_ru
     for side in ("a", "b"):
         hl = drv.find_elements("css selector", f".ctx-{side} .tok.hl")
         assert hl, f"no highlighted token on side {side}"
-        assert all("rgba(255, 120, 0" in h.get_attribute("style") for h in hl)
+        assert all(h.value_of_css_property("background-color").startswith(("rgba(255, 120, 0", "rgb(255, 120, 0"))
+                   for h in hl)
+        plain = drv.find_elements("css selector", f".ctx-{side} .tok:not(.hl)")
+        assert plain and all(p.value_of_css_property("background-color") == "rgba(0, 0, 0, 0)" for p in plain[:20])
         assert drv.find_elements("css selector", f".side-{side} svg.hist rect")
     # both tokenizations are on the page: B's contexts show B's token strings
     docs = json.loads((site / "data" / "docs.json").read_text())
     rec_b = drv.find_elements("css selector", ".side-b .contexts .tok")
-    assert {t.text for t in rec_b} <= {s.replace("\n", "\u21b5").replace(" ", "\u00b7") for d in docs["b"] for s in d}
+    shown_b = {t.get_attribute("textContent") for t in rec_b}
+    assert shown_b <= {s.replace("\n", "\u21b5\n") for d in docs["b"] for s in d}
+    assert not shown_b <= {s.replace("\n", "\u21b5\n") for d in docs["a"] for s in d}  # B's own tokenizer
     neighbours = drv.find_elements("css selector", "a.neighbour")
     assert neighbours
     out = Path(os.environ.get("BROWSE_SCREENSHOT") or tmp_path / "browse.png")
+    drv.set_window_size(1500, min(int(drv.execute_script("return document.body.scrollHeight")) + 40, 2600))
     drv.save_screenshot(str(out))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
     neighbours[0].click()

@@ -47,8 +47,8 @@ def windows(texts: list[str], A: Any, B: Any, context_size: int) -> list[Window]
         ea, eb = A.encode(text), B.encode(text)
         ia, ea_, sa = ea.ids[:context_size], ea.ends[:context_size], ea.special[:context_size]
         last = int(ea_.max()) if len(ia) else -1
-        keep = int((eb.ends <= last).sum()) if last >= 0 else 0
-        keep = int((eb.ends <= last).nonzero().max()) + 1 if keep else 0
+        inside = (eb.ends <= last).nonzero() if last >= 0 else eb.ends[:0]
+        keep = int(inside.max()) + 1 if len(inside) else 0
         if (~sa).sum() == 0 or keep == 0:
             continue
         out.append(Window(ia, ea_, sa, eb.ids[:keep], eb.ends[:keep], eb.special[:keep], text))

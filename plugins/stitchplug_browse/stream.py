@@ -1,6 +1,6 @@
 """One streaming pass per model over the held-out windows: bounded top-k contexts per latent.
 
-Per latent and model the pass keeps the ``k`` documents where it fires hardest (value, document, the
+Documents go through the model ``chunk`` at a time (one right-padded batch). Per latent and model the pass keeps the ``k`` documents where it fires hardest (value, document, the
 start of a ``window``-token context around the maximum and the latent's activations over it), a
 log-spaced activation histogram, the firing count and the sum of activations. Nothing of size
 ``[tokens, latents]`` is kept: each document's codes ``[T, m]`` are reduced to ``[m]`` maxima and
@@ -102,9 +102,15 @@ class TopK:
         self.val = top
 
 
-def _forward(adapter: Any, ids: torch.Tensor, layer: int) -> torch.Tensor:
-    """Residual before ``layer`` of one window ``[T, d]``."""
-    return adapter.capture(ids[None], [layer])[layer][0].float().cpu()
+def _forward(adapter: Any, ids: list[torch.Tensor], layer: int) -> list[torch.Tensor]:
+    """Residuals before ``layer`` of several windows (``[T_i, d]`` each), in one batched forward:
+    right-padded, so under causal attention no real position sees a pad token."""
+    T = max(len(x) for x in ids)
+    batch = torch.zeros((len(ids), T), dtype=torch.long)
+    for n, x in enumerate(ids):
+        batch[n, :len(x)] = x
+    h = adapter.capture(batch, [layer])[layer].float().cpu()
+    return [h[n, :len(x)] for n, x in enumerate(ids)]
 
 
 @torch.no_grad()
@@ -183,9 +189,10 @@ def run_pass(side: str, adapter: Any, sae: Any, layer: int, wins: list, state_pa
     while st.next_doc < len(wins):
         docs = list(range(st.next_doc, min(st.next_doc + chunk, len(wins))))
         mxs, starts, ctxs = [], [], []
-        for d in docs:
-            ids, special = ids_of(wins[d])
-            f = codes(sae, _forward(adapter, ids, layer), special)
+        hs = _forward(adapter, [ids_of(wins[d])[0] for d in docs], layer)
+        for d, h in zip(docs, hs):
+            special = ids_of(wins[d])[1]
+            f = codes(sae, h, special)
             st.n_tokens += int((~special).sum())
             mx, start, ctx = st.reduce(f)
             mxs.append(mx), starts.append(start), ctxs.append(ctx)

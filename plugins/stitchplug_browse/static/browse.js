@@ -40,7 +40,8 @@ var BROWSE = (function () {
     if (v !== 0 && Math.abs(v) < 0.001) return v.toExponential(1);
     return v.toFixed(digits === undefined ? 3 : digits);
   }
-  function show(t) { return String(t).replace(/\n/g, "\u21b5").replace(/ /g, "\u00b7"); }
+  function show(t) { return String(t).replace(/\n/g, "\u21b5").replace(/ /g, "\u00b7"); }  // token lists: visible spaces
+  function showTok(t) { return String(t).replace(/\n/g, "\u21b5\n"); }  // running text: spaces as spaces
   function param(name) {
     var m = new RegExp("[?&]" + name + "=([^&#]*)").exec(window.location.search);
     return m ? decodeURIComponent(m[1]) : null;
@@ -126,7 +127,7 @@ var BROWSE = (function () {
     acts.forEach(function (a, n) {
       var t = toks[start + n];
       if (t === undefined) return;
-      var s = el("span", {cls: "tok" + (a > 0 ? " hl" : "") + (/^<.*>$/.test(t) ? " special" : ""), title: fmt(a, 3), text: show(t)});
+      var s = el("span", {cls: "tok" + (a > 0 ? " hl" : "") + (/^<.*>$/.test(t) ? " special" : ""), title: fmt(a, 3), text: showTok(t)});
       if (a > 0) s.style.background = "rgba(255,120,0," + Math.min(1, 0.12 + 0.88 * a / (scale || 1)).toFixed(3) + ")";
       div.appendChild(s);
     });
