@@ -22,7 +22,7 @@ import json
 import time
 from pathlib import Path
 
-from ._core import RunFolder, StageError
+from ._core import RunFolder, StageError, resid_hook
 
 BATCH = 128
 """Latents per features/activations batch file."""
@@ -76,7 +76,7 @@ def export(run: str | Path, out: str | Path | None = None, set_name: str = "stit
             layer = int(meta["layers"][side])
             source_id = f"{layer}-{set_name}{suffix}"
             folder = out / model / source_id
-            hook = f"blocks.{layer}.hook_resid_pre"
+            hook = resid_hook(layer)
             _jsonl(folder / "release.jsonl", {
                 "name": set_name, "description": f"stitchplug SAEs of {meta['run']}", "creatorName": creator,
                 "creatorId": creator_id, "visibility": "PUBLIC", "isNewUi": False, "featured": False,

@@ -83,10 +83,10 @@ def top_tokens(ctxs: list[dict], tokens: list[list[str]], n: int = 4) -> list[st
 
 
 def build(a: TopK, b: TopK, first, length, docs_tokens: dict, lengths: dict, logits: dict, vocab: dict,
-          neigh: dict, eval_freq: dict, analysis: dict) -> tuple[list[dict], list[dict]]:
-    """``(records, index rows)`` for every latent."""
+          neigh: dict, eval_freq: dict, analysis: dict, latents: range | None = None) -> tuple[list[dict], list[dict]]:
+    """``(records, index rows)`` of ``latents`` (default: all)."""
     records, rows = [], []
-    for j in range(a.m):
+    for j in (latents if latents is not None else range(a.m)):
         ra = side_record(a, j, lengths["a"], logits["a"], vocab["a"])
         rb = side_record(b, j, lengths["b"], logits["b"], vocab["b"])
         rb["on_a"] = on_a_contexts(b, a, j, first, length)

@@ -100,7 +100,7 @@ def _tables(inp, A, B, sa, sb, path: Path, key: dict, log) -> dict:
 
 def _write(inp, out: Path, texts, wins, a, b, first, length, tabs, settings, log) -> dict:
     from .records import build
-    from .site import write_site
+    from .site import SHARD, write_shard, write_site
     from .stream import HIST_EDGES
     from .tables import analysis_columns, token_strings, vocab_strings
     from .vectors import vectors
@@ -116,8 +116,15 @@ def _write(inp, out: Path, texts, wins, a, b, first, length, tabs, settings, log
     metrics = inp.rf.metrics()
     eval_freq = {s: inp.eval_frequency(s) for s in ("a", "b")}
     m = a.m
-    records, rows = build(a, b, first, length, toks, lengths, {s: tabs[s]["logits"] for s in ("a", "b")}, vocab,
-                          {s: tabs[s]["neighbours"] for s in ("a", "b")}, eval_freq, analysis_columns(metrics, m))
+    analysis = analysis_columns(metrics, m)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, shards = [], set()
+    for start in range(0, m, SHARD):
+        recs, part = build(a, b, first, length, toks, lengths, {s: tabs[s]["logits"] for s in ("a", "b")}, vocab,
+                           {s: tabs[s]["neighbours"] for s in ("a", "b")}, eval_freq, analysis,
+                           latents=range(start, min(start + SHARD, m)))
+        shards.add(write_shard(out, start, recs))
+        rows += part
     fa = (metrics.get("feature_analysis") or {}).get("transferability") or {}
     meta = {"run": str(inp.rf.root), "models": inp.model_names, "layers": inp.layers, "n_latents": m,
             "n_docs": len(wins), "n_tokens": {"a": a.n_tokens, "b": b.n_tokens}, "settings": settings,
@@ -127,6 +134,6 @@ def _write(inp, out: Path, texts, wins, a, b, first, length, tabs, settings, log
             "transferability": {k: fa.get(k) for k in ("n_usable", "usable_share", "n_live", "n_dead")} if fa else None,
             "analysis_parts": sorted((metrics.get("feature_analysis") or {}).keys())}
     vec = vectors(inp, A, B, log)
-    write_site(out, meta, rows, records, {"a": toks["a"], "b": toks["b"]}, vec)
+    write_site(out, meta, rows, shards, {"a": toks["a"], "b": toks["b"]}, vec)
     return {"out": str(out), "n_latents": m, "n_live": sum(r["live"] for r in rows), "index": str(out / "index.html")}
 

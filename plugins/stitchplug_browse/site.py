@@ -11,7 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
-from ._core import write_json_atomic, write_text_atomic
+from ._core import write_text_atomic
 
 SHARD = 64
 """Latent records per data file (``data/latents/NNNN.json`` holds latents ``NNNN*64 ..``)."""
@@ -25,21 +25,24 @@ def shard_name(i: int) -> str:
 
 def _put(out: Path, name: str, obj) -> None:
     """``data/<name>.json`` and ``site-data/<name>.js`` with the same content."""
-    write_json_atomic(out / "data" / f"{name}.json", obj)
     text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    write_text_atomic(out / "data" / f"{name}.json", text + "\n")
     write_text_atomic(out / "site-data" / f"{name}.js", f"BROWSE.put({json.dumps(name)}, {text});\n")
 
 
-def write_site(out: Path, meta: dict, rows: list[dict], records: list[dict], docs: dict, vectors: dict) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    names = set()
-    for start in range(0, len(records), SHARD):
-        name = f"latents/{shard_name(start)}"
-        names.add(name)
-        _put(out, name, {"first": start, "latents": records[start:start + SHARD]})
-    for folder, ext in (("data", ".json"), ("site-data", ".js")):  # shards of a wider SAE browsed before
+def write_shard(out: Path, first: int, records: list[dict]) -> str:
+    """One data file of ``SHARD`` latent records (written while the next ones are built: memory stays
+    bounded by one shard); returns its name."""
+    name = f"latents/{shard_name(first)}"
+    _put(out, name, {"first": first, "latents": records})
+    return name
+
+
+def write_site(out: Path, meta: dict, rows: list[dict], shards: set[str], docs: dict, vectors: dict) -> None:
+    """The rest of the data (after every shard) and the pages; removes shards of an earlier, wider SAE."""
+    for folder, ext in (("data", ".json"), ("site-data", ".js")):
         for old in (out / folder / "latents").glob(f"*{ext}"):
-            if f"latents/{old.stem}" not in names:
+            if f"latents/{old.stem}" not in shards:
                 old.unlink()
     _put(out, "docs", docs)
     _put(out, "vectors", vectors)

@@ -169,7 +169,7 @@ def run_pass(side: str, adapter: Any, sae: Any, layer: int, wins: list, state_pa
             saved = torch.load(state_path, weights_only=False)
         except Exception:  # an unreadable checkpoint cannot be trusted: start the pass over
             saved = None
-        if saved and saved.get("settings") == settings:
+        if saved and _same(saved.get("settings") or {}, settings):
             st = TopK.from_state(saved["state"])
             if saved.get("done"):
                 log(f"pass {side.upper()}: finished earlier ({st.next_doc} documents); reused")
@@ -211,6 +211,11 @@ def run_pass(side: str, adapter: Any, sae: Any, layer: int, wins: list, state_pa
         bar.close()
     save_atomic({"settings": settings, "state": st.state(), "done": True}, state_path)
     return st
+
+
+def _same(a: dict, b: dict) -> bool:
+    """Checkpoint settings match (how often checkpoints are written does not change the result)."""
+    return {k: v for k, v in a.items() if k != "checkpoint"} == {k: v for k, v in b.items() if k != "checkpoint"}
 
 
 def _cross_doc(st: TopK, cross: tuple, d: int, f: torch.Tensor) -> None:

@@ -120,8 +120,8 @@ var BROWSE = (function () {
   }
 
   // ---------------------------------------------------------------- latent
-  function tokens(toks, acts, start, scale, cls) {
-    var div = el("div", {cls: "ctx " + cls});
+  function tokens(toks, acts, start, scale, cls, doc) {
+    var div = el("div", {cls: "ctx " + cls, "data-doc": doc, "data-start": start});
     var m = Math.max.apply(null, acts.concat([0]));
     div.appendChild(el("span", {cls: "val", text: fmt(m, 2)}));
     acts.forEach(function (a, n) {
@@ -181,7 +181,7 @@ var BROWSE = (function () {
     col.appendChild(logitTable(s));
     col.appendChild(el("h3", {text: "Top-activating contexts on " + (side === "a" ? "A" : "B") + " (" + s.top.length + ")"}));
     var box = el("div", {cls: "contexts ctx-" + side});
-    s.top.forEach(function (c) { box.appendChild(tokens(docs[side][c.doc], c.acts, c.start, s.max, "ctx-" + side)); });
+    s.top.forEach(function (c) { box.appendChild(tokens(docs[side][c.doc], c.acts, c.start, s.max, "ctx-" + side, c.doc)); });
     if (!s.top.length) box.appendChild(el("p", {text: "never fires on the browsed documents"}));
     col.appendChild(box);
     col.appendChild(el("h3", {text: "Neighbours by decoder cosine"}));
@@ -217,8 +217,8 @@ var BROWSE = (function () {
         var scaleB = Math.max(rec.b.max || 0, 1e-9);
         rec.a.top.forEach(function (c, n) {
           var o = rec.b.on_a[n];
-          t.appendChild(el("tr", {}, [el("td", {}, [tokens(docs.a[c.doc], c.acts, c.start, rec.a.max, "ctx-a")]),
-            el("td", {}, [o ? tokens(docs.b[o.doc], o.acts, o.start, scaleB, "ctx-b") : el("span", {text: "no B tokens"})])]));
+          t.appendChild(el("tr", {}, [el("td", {}, [tokens(docs.a[c.doc], c.acts, c.start, rec.a.max, "ctx-a", c.doc)]),
+            el("td", {}, [o ? tokens(docs.b[o.doc], o.acts, o.start, scaleB, "ctx-b", o.doc) : el("span", {text: "no B tokens"})])]));
         });
         body.appendChild(t);
         document.body.setAttribute("data-ready", "latent");
