@@ -32,7 +32,7 @@ def _cells(drv, col: int) -> list[str]:
 
 
 def test_index_sorts_filters_and_a_latent_page_shows_both_models(drv, browsed_run, tmp_path):
-    from stitchplug_browse.shot import wait_ready
+    from stitchplug_browse.shot import full_page, wait_ready
 
     site = (browsed_run / "browse").resolve()
     rows = json.loads((site / "data" / "index.json").read_text())["rows"]
@@ -91,8 +91,7 @@ def test_index_sorts_filters_and_a_latent_page_shows_both_models(drv, browsed_ru
     neighbours = drv.find_elements("css selector", "a.neighbour")
     assert neighbours
     out = Path(os.environ.get("BROWSE_SCREENSHOT") or tmp_path / "browse.png")
-    drv.set_window_size(1500, min(int(drv.execute_script("return document.body.scrollHeight")) + 40, 2600))
-    drv.save_screenshot(str(out))
+    full_page(drv, out, max_height=2600)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
     neighbours[0].click()
     wait_ready(drv, "latent")

@@ -132,7 +132,8 @@ def _write(inp, out: Path, texts, wins, a, b, first, length, tabs, settings, log
             "freq_source": {s: ("cache eval split, n=%d tokens" % eval_freq[s]["n_tokens"]) if eval_freq[s] else None
                             for s in ("a", "b")},
             "transferability": {k: fa.get(k) for k in ("n_usable", "usable_share", "n_live", "n_dead")} if fa else None,
-            "analysis_parts": sorted((metrics.get("feature_analysis") or {}).keys())}
+            "analysis_parts": [p for p in ("transferability", "semantic", "entropy", "attention")
+                               if p in (metrics.get("feature_analysis") or {})]}
     vec = vectors(inp, A, B, log)
     write_site(out, meta, rows, shards, {"a": toks["a"], "b": toks["b"]}, vec)
     return {"out": str(out), "n_latents": m, "n_live": sum(r["live"] for r in rows), "index": str(out / "index.html")}

@@ -47,6 +47,24 @@ def wait_ready(drv, what: str, timeout: float = 30.0) -> None:
     WebDriverWait(drv, timeout).until(lambda d: d.find_element("tag name", "body").get_attribute("data-ready") == what)
 
 
+def full_page(drv, out: str | Path, width: int = 1500, max_height: int = 4000) -> Path:
+    """PNG of the whole page (Chromium's DevTools protocol: the layout's full height, at most ``max_height``)."""
+    import base64
+
+    metrics = drv.execute_cdp_cmd("Page.getLayoutMetrics", {})
+    height = min(int((metrics.get("cssContentSize") or metrics["contentSize"])["height"]) + 8, max_height)
+    drv.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                        {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+    try:
+        shot = drv.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})
+    finally:
+        drv.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(base64.b64decode(shot["data"]))
+    return out
+
+
 def screenshot(site: str | Path, out: str | Path, latent: int | None = None, width: int = 1500,
                height: int = 1100) -> Path:
     site = Path(site).resolve()
@@ -55,14 +73,9 @@ def screenshot(site: str | Path, out: str | Path, latent: int | None = None, wid
     try:
         drv.get(site.as_uri() + "/" + page)
         wait_ready(drv, "latent" if latent is not None else "index")
-        full = drv.execute_script("return document.body.scrollHeight")
-        drv.set_window_size(width, min(int(full) + 40, 4000))
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        drv.save_screenshot(str(out))
+        return full_page(drv, out, width)
     finally:
         drv.quit()
-    return out
 
 
 def main(argv=None) -> None:

@@ -79,7 +79,8 @@ def analysis_columns(metrics: dict, m: int) -> dict[str, list]:
     """Per-latent columns from ``metrics.json``'s ``feature_analysis`` (None where not computed):
     ``r`` and ``r_random`` (Eq. 10), ``class`` (semantic / structural / rare), ``entropy`` (listed as an
     entropy feature: "A", "B" or "AB" = top by null-space share on that side), ``attention``
-    (attention-deactivation candidate: "kept" / "lost" on B, "A" = ranked on A only)."""
+    (attention-deactivation candidate: "kept" / "lost" on B, "A" = ranked on A only); "" where the
+    part ran and did not list the latent."""
     fa = metrics.get("feature_analysis") or {}
     cols: dict[str, list] = {k: [None] * m for k in ("r", "r_random", "class", "entropy", "attention")}
     t = fa.get("transferability") or {}
@@ -90,6 +91,9 @@ def analysis_columns(metrics: dict, m: int) -> dict[str, list]:
     classes = (fa.get("semantic") or {}).get("classes")
     if classes and len(classes) == m:
         cols["class"] = list(classes)
+    for part in ("entropy", "attention"):  # computed, latent not listed: "" (None: the part did not run)
+        if fa.get(part):
+            cols[part] = [""] * m
     for row in (fa.get("entropy") or {}).get("features", []):
         if 0 <= int(row["latent"]) < m:
             cols["entropy"][int(row["latent"])] = row.get("top_on") or "listed"

@@ -36,7 +36,7 @@ var BROWSE = (function () {
   }
   function fmt(v, digits) {
     if (v === null || v === undefined) return "";
-    if (typeof v !== "number") return Array.isArray(v) ? v.map(show).join(" \u00b7 ") : String(v);
+    if (typeof v !== "number") return Array.isArray(v) ? v.map(show).join(" | ") : String(v);
     if (v !== 0 && Math.abs(v) < 0.001) return v.toExponential(1);
     return v.toFixed(digits === undefined ? 3 : digits);
   }
@@ -207,7 +207,7 @@ var BROWSE = (function () {
         var nums = el("table", {cls: "nums"});
         [["transferability r (Eq. 10)", rec.r], ["random SAE's r", rec.r_random], ["class", rec["class"]],
          ["entropy feature", rec.entropy], ["attention deactivation", rec.attention]].forEach(function (p) {
-          nums.appendChild(el("tr", {}, [el("td", {text: p[0]}), el("td", {text: p[1] === null || p[1] === undefined ? "not computed" : fmt(p[1])})]));
+          nums.appendChild(el("tr", {}, [el("td", {text: p[0]}), el("td", {text: p[1] === null || p[1] === undefined ? "not computed" : p[1] === "" ? "no" : fmt(p[1])})]));
         });
         body.appendChild(nums);
         body.appendChild(el("div", {cls: "cols"}, [sideColumn(rec, "a", meta, docs, row), sideColumn(rec, "b", meta, docs, row)]));
