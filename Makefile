@@ -5,9 +5,20 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.stitchplug-installed
 PIP := $(BIN)/python -m pip install --disable-pip-version-check -q
 
-.PHONY: setup demo test test-fast bench clean-venv
+.PHONY: setup browser demo test test-fast bench clean-venv
 
-setup: $(STAMP)
+setup: $(STAMP) browser
+
+# The browser test (tests/test_browse_site.py) drives Debian's headless Chromium through its chromedriver.
+# Installed here when missing (as root, non-interactive); without root it says what to install.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing chromium and chromium-driver (apt-get)"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver; \
+	else echo "warning: chromium/chromedriver missing and not root: install Debian's chromium and chromium-driver" \
+	  "for the browser test (it fails under CI=true without them)"; fi
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

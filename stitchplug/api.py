@@ -47,6 +47,8 @@ _EXPORTS = {
     "windows_for_texts": "stitchplug.stitch.stitched_ce",
     "align_by_end_offsets": "stitchplug.cache.align",
     "align_identity": "stitchplug.cache.align",
+    "heldout_texts": "stitchplug.stitch.api",
+    "folded_unembed": "stitchplug.unembed",
     "Stitch": "stitchplug.stitch.model",
     "eq3_total": "stitchplug.stitch.model",
     "stitch_step_flops": "stitchplug.stitch.fit",
