@@ -127,3 +127,39 @@ def test_own_source_sae_when_not_reusing(probe_run, tmp_path):
     assert r["saes"]["source"] == "artifacts/probe/sae_source" and "warning" not in r["saes"]
     native = json.loads((copy / "artifacts/probe/native_sae/cfg.json").read_text())
     assert native["d_sae"] == 32  # the native SAE on B gets the source SAE's budget
+
+
+def test_sparse_arms_agree_with_the_plain_reference(probe_run):
+    """Issue 25: every sparse arm of the run (selection, fit, score; SAEs read from the folder) within
+    0.01 of the independent reference of tests/probe_reference.py, per task and k."""
+    from probe_reference import reference_on_folder
+
+    out, _, _ = probe_run
+    res = json.loads((out / "artifacts/probe/results/results.json").read_text())
+    assert res["settings"]["selection"] == "abs"
+    ref = reference_on_folder(out)
+    checked = 0
+    for task, arms in ref.items():
+        for arm, by_k in arms.items():
+            for k, acc in by_k.items():
+                got = res["tasks"][task]["sparse"][arm][k]["accuracy"]
+                assert abs(got - acc) <= 0.01, (task, arm, k, got, acc)
+                checked += 1
+    assert checked == 2 * 8 * 3  # two tasks, eight sparse arms (the controls included), k = 1, 5, 20
+
+
+def test_recovery_coverage_and_failures_recorded(probe_run):
+    out, _, _ = probe_run
+    res = json.loads((out / "artifacts/probe/results/results.json").read_text())
+    for r in res["tasks"].values():
+        cov = r["coverage"]
+        assert 0 <= cov["stitch_down"]["fvu"] and cov["stitch_down"]["n_tokens"] > 0
+        assert set(cov["sae"]) == {"source", "transferred", "native"}
+        dense_b = r["dense"]["dense_B"]["accuracy"]
+        rec = r["recovery"]["native_B"]["5"]
+        if dense_b - 0.5 > 0.02:
+            assert abs(rec - (r["sparse"]["native_B"]["5"]["accuracy"] - 0.5) / (dense_b - 0.5)) < 1e-12
+    agg = res["aggregate"]
+    assert "transfer_retrain" in agg["recovery"] and isinstance(agg["failures"], list)
+    for f in agg["failures"]:
+        assert f["reason"] in ("stitch", "sae", "stitch+sae", "selection")

@@ -1,4 +1,5 @@
-"""The four SAEs the probe arms read: source (A), transferred (B), random (B) and native (B).
+"""The SAEs the probe arms read: source (A), transferred (B), random (B), native (B) and the two
+controls of :mod:`~stitchplug_probe.controls` (``random_unit`` and ``shuffled``, on B).
 
 An SAE run in the same folder (``stitchplug run --artifact sae``, e.g. ``make demo``) is reused
 (unless ``reuse_sae_run`` is off):
@@ -106,4 +107,23 @@ def resolve(ctx_a, ctx_b, stitch, cfg, log: Callable[[str], None] = print) -> tu
             origin["warning"] = (f"the source SAE was trained by {trainers['source'] or 'an older trainer'}, the native "
                                  f"SAE by {trainers['native']}: the native arm is not at equal footing")
             log(f"  warning: {origin['warning']}")
+    if getattr(cfg, "control_arms", False):
+        add_controls(saes, origin, seed=ctx_a.seed)
     return saes, origin
+
+
+def add_controls(saes: dict, origin: dict, seed: int = 0) -> None:
+    """Add ``random_unit`` (width and k of the native SAE, else the transferred one; reading ``x``
+    minus the random SAE's ``b_dec``, the mean of B's training activations) and ``shuffled`` (the
+    native SAE's latents shuffled; only with a TopK native SAE)."""
+    from .controls import random_unit_sae, shuffled_sae
+
+    like = saes.get("native") or saes["transferred"]
+    mean = saes["random"].b_dec if saes.get("random") is not None else like.b_dec
+    saes["random_unit"] = random_unit_sae(int(like.cfg.d_in), int(like.cfg.d_sae), int(getattr(like.cfg, "k", 32)),
+                                          mean, seed=seed, like=like)
+    origin["random_unit"] = f"random unit encoder rows (seed {seed}), width/k of the {'native' if saes.get('native') else 'transferred'} SAE"
+    nat = saes.get("native")
+    if nat is not None and nat.cfg.architecture() == "topk":
+        saes["shuffled"] = shuffled_sae(nat, seed=seed)
+        origin["shuffled"] = f"native SAE, each latent's weights permuted across input dims (seed {seed})"
