@@ -32,14 +32,17 @@ def token_ids(adapter_a, adapter_b, text, context_size):
 
 
 @torch.no_grad()
-def pooled_codes(adapter, layer, sae, ids_list):
+def pooled_codes(adapter, layer, sae, ids_list, down=None):
     """``[n_texts, d_sae]``: the SAE's codes, mean over each text's non-special tokens (``sae=None``:
-    the residual itself)."""
+    the residual itself). ``down=(P, b)``: the SAE reads ``x @ P + b`` (the source SAE on
+    ``T_down(h_B)``, which is Eq. 6's transferred SAE by definition)."""
     rows = []
     for ids in ids_list:
         resid = adapter.capture(ids[None], [layer])[layer][0].float().cpu()
         keep = [int(t) not in adapter.special_ids for t in ids.tolist()]
         x = resid[torch.tensor(keep)]
+        if down is not None:
+            x = (x.double() @ down[0].double() + down[1].double()).float()
         f = x if sae is None else sae.encode(x.to(sae.dtype)).float()
         rows.append(f.double().mean(0).numpy())
     return np.stack(rows)
@@ -86,8 +89,9 @@ def split(y, test_fraction, seed):
 
 def reference_on_folder(folder, tasks=None, ks=None):
     """Recompute every sparse arm of a finished probe run with this reference: the folder's models,
-    stitch, SAEs (source, transferred and random of the SAE run, the probe's native SAE, the controls
-    rebuilt from their seed), the run's settings (tasks, examples, context, split, selection rule).
+    stitch, SAEs (source and random of the SAE run, the probe's native SAE, the controls rebuilt from
+    their seed; the transferred codes are the source SAE on ``T_down(h_B)``, never the saved transferred
+    SAE, so a transferred SAE that is not Eq. 6 of this source shows up), the run's settings (tasks, examples, context, split, selection rule).
     Returns ``{task: {arm: {k: accuracy}}}`` (k as strings, like results.json)."""
     import json
     from pathlib import Path
@@ -106,9 +110,9 @@ def reference_on_folder(folder, tasks=None, ks=None):
     la, lb = int(st.meta["source_layer"]), int(st.meta["target_layer"])
     a, b = load_model(cfg["models"]["source"]), load_model(cfg["models"]["target"])
     sae = {role: SAE.load_from_disk(folder / p, device="cpu") for role, p in res["saes"].items()
-           if role in ("source", "transferred", "random", "native") and (folder / p / "cfg.json").is_file()}
+           if role in ("source", "random", "native") and (folder / p / "cfg.json").is_file()}
     if "random_unit" in res["saes"]:
-        like = sae.get("native") or sae["transferred"]
+        like = sae["native"] if "native" in sae else SAE.load_from_disk(folder / res["saes"]["transferred"])
         mean = sae["random"].b_dec if "random" in sae else like.b_dec
         sae["random_unit"] = random_unit_sae(like.cfg.d_in, like.cfg.d_sae, like.cfg.k, mean, s["seed"], like)
     if "shuffled" in res["saes"]:
@@ -119,6 +123,7 @@ def reference_on_folder(folder, tasks=None, ks=None):
         ids = [token_ids(a, b, t, s["context_size"]) for t in task.texts]
         ca = pooled_codes(a, la, sae["source"], [i[0] for i in ids])
         cb = {r: pooled_codes(b, lb, sae[r], [i[1] for i in ids]) for r in sae if r != "source"}
+        cb["transferred"] = pooled_codes(b, lb, sae["source"], [i[1] for i in ids], down=(st.P_down, st.b_down))
         tr, te = split(task.labels, s["test_fraction"], s["seed"])
         out[task.name] = {}
         for k in ks or s["ks"]:
