@@ -163,3 +163,38 @@ def test_recovery_coverage_and_failures_recorded(probe_run):
     assert "transfer_retrain" in agg["recovery"] and isinstance(agg["failures"], list)
     for f in agg["failures"]:
         assert f["reason"] in ("stitch", "sae", "stitch+sae", "selection")
+
+
+def test_stale_transferred_sae_is_replaced_by_eq6(probe_run, tmp_path):
+    """A transferred SAE in the folder whose latents are not Eq. 6 of the source (here: permuted)
+    would make A's latent indices read other latents on B; the probe recomputes it and says so."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    out, probe_cfg, _ = probe_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("probe*"))
+    for marker in (copy / "stages").glob("probe.*"):
+        marker.unlink()
+    weights = copy / "artifacts/sae/transferred/sae_weights.safetensors"
+    w = load_file(weights)
+    perm = torch.randperm(w["W_enc"].shape[1], generator=torch.Generator().manual_seed(0))
+    w["W_enc"], w["b_enc"], w["W_dec"] = w["W_enc"][:, perm].contiguous(), w["b_enc"][perm].contiguous(), w["W_dec"][perm].contiguous()
+    save_file(w, weights)
+    cfg = yaml.safe_load(probe_cfg.read_text())
+    cfg["output_dir"] = str(copy)
+    cfg["probe"]["tasks"] = cfg["probe"]["tasks"][:1]
+    path = tmp_path / "stale.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = stitchplug("run", "--config", str(path), "--no-progress")
+    assert res.returncode == 0, res.stderr[-2000:]
+    r = json.loads((copy / "artifacts/probe/results/results.json").read_text())
+    assert r["saes"]["transferred"] == "Eq. 6 now" and "not Eq. 6" in r["saes"]["transferred_stale"]
+    first = json.loads((out / "artifacts/probe/results/results.json").read_text())
+    task = next(iter(r["tasks"]))
+    for arm in ("transfer_noretrain", "transfer_retrain"):  # as with the consistent transferred SAE
+        for k in ("1", "5", "20"):
+            assert abs(r["tasks"][task]["sparse"][arm][k]["accuracy"]
+                       - first["tasks"][task]["sparse"][arm][k]["accuracy"]) <= 1 / r["tasks"][task]["n_test"]
