@@ -70,6 +70,10 @@ def summarise(out: Path, total: float | None) -> dict:
         "probe_fit_share_of_probe_stage": round(t["probe_seconds"] / max(probe_s, 1e-9), 3),
         "probe_share_of_run": round(probe_s / max(all_s, 1e-9), 3),
         "stage_s": {k: round(v, 1) for k, v in stages.items()},
+        "tasks": len(res["tasks"]), "selection": res.get("settings", {}).get("selection"),
+        "k5_mean": {arm: round(by_k["5"]["mean"], 3) for arm, by_k in res["aggregate"]["sparse"].items() if "5" in by_k},
+        "k5_recovery_median": {arm: round(r["median"], 2) for arm, r in res["aggregate"].get("recovery", {}).items()},
+        "failures": len(res["aggregate"].get("failures", [])),
     }
 
 

@@ -123,8 +123,9 @@ def test_fit_matches_numpy_reference():
     y = (X[:, 3] / 50 - X[:, 7] / 20 + rng.normal(size=300) > 0).astype(int)
     # top-k by mean difference: the reference is a plain loop
     diffs = [X[y == 1, j].mean() - X[y == 0, j].mean() for j in range(40)]
-    ref_idx = sorted(range(40), key=lambda j: -diffs[j])[:5]
+    ref_idx = sorted(range(40), key=lambda j: -abs(diffs[j]))[:5]  # absolute difference (SAEBench)
     sel = probes.top_k(X, y, 5)
+    assert probes.top_k(X, y, 5, "signed").tolist() == sorted(range(40), key=lambda j: -diffs[j])[:5]
     assert sel.tolist() == ref_idx
     p = probes.fit(X, y, sel)
     w, b = _reference_logreg(X[:, sel], y)

@@ -127,3 +127,74 @@ def test_own_source_sae_when_not_reusing(probe_run, tmp_path):
     assert r["saes"]["source"] == "artifacts/probe/sae_source" and "warning" not in r["saes"]
     native = json.loads((copy / "artifacts/probe/native_sae/cfg.json").read_text())
     assert native["d_sae"] == 32  # the native SAE on B gets the source SAE's budget
+
+
+def test_sparse_arms_agree_with_the_plain_reference(probe_run):
+    """Issue 25: every sparse arm of the run (selection, fit, score; SAEs read from the folder) within
+    0.01 of the independent reference of tests/probe_reference.py, per task and k."""
+    from probe_reference import reference_on_folder
+
+    out, _, _ = probe_run
+    res = json.loads((out / "artifacts/probe/results/results.json").read_text())
+    assert res["settings"]["selection"] == "abs"
+    ref = reference_on_folder(out)
+    checked = 0
+    for task, arms in ref.items():
+        for arm, by_k in arms.items():
+            for k, acc in by_k.items():
+                got = res["tasks"][task]["sparse"][arm][k]["accuracy"]
+                assert abs(got - acc) <= 0.01, (task, arm, k, got, acc)
+                checked += 1
+    assert checked == 2 * 8 * 3  # two tasks, eight sparse arms (the controls included), k = 1, 5, 20
+
+
+def test_recovery_coverage_and_failures_recorded(probe_run):
+    out, _, _ = probe_run
+    res = json.loads((out / "artifacts/probe/results/results.json").read_text())
+    for r in res["tasks"].values():
+        cov = r["coverage"]
+        assert 0 <= cov["stitch_down"]["fvu"] and cov["stitch_down"]["n_tokens"] > 0
+        assert set(cov["sae"]) == {"source", "transferred", "native"}
+        dense_b = r["dense"]["dense_B"]["accuracy"]
+        rec = r["recovery"]["native_B"]["5"]
+        if dense_b - 0.5 > 0.02:
+            assert abs(rec - (r["sparse"]["native_B"]["5"]["accuracy"] - 0.5) / (dense_b - 0.5)) < 1e-12
+    agg = res["aggregate"]
+    assert "transfer_retrain" in agg["recovery"] and isinstance(agg["failures"], list)
+    for f in agg["failures"]:
+        assert f["reason"] in ("stitch", "sae", "stitch+sae", "selection")
+
+
+def test_stale_transferred_sae_is_replaced_by_eq6(probe_run, tmp_path):
+    """A transferred SAE in the folder whose latents are not Eq. 6 of the source (here: permuted)
+    would make A's latent indices read other latents on B; the probe recomputes it and says so."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    out, probe_cfg, _ = probe_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("probe*"))
+    for marker in (copy / "stages").glob("probe.*"):
+        marker.unlink()
+    weights = copy / "artifacts/sae/transferred/sae_weights.safetensors"
+    w = load_file(weights)
+    perm = torch.randperm(w["W_enc"].shape[1], generator=torch.Generator().manual_seed(0))
+    w["W_enc"], w["b_enc"], w["W_dec"] = w["W_enc"][:, perm].contiguous(), w["b_enc"][perm].contiguous(), w["W_dec"][perm].contiguous()
+    save_file(w, weights)
+    cfg = yaml.safe_load(probe_cfg.read_text())
+    cfg["output_dir"] = str(copy)
+    cfg["probe"]["tasks"] = cfg["probe"]["tasks"][:1]
+    path = tmp_path / "stale.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = stitchplug("run", "--config", str(path), "--no-progress")
+    assert res.returncode == 0, res.stderr[-2000:]
+    r = json.loads((copy / "artifacts/probe/results/results.json").read_text())
+    assert r["saes"]["transferred"] == "Eq. 6 now" and "not Eq. 6" in r["saes"]["transferred_stale"]
+    first = json.loads((out / "artifacts/probe/results/results.json").read_text())
+    task = next(iter(r["tasks"]))
+    for arm in ("transfer_noretrain", "transfer_retrain"):  # as with the consistent transferred SAE
+        for k in ("1", "5", "20"):
+            assert abs(r["tasks"][task]["sparse"][arm][k]["accuracy"]
+                       - first["tasks"][task]["sparse"][arm][k]["accuracy"]) <= 1 / r["tasks"][task]["n_test"]

@@ -3,7 +3,11 @@
 Sparse arms (per k): ``source_A`` (source SAE on A), ``transfer_noretrain`` (A's probe, its k indices
 and weights, on the transferred SAE's latents on B), ``transfer_retrain`` (the same k indices refit on
 B), ``transfer_reselect`` (top-k re-selected and fit on B's transferred latents), ``native_B`` (a
-native SAE trained on B), ``random_B`` (a random SAE of the same shape on B).
+native SAE trained on B), ``random_B`` (a random SAE of the same shape on B), and the controls of
+:mod:`~stitchplug_probe.controls`: ``random_unit_B`` (random unit encoder rows) and ``shuffled_B`` (the
+native SAE with each latent's weights permuted across input dimensions).
+Latents are ranked by the absolute class-mean difference (``selection="abs"``, SAEBench) or the signed
+one (``"signed"``).
 Dense arms: ``dense_A``, ``dense_B``, ``dense_Tdown_noretrain`` (A's dense probe on ``T_down(h_B)``,
 i.e. pushed through the stitch) and ``dense_Tdown_retrain`` (refit on ``T_down(h_B)``).
 A and B see the same examples; train/test is one stratified split from the seed.
@@ -18,7 +22,9 @@ from stitchplug.api import StageError
 from . import probes
 from .stats import summarise
 
-SPARSE_ARMS = ("source_A", "transfer_noretrain", "transfer_retrain", "transfer_reselect", "native_B", "random_B")
+SPARSE_ARMS = ("source_A", "transfer_noretrain", "transfer_retrain", "transfer_reselect", "native_B", "random_B",
+               "random_unit_B", "shuffled_B")
+B_CONTROLS = (("native_B", "native"), ("random_B", "random"), ("random_unit_B", "random_unit"), ("shuffled_B", "shuffled"))
 DENSE_ARMS = ("dense_A", "dense_B", "dense_Tdown_noretrain", "dense_Tdown_retrain")
 KS = (1, 2, 5, 10, 20, 50)
 
@@ -38,11 +44,11 @@ def _record(y_te: np.ndarray, score: np.ndarray) -> dict:
 
 
 def run_task(feats: dict[str, dict[str, np.ndarray]], y: np.ndarray, *, P_down: np.ndarray, b_down: np.ndarray,
-             ks=KS, test_fraction: float = 0.3, seed: int = 0, C: float = 1.0) -> dict:
+             ks=KS, test_fraction: float = 0.3, seed: int = 0, C: float = 1.0, selection: str = "abs") -> dict:
     """Fit and evaluate every arm whose features are present.
 
     ``feats["A"]`` holds ``dense`` and ``source``; ``feats["B"]`` holds ``dense``, ``transferred`` and
-    optionally ``native`` and ``random``. Returns ``{"sparse": {arm: {k: rec}}, "dense": {arm: rec},
+    optionally ``native``, ``random``, ``random_unit`` and ``shuffled``. Returns ``{"sparse": {arm: {k: rec}}, "dense": {arm: rec},
     "probes_A": {...}}`` where ``rec`` has accuracy, Wilson ci, auc, n_test and the per-example
     ``correct`` vector (int8).
     """
@@ -57,18 +63,18 @@ def run_task(feats: dict[str, dict[str, np.ndarray]], y: np.ndarray, *, P_down: 
     for k in ks:
         if k > width:
             continue
-        sel = probes.top_k(A["source"][tr], y[tr], k)
+        sel = probes.top_k(A["source"][tr], y[tr], k, selection)
         pA = probes.fit(A["source"][tr], y[tr], sel, C)
         saved["sparse"][k] = pA.to_dict()
         sparse["source_A"][k] = _record(y[te], pA.score(A["source"][te]))
         XB = B["transferred"]
         sparse["transfer_noretrain"][k] = _record(y[te], pA.score(XB[te]))
         sparse["transfer_retrain"][k] = _record(y[te], probes.fit(XB[tr], y[tr], sel, C).score(XB[te]))
-        re = probes.top_k(XB[tr], y[tr], k)
+        re = probes.top_k(XB[tr], y[tr], k, selection)
         sparse["transfer_reselect"][k] = _record(y[te], probes.fit(XB[tr], y[tr], re, C).score(XB[te]))
-        for arm, key in (("native_B", "native"), ("random_B", "random")):
+        for arm, key in B_CONTROLS:
             if key in B and k <= B[key].shape[1]:
-                s = probes.top_k(B[key][tr], y[tr], k)
+                s = probes.top_k(B[key][tr], y[tr], k, selection)
                 sparse[arm][k] = _record(y[te], probes.fit(B[key][tr], y[tr], s, C).score(B[key][te]))
     dense: dict[str, dict] = {}
     dA = probes.fit(A["dense"][tr], y[tr], None, C)

@@ -42,9 +42,12 @@ def settings_from(cfg: config.ProbeConfig, ctx: ArtifactContext):
             context_size = int(ctx.folder.config()["cache"]["context_size"])
         except Exception:
             context_size = 128
-    return ProbeSettings(tasks=list(cfg.tasks), max_examples=cfg.max_examples, ks=tuple(cfg.ks), pooling=cfg.pooling,
+    from .tasks import expand_specs
+
+    return ProbeSettings(tasks=expand_specs(list(cfg.tasks)), max_examples=cfg.max_examples, ks=tuple(cfg.ks), pooling=cfg.pooling,
                          context_size=context_size, test_fraction=cfg.test_fraction, C=cfg.C,
-                         batch_size=cfg.batch_size, n_boot=cfg.n_boot, seed=ctx.seed)
+                         batch_size=cfg.batch_size, n_boot=cfg.n_boot, seed=ctx.seed,
+                         selection=cfg.selection, extra={"task_specs": list(cfg.tasks)})
 
 
 class ProbeArtifact(ArtifactKind):

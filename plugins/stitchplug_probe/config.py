@@ -25,11 +25,15 @@ class ProbeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
 
     tasks: list[str] = Field(default_factory=lambda: WIKI_ALL + SAE_PROBES_DEFAULT)
-    """Binary tasks: wiki-topic:<Topic>, sae-probes:<name>, file:PATH."""
+    """Binary tasks: wiki-topic:<Topic>, sae-probes:<name>, sae-probes:draw:N[:SEED] (N binary datasets drawn from the seed), file:PATH."""
     max_examples: int = Field(1000, ge=20)
     """Examples per task (balanced classes, subsampled from the seed)."""
     ks: list[int] = Field(default_factory=lambda: [1, 2, 5, 10, 20, 50])
-    """Numbers of SAE latents in the sparse probes (top-k by mean difference)."""
+    """Numbers of SAE latents in the sparse probes (top-k by class-mean difference)."""
+    selection: Literal["abs", "signed"] = "abs"
+    """Rank latents by the absolute class-mean difference ('abs', SAEBench) or the signed one ('signed')."""
+    control_arms: bool = True
+    """Also score two measured 'random' SAEs on B: random unit encoder directions, and the native SAE with each latent's weights shuffled."""
     pooling: Literal["mean", "last"] = "mean"
     """Pool latents over an example's non-special tokens ('mean', the paper) or take the last token."""
     context_size: int | None = Field(None, ge=2)

@@ -10,6 +10,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from . import coverage
 from .arms import DENSE_ARMS, SPARSE_ARMS, run_task, strip_correct
 from .features import extract, identity, sae_encoder
 from .stats import bootstrap_mean
@@ -30,7 +31,9 @@ class ProbeSettings:
     batch_size: int = 8
     n_boot: int = 2000
     seed: int = 0
+    selection: str = "abs"
     min_per_class: int = 10
+    coverage: bool = True
     extra: dict = field(default_factory=dict)
 
 
@@ -49,7 +52,8 @@ def run_probes(adapter_a, layer_a: int, adapter_b, layer_b: int, stitch: Any, sa
     P_down, b_down = stitch_down(stitch)
     enc_a = {"dense": identity, "source": sae_encoder(saes["source"])}
     enc_b = {"dense": identity}
-    enc_b.update({k: sae_encoder(saes[k]) for k in ("transferred", "native", "random") if saes.get(k) is not None})
+    enc_b.update({k: sae_encoder(saes[k]) for k in ("transferred", "native", "random", "random_unit", "shuffled")
+                  if saes.get(k) is not None})
     per_task, correct, probes_a = {}, {}, {}
     t_feat = t_probe = 0.0
     n_examples = 0
@@ -61,14 +65,24 @@ def run_probes(adapter_a, layer_a: int, adapter_b, layer_b: int, stitch: Any, sa
         with torch.inference_mode():
             feats = extract(adapter_a, layer_a, adapter_b, layer_b, task.texts, encoders_a=enc_a, encoders_b=enc_b,
                             context_size=settings.context_size, pooling=settings.pooling,
-                            batch_size=settings.batch_size, progress=progress, desc=task.name)
+                            batch_size=settings.batch_size, progress=progress, desc=task.name,
+                            keep_tokens=settings.coverage)
+            tokens = feats.pop("tokens", None)
+            cov = None if tokens is None else coverage.task_coverage(
+                tokens, P_down, b_down, {"source": saes["source"]},
+                {k: saes[k] for k in ("transferred", "native") if saes.get(k) is not None})
+            del tokens
         t1 = time.perf_counter()
         res = run_task(feats, task.labels, P_down=P_down, b_down=b_down, ks=settings.ks,
-                       test_fraction=settings.test_fraction, seed=settings.seed, C=settings.C)
+                       test_fraction=settings.test_fraction, seed=settings.seed, C=settings.C,
+                       selection=settings.selection)
         t_probe += time.perf_counter() - t1
         t_feat += t1 - t0
         n_examples += len(task)
         per_task[task.name] = strip_correct(res) | {"source": task.source, "n_examples": len(task)}
+        per_task[task.name]["recovery"] = coverage.recovery(per_task[task.name])
+        if cov is not None:
+            per_task[task.name]["coverage"] = cov
         probes_a[task.name] = res["probes_A"]
         correct[task.name] = res
     agg = aggregate(correct, settings.ks, settings.n_boot, settings.seed)
@@ -77,6 +91,8 @@ def run_probes(adapter_a, layer_a: int, adapter_b, layer_b: int, stitch: Any, sa
         r["vs_native"] = _per_task_vs(correct[name], "transfer_retrain", "native_B", settings)
     timing = {"examples": n_examples, "feature_seconds": round(t_feat, 3), "probe_seconds": round(t_probe, 3),
               "examples_per_second": n_examples / t_feat if t_feat > 0 else None}
+    agg["recovery"] = coverage.recovery_summary(per_task)
+    agg["failures"] = coverage.failures(per_task)
     return {"tasks": per_task, "aggregate": agg, "timing": timing, "probes_A": probes_a}
 
 

@@ -22,8 +22,10 @@ Encoder = Callable[[torch.Tensor], torch.Tensor]
 POOLINGS = ("mean", "last")
 
 
-def paired_ids(adapter_a, adapter_b, text: str, context_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids of ``text`` for A (at most ``context_size``) and for B (the same characters)."""
+def paired_encodings(adapter_a, adapter_b, text: str, context_size: int):
+    """``(Encoded A, Encoded B)`` of ``text``: A cut to ``context_size`` tokens, B to the same characters."""
+    from stitchplug.api import Encoded
+
     ea, eb = adapter_a.encode(text), adapter_b.encode(text)
     n_a = min(len(ea), context_size)
     ends_a = ea.ends[:n_a]
@@ -31,7 +33,14 @@ def paired_ids(adapter_a, adapter_b, text: str, context_size: int) -> tuple[torc
     inside = (eb.ends <= cut) | eb.special
     n_b = int(inside.long().cumprod(0).sum())  # the prefix of B's tokens that ends within A's text
     n_b = min(max(n_b, 1), context_size)
-    return ea.ids[:n_a], eb.ids[:n_b]
+    return (Encoded(ea.ids[:n_a], ea.ends[:n_a], ea.special[:n_a]),
+            Encoded(eb.ids[:n_b], eb.ends[:n_b], eb.special[:n_b]))
+
+
+def paired_ids(adapter_a, adapter_b, text: str, context_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids of ``text`` for A (at most ``context_size``) and for B (the same characters)."""
+    ea, eb = paired_encodings(adapter_a, adapter_b, text, context_size)
+    return ea.ids, eb.ids
 
 
 def capture_many(adapter, layer: int, ids: Sequence[torch.Tensor], batch_size: int = 8,
@@ -98,10 +107,14 @@ def identity(x: torch.Tensor) -> torch.Tensor:
 
 def extract(adapter_a, layer_a: int, adapter_b, layer_b: int, texts: Sequence[str], *,
             encoders_a: dict[str, Encoder], encoders_b: dict[str, Encoder], context_size: int = 128,
-            pooling: str = "mean", batch_size: int = 8, progress: bool = False, desc: str = "features"
-            ) -> dict[str, dict[str, np.ndarray]]:
-    """``{"A": {name: [n, f]}, "B": {...}}`` for the given encoders (add ``identity`` for dense)."""
-    pairs = [paired_ids(adapter_a, adapter_b, t, context_size) for t in texts]
+            pooling: str = "mean", batch_size: int = 8, progress: bool = False, desc: str = "features",
+            keep_tokens: bool = False) -> dict[str, dict[str, np.ndarray]]:
+    """``{"A": {name: [n, f]}, "B": {...}}`` for the given encoders (add ``identity`` for dense).
+
+    ``keep_tokens``: also ``"tokens": {"A": residuals, "B": residuals, "enc": [(Encoded A, Encoded B)]}``
+    (per example, every token), for :mod:`~stitchplug_probe.coverage`."""
+    encs = [paired_encodings(adapter_a, adapter_b, t, context_size) for t in texts]
+    pairs = [(ea.ids, eb.ids) for ea, eb in encs]
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -111,5 +124,8 @@ def extract(adapter_a, layer_a: int, adapter_b, layer_b: int, texts: Sequence[st
     rb = capture_many(adapter_b, layer_b, [p[1] for p in pairs], batch_size, tick)
     if bar is not None:
         bar.close()
-    return {"A": pool(ra, [p[0] for p in pairs], adapter_a.special_ids, encoders_a, pooling),
-            "B": pool(rb, [p[1] for p in pairs], adapter_b.special_ids, encoders_b, pooling)}
+    out = {"A": pool(ra, [p[0] for p in pairs], adapter_a.special_ids, encoders_a, pooling),
+           "B": pool(rb, [p[1] for p in pairs], adapter_b.special_ids, encoders_b, pooling)}
+    if keep_tokens:
+        out["tokens"] = {"A": ra, "B": rb, "enc": encs}
+    return out

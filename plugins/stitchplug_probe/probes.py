@@ -50,11 +50,21 @@ def mean_diff(X: np.ndarray, y: np.ndarray) -> np.ndarray:
     return X[y == 1].mean(0) - X[y == 0].mean(0)
 
 
-def top_k(X: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` features with the largest mean difference (ties: lower index first)."""
+SELECTIONS = ("abs", "signed")
+
+
+def top_k(X: np.ndarray, y: np.ndarray, k: int, selection: str = "abs") -> np.ndarray:
+    """Indices of the ``k`` features with the largest class-mean difference (ties: lower index first).
+
+    ``selection="abs"`` ranks by ``|mean(X|1) - mean(X|0)|`` (SAEBench's ``get_top_k_mean_diff_mask``):
+    a latent that fires *less* on the positive class is as informative as one that fires more.
+    ``"signed"`` ranks by the signed difference (only latents that fire more on class 1 first)."""
     if not 1 <= k <= X.shape[1]:
         raise StageError(f"k={k} must be between 1 and the number of features {X.shape[1]}")
-    return np.argsort(-mean_diff(X, y), kind="stable")[:k].astype(np.int64)
+    if selection not in SELECTIONS:
+        raise StageError(f"unknown latent selection {selection!r} (known: {', '.join(SELECTIONS)})")
+    d = mean_diff(X, y)
+    return np.argsort(-(np.abs(d) if selection == "abs" else d), kind="stable")[:k].astype(np.int64)
 
 
 def fit(X: np.ndarray, y: np.ndarray, indices: np.ndarray | None = None, C: float = 1.0,

@@ -8,7 +8,8 @@ from .arms import DENSE_ARMS, SPARSE_ARMS
 
 LABELS = {"source_A": "source SAE on A", "transfer_noretrain": "transferred, no retrain",
           "transfer_retrain": "transferred, retrain (A's latents)", "transfer_reselect": "transferred, re-selected",
-          "native_B": "native SAE on B", "random_B": "random SAE on B", "dense_A": "dense A", "dense_B": "dense B",
+          "native_B": "native SAE on B", "random_B": "random SAE on B",
+          "random_unit_B": "random unit directions on B", "shuffled_B": "native SAE, latents shuffled", "dense_A": "dense A", "dense_B": "dense B",
           "dense_Tdown_noretrain": "dense A probe on T_down(h_B)", "dense_Tdown_retrain": "dense refit on T_down(h_B)"}
 TABLE_KS = ("1", "5", "20")
 
@@ -32,7 +33,8 @@ def plot(results: dict, path: str | Path) -> Path:
         ax.plot(x, m, marker="o", label=LABELS[arm])
         ax.fill_between(x, [by_k[k]["ci"][0] for k in ks], [by_k[k]["ci"][1] for k in ks], alpha=0.15)
     for i, arm in enumerate(a for a in DENSE_ARMS if a in agg["dense"]):
-        ax.axhline(agg["dense"][arm]["mean"], ls="--", lw=1, color=f"C{6 + i}", label=LABELS[arm])
+        ax.axhline(agg["dense"][arm]["mean"], ls=("--", ":", "-.", (0, (5, 1)))[i % 4], lw=1, color="0.3",
+                   label=LABELS[arm])
     ax.set_xscale("log")
     ax.set_xlabel("k (latents in the probe)")
     ax.set_ylabel(f"test accuracy (mean over {len(results['tasks'])} tasks)")
@@ -76,6 +78,20 @@ def markdown(results: dict, plot_name: str | None = "probe_transfer.png") -> str
     if above:
         lines += ["", "No-retrain transfer above the random SAE (point estimates): " + ", ".join(
             f"k={k}: {v['above']}/{v['of']} tasks" for k, v in above.items())]
+    rec = agg.get("recovery") or {}
+    if rec:
+        lines += ["", "Share of the dense probe's accuracy over chance recovered at k=5 (dense A for the source arm, "
+                  "dense B otherwise; over tasks where the dense probe beats chance by 0.02):", "",
+                  "| arm | mean | median | tasks |", "|---|---|---|---|"]
+        lines += [f"| {LABELS.get(a, a)} | {r['mean']:.2f} | {r['median']:.2f} | {r['n_tasks']} |" for a, r in rec.items()]
+    fails = agg.get("failures")
+    if fails is not None:
+        lines += ["", f"Tasks where the retrained transfer fails at k=5 (more than 0.05 below native): {len(fails)}"]
+        for f in fails:
+            st = "-" if f["stitch_fvu"] is None else f"{f['stitch_fvu']:.3f}"
+            sa = "-" if f["source_sae_fvu"] is None else f"{f['source_sae_fvu']:.3f}"
+            lines.append(f"- {f['task']}: {f['transfer_retrain']:.3f}; T_down FVU {st} (median {f['median_stitch_fvu']:.3f}), "
+                         f"source SAE FVU {sa} (median {f['median_source_sae_fvu']:.3f}); reason: {f['reason']}")
     arms = [a for a in ("source_A", "transfer_noretrain", "transfer_retrain", "transfer_reselect", "native_B", "random_B")
             if a in agg["sparse"]]
     lines += ["", "Per task, accuracy at k=5 (Wilson 95% interval) and dense probes:", "",

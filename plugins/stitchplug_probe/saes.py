@@ -1,4 +1,5 @@
-"""The four SAEs the probe arms read: source (A), transferred (B), random (B) and native (B).
+"""The SAEs the probe arms read: source (A), transferred (B), random (B), native (B) and the two
+controls of :mod:`~stitchplug_probe.controls` (``random_unit`` and ``shuffled``, on B).
 
 An SAE run in the same folder (``stitchplug run --artifact sae``, e.g. ``make demo``) is reused
 (unless ``reuse_sae_run`` is off):
@@ -44,6 +45,21 @@ def budget(sae, cfg) -> dict:
     return out
 
 
+def same_function(sae, other, rtol: float = 1e-3) -> bool:
+    """Whether two SAEs of one shape encode alike: canonical encoder weights and biases equal to
+    ``rtol`` of their scale (a transferred SAE saved by another run or from another source fails)."""
+    from stitchplug_sae.transfer import canonical_weights
+
+    if (int(sae.cfg.d_in), int(sae.cfg.d_sae)) != (int(other.cfg.d_in), int(other.cfg.d_sae)):
+        return False
+    a, b = canonical_weights(sae), canonical_weights(other)
+    for key in ("W_enc", "b_e"):
+        scale = float(b[key].abs().max()) or 1.0
+        if float((a[key] - b[key]).abs().max()) > rtol * scale:
+            return False
+    return getattr(sae.cfg, "k", None) == getattr(other.cfg, "k", None)
+
+
 def train_sae(ctx, b: dict):
     """Train with the project's one TopK trainer (:func:`stitchplug_sae.trainer.train_topk_sae`)."""
     from stitchplug_sae.trainer import train_topk_sae
@@ -80,6 +96,12 @@ def resolve(ctx_a, ctx_b, stitch, cfg, log: Callable[[str], None] = print) -> tu
     tr = _find(folder, "transferred") if src is not None else None
     if tr is not None:
         saes["transferred"], origin["transferred"] = load_sae_folder(tr), str(tr.relative_to(folder.root))
+        fresh = transfer_sae(saes["source"], stitch, "up", check_model=False)
+        if not same_function(saes["transferred"], fresh):
+            origin["transferred_stale"] = (f"{origin['transferred']} is not Eq. 6 of the source SAE through this "
+                                           "stitch; the probe uses Eq. 6 of the source SAE")
+            log(f"  warning: {origin['transferred_stale']}")
+            saes["transferred"], origin["transferred"] = fresh, "Eq. 6 now"
     else:
         saes["transferred"], origin["transferred"] = transfer_sae(saes["source"], stitch, "up", check_model=False), "Eq. 6 now"
     rnd = _find(folder, "random") if src is not None else None
@@ -106,4 +128,23 @@ def resolve(ctx_a, ctx_b, stitch, cfg, log: Callable[[str], None] = print) -> tu
             origin["warning"] = (f"the source SAE was trained by {trainers['source'] or 'an older trainer'}, the native "
                                  f"SAE by {trainers['native']}: the native arm is not at equal footing")
             log(f"  warning: {origin['warning']}")
+    if getattr(cfg, "control_arms", False):
+        add_controls(saes, origin, seed=ctx_a.seed)
     return saes, origin
+
+
+def add_controls(saes: dict, origin: dict, seed: int = 0) -> None:
+    """Add ``random_unit`` (width and k of the native SAE, else the transferred one; reading ``x``
+    minus the random SAE's ``b_dec``, the mean of B's training activations) and ``shuffled`` (the
+    native SAE's latents shuffled; only with a TopK native SAE)."""
+    from .controls import random_unit_sae, shuffled_sae
+
+    like = saes["native"] if saes.get("native") is not None else saes["transferred"]
+    mean = saes["random"].b_dec if saes.get("random") is not None else like.b_dec
+    saes["random_unit"] = random_unit_sae(int(like.cfg.d_in), int(like.cfg.d_sae), int(getattr(like.cfg, "k", 32)),
+                                          mean, seed=seed, like=like)
+    origin["random_unit"] = f"random unit encoder rows (seed {seed}), width/k of the {'native' if like is saes.get('native') else 'transferred'} SAE"
+    nat = saes.get("native")
+    if nat is not None and nat.cfg.architecture() == "topk":
+        saes["shuffled"] = shuffled_sae(nat, seed=seed)
+        origin["shuffled"] = f"native SAE, each latent's weights permuted across input dims (seed {seed})"

@@ -7,6 +7,9 @@
 - ``sae-probes:<name>``   a dataset shipped inside the ``sae-probes`` package (Kantamneni et al. 2025):
   ``sae_probes/data/cleaned_data/<name>.csv.zst`` with columns ``prompt`` and ``target``. The package
   is located, never imported (its import pulls heavy dependencies); the file is read with pandas.
+- ``sae-probes:draw:N[:SEED]``  N datasets drawn without replacement by a seeded random choice
+  (default seed 0) from the binary ``sae-probes`` datasets (0/1 targets, at least ``MIN_PER_CLASS``
+  examples of each class); :func:`expand_specs` replaces it by the drawn ``sae-probes:<name>`` specs.
 - ``file:PATH``           a csv / jsonl file (read by the core's ``examples_from_file``) or parquet, with a text
   column (``text``, ``prompt`` or ``sentence``) and a 0/1 label column (``label`` or ``target``).
 
@@ -18,6 +21,7 @@ Every task is balanced (equal classes) and subsampled deterministically from ``s
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,11 +220,81 @@ def file_task(path: str, max_examples: int | None = None, seed: int = 0,
     return _balance(name, texts, _label01(name, raw), max_examples, seed, min_per_class, str(p))
 
 
+@functools.lru_cache(maxsize=1)
+def binary_sae_probes() -> tuple[str, ...]:
+    """The sae-probes datasets a binary probe can use: the ``target`` column holds exactly two values,
+    both 0/1 (or true/false), with at least ``MIN_PER_CLASS`` rows each (reads every file's target
+    column once per process, a few seconds)."""
+    import pandas as pd
+
+    out = []
+    for name in sae_probes_names():
+        try:
+            col = pd.read_csv(sae_probes_dir() / f"{name}.csv.zst", compression="zstd", usecols=["target"])["target"]
+            labels = _label01(name, col.dropna().tolist())
+        except (StitchplugError, ValueError, ImportError):
+            continue
+        if min(int((labels == 0).sum()), int((labels == 1).sum())) >= MIN_PER_CLASS:
+            out.append(name)
+    return tuple(out)
+
+
+DRAW_FORM = "sae-probes:draw:N[:SEED]"
+
+
+def parse_draw(arg: str) -> tuple[int, int] | None:
+    """``(N, SEED)`` for the argument of ``sae-probes:draw:N[:SEED]`` (``arg`` = ``draw:N[:SEED]``),
+    ``None`` when ``arg`` is a dataset name; one-line error for a malformed draw."""
+    if not arg.startswith("draw:"):
+        return None
+    parts = arg.split(":")[1:]
+    try:
+        if not 1 <= len(parts) <= 2:
+            raise ValueError
+        n, seed = int(parts[0]), int(parts[1]) if len(parts) == 2 else 0
+    except ValueError:
+        raise StitchplugError(f"task 'sae-probes:{arg}' must look like {DRAW_FORM} (integers)") from None
+    if n < 1 or seed < 0:
+        raise StitchplugError(f"task 'sae-probes:{arg}': N must be at least 1 and SEED not negative")
+    return n, seed
+
+
+def draw_sae_probes(n: int, seed: int = 0) -> list[str]:
+    """``n`` binary sae-probes dataset names drawn without replacement by ``numpy``'s
+    ``default_rng(seed)`` from the sorted list of :func:`binary_sae_probes` (in draw order)."""
+    names = binary_sae_probes()
+    if n > len(names):
+        raise StitchplugError(f"cannot draw {n} sae-probes tasks: {len(names)} binary datasets ship with the package")
+    pick = np.random.default_rng(seed).choice(len(names), size=n, replace=False)
+    return [names[int(i)] for i in pick]
+
+
+def expand_specs(specs: list[str]) -> list[str]:
+    """The one place task specs are parsed: every spec checked (:func:`check_spec`), each
+    ``sae-probes:draw:N[:SEED]`` replaced by its drawn ``sae-probes:<name>`` specs; a task named twice
+    (by hand or by a draw) is an error."""
+    out: list[str] = []
+    for spec in specs:
+        check_spec(spec)
+        kind, _, arg = spec.partition(":")
+        drawn = parse_draw(arg) if kind == "sae-probes" else None
+        out.extend([f"sae-probes:{name}" for name in draw_sae_probes(*drawn)] if drawn else [spec])
+    twice = sorted({s for s in out if out.count(s) > 1})
+    if twice:
+        raise StitchplugError(f"task {twice[0]} is listed twice (by hand or by a draw)")
+    return out
+
+
 def check_spec(spec: str) -> None:
     """Cheap validation of a task spec before anything runs (names, files); one-line error."""
     kind, sep, arg = spec.partition(":")
     if not sep or not arg:
-        raise StitchplugError(f"task {spec!r} must look like wiki-topic:<Topic>, sae-probes:<name> or file:PATH")
+        raise StitchplugError(f"task {spec!r} must look like wiki-topic:<Topic>, sae-probes:<name>, "
+                              f"{DRAW_FORM} or file:PATH")
+    if kind == "sae-probes" and parse_draw(arg) is not None:
+        if not sae_probes_dir().is_dir():
+            raise StitchplugError(f"sae-probes tasks need the sae-probes package: {SAE_PROBES_INSTALL}")
+        return
     if kind == "wiki-topic":
         _resolve_topic(arg)
     elif kind == "sae-probes":
@@ -239,6 +313,8 @@ def load_task(spec: str, max_examples: int | None = None, seed: int = 0,
     kind, sep, arg = spec.partition(":")
     if not sep or not arg:
         raise StitchplugError(f"task {spec!r} must look like wiki-topic:<Topic>, sae-probes:<name> or file:PATH")
+    if kind == "sae-probes" and parse_draw(arg) is not None:
+        raise StitchplugError(f"task {spec!r} is a draw: expand it first (expand_specs)")
     loaders = {"wiki-topic": wiki_topic_task, "sae-probes": sae_probes_task, "file": file_task}
     if kind not in loaders:
         raise StitchplugError(f"unknown task source {kind!r} in {spec!r} (known: {', '.join(loaders)})")
