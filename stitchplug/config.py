@@ -57,6 +57,8 @@ class CacheConfig(_Section):
     """Storage dtype; float16 refuses values beyond 65,504; bfloat16 keeps float32's range with 8 mantissa bits."""
     batch_size: int = Field(8, ge=1)
     """Context windows per forward pass while caching."""
+    queue_depth: int = Field(2, ge=0)
+    """Shards that may wait for the writer thread (and be windowed ahead) while the next shard's forwards run; 0: no overlap, all in one thread. Bounds host memory (about depth + 2 shards of activations); the bytes written do not depend on it, so it is not part of the cache's identity."""
 
 
 class StitchConfig(_Section):
