@@ -13,17 +13,21 @@ Measures, through the project's code (no toy re-implementations):
 2. ``cache``: ``stitchplug.cache.writer.build_cache`` end to end (window, align, both forwards,
    HDF5 shards fsynced to the local disk, entry file) on a synthetic corpus registered as a plugin,
    source layer 20, target layer 33, context 128, storage ``bfloat16``, after an untimed warm-up cache
-   (as ``bench/scale.py``); the time inside ``capture`` is reported separately.
+   (as ``bench/scale.py``), with the host work overlapped (``--queue-depth``, default 2: issue 24) at
+   batch 8 and 64, and at batch 64 also synchronously (queue depth 0, the time inside ``capture``
+   reported separately, as ``gpu-h200.json`` measured it); ``vs_forward`` is end-to-end tokens/s over
+   the ``forward`` section's pair rate at the same batch, ``batch_64_shards_identical`` compares the two
+   batch-64 caches byte for byte. ``bench/gpu_overlap.sh`` runs the sections issue 24 needs.
 3. ``sae``: the one TopK trainer, ``stitchplug_sae.trainer.train_topk_sae``, d_in 2304, k 64, widths
    16,384 and 65,536, on synthetic activations handed over as CPU batches (as the pipeline does: each
    step copies its batch to the GPU), steady-state tokens/s from the per-step callback; plus
    ``TopKTrainer.step`` on GPU-resident batches (the ceiling without the copy); one run again with TF32
-   matmuls allowed (the project leaves PyTorch's default, off).
+   matmuls allowed through the project's ``sae.allow_tf32`` (off by default).
 4. ``stitch``: the closed form (``fit_stitch`` with ``solver="lstsq"``: float64 moments + ridge solve)
    at 2304 -> 3584 on the CPU and with ``device="cuda"`` (CPU batches, moments on the GPU, as
    ``--device cuda`` runs it; ``bench/gpu-h200.json`` predates that option and measured the same
    function under ``torch.device("cuda")`` as ``lstsq_gpu_default_device``); the Adam solver
-   (``train_adam``, batch 5120, ``device="cuda"``) on GPU-resident batches.
+   (``train_adam``, batch 5120, ``device="cuda"``) on GPU-resident batches, again with ``stitch.allow_tf32``.
 5. ``dist``: ``torchrun --nproc-per-node 1`` of this file's worker: ``stitchplug.dist.init_from_env``
    (which starts no group at world size 1, by design), then a 1-rank group with the backend of
    ``--device`` (``nccl`` on CUDA) started here, an all-reduce of a device tensor and of a CPU float64
