@@ -148,6 +148,16 @@ def sec_forward(a, state) -> dict:
     return out
 
 
+class _Enc:
+    """The part of an encoded window the cache's batches read: ``ids`` and ``len``."""
+
+    def __init__(self, ids):
+        self.ids = ids
+
+    def __len__(self):
+        return len(self.ids)
+
+
 def sec_cache(a, state) -> dict:
     """``build_cache`` end to end with the writer overlapped (``--queue-depth``, issue 24) at each batch
     size, and at ``a.sync_batches`` also with queue depth 0 (the synchronous path, as ``gpu-h200.json``
@@ -178,6 +188,21 @@ def sec_cache(a, state) -> dict:
             return r
         return capture
 
+    # the pinned non-blocking copy gives the bits of the old `.float().cpu()` (one batch of each model)
+    from stitchplug.cache.plan import launch_batch
+
+    g = torch.Generator().manual_seed(0)
+    same = True
+    for ad, layer in ((src, a.source_layer), (tgt, a.target_layer)):
+        encs = [_Enc(torch.randint(4, len(ad.tokenizer), (n,), generator=g)) for n in (128, 77, 5)]
+        got = launch_batch(ad, encs, [0, 1, 2], [layer]).result()
+        ids = torch.zeros((3, 128), dtype=torch.long)
+        for r, e in enumerate(encs):
+            ids[r, :len(e)] = e.ids
+        with torch.inference_mode():
+            want = ad.capture(ids, [layer])[layer].float().cpu().numpy()
+        same &= all(got[r][layer].tobytes() == want[r, :len(e)].tobytes() for r, e in enumerate(encs))
+    out["pinned_copy_identical"] = bool(same)
     work = Path(tempfile.mkdtemp(prefix="stitchplug-gpu-", dir=a.work_dir))
     runs = [(bs, a.queue_depth) for bs in a.cache_batches] + [(bs, 0) for bs in a.sync_batches]
     try:
