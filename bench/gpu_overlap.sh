@@ -9,6 +9,11 @@
 # Needs: torch with CUDA, transformers, h5py on the machine (the H200 image had them); the other wheels
 # travel in .gpu-wheels/ (an ignored folder: pass it in the run's carry list) and are installed with
 # --no-deps into a private folder, as for bench/gpu-h200.json. No network, no model downloads.
+# To make .gpu-wheels/ (7 MB; Python 3.12 wheels, on a machine with the package index):
+#   pip download --no-deps --only-binary :all: --python-version 3.12 --platform manylinux2014_x86_64 \
+#     --platform manylinux_2_17_x86_64 -d .gpu-wheels pydantic==2.14.4 pydantic-core==2.50.5 annotated-types \
+#     typing-inspection typing-extensions==4.16.0 transformer-lens==3.9.0 fancy-einsum better-abc beartype \
+#     typeguard datasets==5.2.0 dill multiprocess jaxtyping wadler-lindig einops pluggy click tqdm
 set -u
 : "${OUT:?set OUT to the folder the JSON goes to}"
 SITE=${SITE:-/tmp/stitchplug-site}
