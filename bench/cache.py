@@ -1,7 +1,10 @@
 """Benchmark of the paired activation cache; prints ONE JSON line with ratios measured in this run.
 
 1. ``cache_vs_bare_forward``: caching throughput (tokenise, window, align, forward, write HDF5) over a
-   bare ``stop_at_layer`` forward of both models on the same windows and batches (target >= 0.85).
+   bare ``stop_at_layer`` forward of both models on the same windows and batches (target >= 0.9),
+   with the writer overlapped (``--queue-depth``, the default 2: issue 24); ``cache_vs_bare_forward_sync``
+   is the same cache built in the same run with queue depth 0 (the synchronous path, all in one thread)
+   unless ``--no-sync``. The shards of both builds are compared byte for byte (``shards_identical``).
 2. ``single_vs_saelens``: one model and hook (source model at its cached layer) through
    ``build_cache`` on the pair (model, model) over sae-lens's ``CacheActivationsRunner`` on the same
    model, hook and number of tokens (``buffer_size_gb`` 0.02, no wandb, rows pre-tokenised for
@@ -212,6 +215,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one, deleted)")
     ap.add_argument("--sections", default="forward,saelens,read,stage", help="which parts to run (comma list)")
+    from stitchplug.cache.writer import QUEUE_DEPTH
+
+    ap.add_argument("--queue-depth", type=int, default=QUEUE_DEPTH, help="cache.queue_depth of the timed cache")
+    ap.add_argument("--no-sync", action="store_true", help="skip the queue-depth-0 build of the forward section")
     ap.add_argument("--stage-tokens", type=int, default=20_000, help="tokens of the stage comparison")
     ap.add_argument("--full-tokens", type=int, default=200_000, help="token budget the stage ratio is projected to")
     from stitchplug.config import SVCCA_TOKENS
@@ -232,10 +239,10 @@ def main() -> None:
         la = args.source_layer if args.source_layer is not None else source.n_layers // 2
         lb = None if args.target_layers == "all" else [int(x) for x in args.target_layers.split(",")]
         kw = dict(tokens=args.tokens, context_size=args.context_size, batch_size=args.batch_size, progress=False,
-                  log=lambda m: None)
+                  log=lambda m: None, queue_depth=args.queue_depth)
         result = {"bench": "cache", "source": args.source, "target": args.target, "tokens": args.tokens,
                   "source_layer": la, "target_layers": args.target_layers, "context_size": args.context_size,
-                  "batch_size": args.batch_size, "torch_threads": torch.get_num_threads()}
+                  "batch_size": args.batch_size, "queue_depth": args.queue_depth, "torch_threads": torch.get_num_threads()}
         from stitchplug.cache.align import fingerprint
 
         fingerprint(source), fingerprint(target)  # one-time costs (tokenizer fingerprints) out of the timing
@@ -249,11 +256,22 @@ def main() -> None:
             t = time.perf_counter()
             pair = build_cache(work / "pair.h5", source, target, source_layers=[la], target_layers=lb, **kw)
             t_cache = time.perf_counter() - t
+            if not args.no_sync and args.queue_depth != 0:
+                log("the same cache with queue depth 0 (synchronous)")
+                t = time.perf_counter()
+                sync = build_cache(work / "sync.h5", source, target, source_layers=[la], target_layers=lb,
+                                   **{**kw, "queue_depth": 0})
+                t_sync = time.perf_counter() - t
             t_bare_after = bare_forward(wins, source, target, *tops, args.batch_size)
             t_bare = (t_bare_before + t_bare_after) / 2
             result.update({"cache_tokens_per_s": args.tokens / t_cache, "bare_forward_tokens_per_s": args.tokens / t_bare,
                            "cache_vs_bare_forward": t_bare / t_cache,
                            "bare_seconds_before_after": [t_bare_before, t_bare_after], "cache_seconds": t_cache})
+            if not args.no_sync and args.queue_depth != 0:
+                def shards(entry):
+                    return [q.read_bytes() for q in sorted(Path(f"{entry}.shards").glob("shard_*.h5"))]
+                result.update({"cache_vs_bare_forward_sync": t_bare / t_sync, "cache_seconds_sync": t_sync,
+                               "overlap_speedup": t_sync / t_cache, "shards_identical": shards(pair) == shards(sync)})
         if "saelens" in sections:
             log(f"one model and hook vs sae-lens ({args.source} {source.hook_name(la)})")
             t = time.perf_counter()

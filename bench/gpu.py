@@ -13,17 +13,21 @@ Measures, through the project's code (no toy re-implementations):
 2. ``cache``: ``stitchplug.cache.writer.build_cache`` end to end (window, align, both forwards,
    HDF5 shards fsynced to the local disk, entry file) on a synthetic corpus registered as a plugin,
    source layer 20, target layer 33, context 128, storage ``bfloat16``, after an untimed warm-up cache
-   (as ``bench/scale.py``); the time inside ``capture`` is reported separately.
+   (as ``bench/scale.py``), with the host work overlapped (``--queue-depth``, default 2: issue 24) at
+   batch 8 and 64, and at batch 64 also synchronously (queue depth 0, the time inside ``capture``
+   reported separately, as ``gpu-h200.json`` measured it); ``vs_forward`` is end-to-end tokens/s over
+   the ``forward`` section's pair rate at the same batch, ``batch_64_shards_identical`` compares the two
+   batch-64 caches byte for byte. ``bench/gpu_overlap.sh`` runs the sections issue 24 needs.
 3. ``sae``: the one TopK trainer, ``stitchplug_sae.trainer.train_topk_sae``, d_in 2304, k 64, widths
    16,384 and 65,536, on synthetic activations handed over as CPU batches (as the pipeline does: each
    step copies its batch to the GPU), steady-state tokens/s from the per-step callback; plus
    ``TopKTrainer.step`` on GPU-resident batches (the ceiling without the copy); one run again with TF32
-   matmuls allowed (the project leaves PyTorch's default, off).
+   matmuls allowed through the project's ``sae.allow_tf32`` (off by default).
 4. ``stitch``: the closed form (``fit_stitch`` with ``solver="lstsq"``: float64 moments + ridge solve)
    at 2304 -> 3584 on the CPU and with ``device="cuda"`` (CPU batches, moments on the GPU, as
    ``--device cuda`` runs it; ``bench/gpu-h200.json`` predates that option and measured the same
    function under ``torch.device("cuda")`` as ``lstsq_gpu_default_device``); the Adam solver
-   (``train_adam``, batch 5120, ``device="cuda"``) on GPU-resident batches.
+   (``train_adam``, batch 5120, ``device="cuda"``) on GPU-resident batches, again with ``stitch.allow_tf32``.
 5. ``dist``: ``torchrun --nproc-per-node 1`` of this file's worker: ``stitchplug.dist.init_from_env``
    (which starts no group at world size 1, by design), then a 1-rank group with the backend of
    ``--device`` (``nccl`` on CUDA) started here, an all-reduce of a device tensor and of a CPU float64
@@ -52,7 +56,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -63,8 +66,9 @@ from pathlib import Path
 
 import torch
 
-from gpu_setup import (CORPUS, T0, build_adapter, ensure_datasets, ensure_sae_lens, err, log,  # noqa: E402
-                       register_corpus, run_flops_per_token, sync)  # bench/ is sys.path[0]
+from gpu_cache import sec_cache  # noqa: E402  (bench/ is sys.path[0])
+from gpu_setup import (T0, build_adapter, ensure_datasets, ensure_sae_lens, err, log,  # noqa: E402
+                       run_flops_per_token, sync)
 
 
 # ------------------------------------------------------------------------------------------ sections
@@ -140,75 +144,15 @@ def sec_forward(a, state) -> dict:
                          "tflops": round(tps * run_flops_per_token(ad, layer, ctx) / 1e12, 1)}
         row["pair_tokens_per_s"] = round(1 / (1 / row["source"]["tokens_per_s"] + 1 / row["target"]["tokens_per_s"]))
         out[f"batch_{bs}x{ctx}"] = row
-    return out
-
-
-def sec_cache(a, state) -> dict:
-    from stitchplug.cache import writer
-    from stitchplug.cache.writer import build_cache
-
-    register_corpus()
-    out = {"corpus": CORPUS, "context_size": a.context_size, "storage_dtype": a.cache_dtype,
-           "source_layer": a.source_layer, "target_layer": a.target_layer}
-    src, tgt = state["source"], state["target"]
-    inside = {"s": 0.0}
-
-    def timed(ad):
-        orig = ad.capture
-
-        def capture(ids, layers):
-            t = time.perf_counter()
-            r = orig(ids, layers)
-            sync(a.device)
-            inside["s"] += time.perf_counter() - t
-            return r
-        return capture
-
-    src.capture, tgt.capture = timed(src), timed(tgt)
-    work = Path(tempfile.mkdtemp(prefix="stitchplug-gpu-", dir=a.work_dir))
-    try:
-        for bs in a.cache_batches:
-            if time.perf_counter() - T0 > a.budget_s * 0.55:
-                out[f"batch_{bs}"] = {"skipped": "time budget"}
-                continue
-            kw = dict(corpus=CORPUS, context_size=a.context_size, source_layers=[a.source_layer],
-                      target_layers=[a.target_layer], dtype=a.cache_dtype, batch_size=bs, progress=False,
-                      log=lambda m: None)
-            build_cache(work / f"warm{bs}.h5", src, tgt, tokens=max(256, a.cache_tokens // 8), **kw)
-            shutil.rmtree(work / f"warm{bs}.h5.shards", ignore_errors=True)
-            writer.FORWARD_STATS.update(positions=0, tokens=0)
-            inside["s"] = 0.0
-            sync(a.device)
-            t = time.perf_counter()
-            path = build_cache(work / f"c{bs}.h5", src, tgt, tokens=a.cache_tokens, **kw)
-            sync(a.device)
-            s = time.perf_counter() - t
-            disk = sum(p.stat().st_size for p in work.rglob(f"c{bs}.h5*") if p.is_file())
-            disk += sum(p.stat().st_size for p in (work / f"c{bs}.h5.shards").rglob("*") if p.is_file()) \
-                if (work / f"c{bs}.h5.shards").exists() else 0
-            import h5py
-            with h5py.File(path, "r") as f:
-                rows = int(f.attrs["n_tokens"])
-            st = writer.FORWARD_STATS
-            out[f"batch_{bs}"] = {
-                "tokens": rows, "seconds": round(s, 2), "tokens_per_s": round(rows / s),
-                "seconds_in_capture": round(inside["s"], 2),
-                "share_in_capture": round(inside["s"] / s, 3),
-                "bytes_on_disk": disk, "bytes_per_row": round(disk / max(rows, 1)),
-                "padding_ratio": round(st["positions"] / max(st["tokens"], 1), 3),
-                "disk_write_mb_per_s": round(disk / s / 1e6),
-            }
-            shutil.rmtree(work, ignore_errors=True)
-            work.mkdir(parents=True, exist_ok=True)
-    finally:
-        del src.capture, tgt.capture  # back to the class's method
-        shutil.rmtree(work, ignore_errors=True)
+    state["forward"] = out
     return out
 
 
 def sec_sae(a, state) -> dict:
     have_saelens = ensure_sae_lens()
     import stitchplug_sae.trainer as trainer_mod
+
+    from stitchplug import precision
     from stitchplug_sae.trainer import TopKSAE, TopKTrainer, train_topk_sae
 
     if not have_saelens:  # skip the final sae-lens conversion (after the timed steps)
@@ -223,7 +167,6 @@ def sec_sae(a, state) -> dict:
     pool = (torch.randn(pool_rows, d, generator=g) @ mix) + 3.0 * torch.randn(d, generator=g)
     for width, bs, steps, tf32 in a.sae_runs:
         key = f"width_{width}_batch_{bs}" + ("_tf32" if tf32 else "")
-        torch.backends.cuda.matmul.allow_tf32 = tf32  # the project leaves it off (PyTorch's default)
         if time.perf_counter() - T0 > a.budget_s * 0.75:
             out[key] = {"skipped": "time budget"}
             continue
@@ -235,7 +178,8 @@ def sec_sae(a, state) -> dict:
 
         t = time.perf_counter()
         _, summ = train_topk_sae(batches, d, width=width, k=a.sae_k, batch_size=bs, train_tokens=steps * bs,
-                                 device=a.device, progress=False, on_step=on_step, lr=2e-4)
+                                 device=a.device, progress=False, on_step=on_step, lr=2e-4,
+                                 allow_tf32=tf32)  # sae.allow_tf32: TF32 inside the training loop only
         sync(a.device)
         wall = time.perf_counter() - t
         warm = min(5, len(stamps) - 2)
@@ -249,17 +193,18 @@ def sec_sae(a, state) -> dict:
                              b_dec=pool[:bs].mean(0), apply_b_dec_to_input=True).to(a.device)
         tr = TopKTrainer(sae, 2e-4)
         xs = [b.to(a.device) for b in batches[:8]]
-        for i in range(3):
-            tr.step(xs[i % len(xs)])
-        sync(a.device)
-        n = max(10, steps // 2)
-        t = time.perf_counter()
-        for i in range(n):
-            tr.step(xs[i % len(xs)])
-        sync(a.device)
+        with precision.tf32(tf32, a.device):
+            for i in range(3):
+                tr.step(xs[i % len(xs)])
+            sync(a.device)
+            n = max(10, steps // 2)
+            t = time.perf_counter()
+            for i in range(n):
+                tr.step(xs[i % len(xs)])
+            sync(a.device)
         row["tokens_per_s_device_resident"] = round(n * bs / (time.perf_counter() - t))
+        row["tf32_after"] = bool(torch.backends.cuda.matmul.allow_tf32)  # restored: False
         out[key] = row
-        torch.backends.cuda.matmul.allow_tf32 = False
         del sae, tr, xs
         if a.device == "cuda":
             torch.cuda.empty_cache()
@@ -322,6 +267,15 @@ def sec_stitch(a, state) -> dict:
             s = time.perf_counter() - t
             out["adam_gpu"] = {"batch_size": bs, "steps": run["steps"], "seconds": round(s, 2),
                                "tokens_per_s": round(run["tokens_seen"] / s)}
+            tcfg = StitchConfig(solver="adam", batch_size=bs, epochs=1, allow_tf32=True)  # stitch.allow_tf32
+            sync("cuda")
+            t = time.perf_counter()
+            run = train_adam(st, src, tcfg, steps_per_epoch=steps, max_steps=steps, device="cuda")
+            sync("cuda")
+            s = time.perf_counter() - t
+            out["adam_gpu_tf32"] = {"batch_size": bs, "steps": run["steps"], "seconds": round(s, 2),
+                                    "tokens_per_s": round(run["tokens_seen"] / s),
+                                    "tf32_after": bool(torch.backends.cuda.matmul.allow_tf32)}
         except Exception as exc:
             out["adam_gpu"] = {"error": err(exc)}
     else:
@@ -416,6 +370,7 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--budget-s", type=float, default=330.0, help="skip later parts of sections past this")
     ap.add_argument("--out", default=os.environ.get("OUT"), help="folder for gpu.json (partial results)")
     ap.add_argument("--work-dir", default=None, help="where caches are written (default: the temp folder)")
+    ap.add_argument("--queue-depth", type=int, default=2, help="cache.queue_depth of the overlapped cache rows")
     ap.add_argument("--dist-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--dist-out", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -428,7 +383,7 @@ def parse() -> argparse.Namespace:
         a.source_layer, a.target_layer = 3, 5
         a.forward_batches, a.forward_seconds, a.forward_iters_min = [2], 0.2, 2
         a.cache_tokens = a.cache_tokens or 1500
-        a.cache_batches = [8]
+        a.cache_batches, a.sync_batches = [8], [8]
         a.sae_d, a.sae_k, a.sae_pool_rows = 64, 8, 4096
         a.sae_runs = [(256, 256, 20, False)]
         a.stitch_dims, a.stitch_pool_rows, a.stitch_cpu_rows = (64, 96), 4096, 4096
@@ -436,7 +391,7 @@ def parse() -> argparse.Namespace:
         a.source_layer, a.target_layer = 20, 33
         a.forward_batches, a.forward_seconds, a.forward_iters_min = [8, 64], 3.0, 5
         a.cache_tokens = a.cache_tokens or 100_000
-        a.cache_batches = [8, 64]
+        a.cache_batches, a.sync_batches = [8, 64], [64]
         a.sae_d, a.sae_k, a.sae_pool_rows = 2304, 64, 65536
         a.sae_runs = [(16384, 1024, 300, False), (16384, 4096, 120, False), (65536, 4096, 40, False),
                       (16384, 4096, 120, True)]

@@ -60,6 +60,7 @@ _EXPORTS = {
     "count_step_flops": "stitchplug.flops",
     "ReconAccumulator": "stitchplug.metrics",
     "massive_dims": "stitchplug.metrics",
+    "tf32_loop": "stitchplug.precision",
     # errors
     "StitchplugError": "stitchplug.errors",
     "ConfigError": "stitchplug.errors",

@@ -57,6 +57,8 @@ class CacheConfig(_Section):
     """Storage dtype; float16 refuses values beyond 65,504; bfloat16 keeps float32's range with 8 mantissa bits."""
     batch_size: int = Field(8, ge=1)
     """Context windows per forward pass while caching."""
+    queue_depth: int = Field(2, ge=0)
+    """Shards that may wait for the writer thread (and be windowed ahead) while the next shard's forwards run; 0: no overlap, all in one thread. Bounds host memory (about depth + 2 shards of activations); the bytes written do not depend on it, so it is not part of the cache's identity."""
 
 
 class StitchConfig(_Section):
@@ -80,6 +82,8 @@ class StitchConfig(_Section):
     """L-BFGS iterations on the exact Eq. 3 (round trips included) after the closed form; lstsq solvers
     only, beyond the paper (0: the closed form alone). On the quick cache they take the round trips' FVU
     from 0.82 to 0.015 (A->B->A) and 0.19 to 0.045 (B->A->B) at the same one-way FVU."""
+    allow_tf32: bool = False
+    """Adam solver on CUDA: let float32 matmuls use TF32 tensor cores (faster, 10-bit mantissa) while its steps run; a no-op on the CPU."""
     svcca_tokens: int = Field(SVCCA_TOKENS, ge=2)
     """Tokens used for SVCCA layer selection (on the default pair, 2,000, 4,000 and 10,000 all choose
     Gemma layer 9 at the default preset's budget)."""

@@ -32,6 +32,8 @@ class SAEConfig(BaseModel):
     """If set, the SAE lr is scaled by sqrt(lr_width_ref / width) (1/sqrt(width) scaling)."""
     normalize: Literal["none", "expected_norm"] = "none"
     """'expected_norm': train on activations scaled to mean norm sqrt(d_in); the scale is folded back on save."""
+    allow_tf32: bool = False
+    """On CUDA, let the trainer's float32 matmuls use TF32 tensor cores (2.25x faster on an H200, 10-bit mantissa); a no-op on the CPU."""
 
     @model_validator(mode="after")
     def _k_fits(self):

@@ -35,7 +35,7 @@ from sae_lens import SAE, TopKSAE as SaeLensTopK, TopKSAEConfig
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from stitchplug.api import StageError, dist
+from stitchplug.api import StageError, dist, tf32_loop
 
 from .topk import WARM_STARTS, TopKSAE, analytic_step_flops, fold_decoder_norms, warm_start  # noqa: F401  (re-exported: the module the trainer trains)
 
@@ -78,6 +78,8 @@ class TrainerConfig(BaseModel):
     warm_start: Literal["fold", "preserve"] = "fold"
     """How training starts from given weights (``init``): fold the decoder norms into the encoder, or
     keep the rows at their step-0 norms (step 0 = exactly the given SAE); see docs/flops.md."""
+    allow_tf32: bool = False
+    """On CUDA, TF32 matmuls while the steps run (``stitchplug.api.tf32_loop``); a no-op on the CPU."""
 
     def effective_lr(self) -> float:
         return self.lr * math.sqrt(self.lr_width_ref / self.width) if self.lr_width_ref else self.lr
@@ -349,7 +351,7 @@ def train_topk_sae(batches: Iterable[torch.Tensor], d_in: int, cfg: Any = None, 
     mse: list[float] = []
     ev: list[float] = []
     t0 = time.perf_counter()
-    for xb in itertools.chain(head, stream):
+    for xb in tf32_loop(itertools.chain(head, stream), c.allow_tf32, device):
         info = trainer.step(xb.to(device) * scale if scale != 1.0 else xb.to(device))
         mse.append(info["mse"] / scale ** 2)
         ev.append(info["ev"])

@@ -64,7 +64,8 @@ def run_cache(cfg: CacheCommandConfig, log=None) -> Path:
                                    corpus=c.corpus, doc_start=c.doc_start, max_docs=c.max_docs, tokens=c.tokens,
                                    context_size=c.context_size, dtype=c.dtype, batch_size=c.batch_size,
                                    aligner=cfg.aligner, eval_fraction=c.eval_fraction, split_seed=cfg.seed,
-                                   progress=cfg.progress, shard_rows=cfg.shard_rows, log=log)
+                                   progress=cfg.progress, shard_rows=cfg.shard_rows, queue_depth=c.queue_depth,
+                                   log=log)
     return path
 
 

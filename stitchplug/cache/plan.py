@@ -101,17 +101,49 @@ def batches(encs: list, batch_size: int) -> list[list[int]]:
     return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
 
 
-def run_batch(adapter: ModelAdapter, encs: list, chunk: list[int], layers: list[int]) -> dict[int, Acts]:
-    """One right-padded batch: ``{window index: {layer: [len, d]}}``; causal attention keeps the
-    padding invisible to the real positions, the only ones returned."""
+class _Pending:
+    """One launched batch: its residuals on their way to host memory (:func:`launch_batch`)."""
+
+    def __init__(self, encs: list, chunk: list[int], host: dict[int, torch.Tensor], event=None):
+        self.encs, self.chunk, self.host, self.event = encs, chunk, host, event
+
+    def result(self) -> dict[int, Acts]:
+        if self.event is not None:
+            self.event.synchronize()  # the non-blocking copies into pinned memory are done
+        acts = {l: a.numpy() for l, a in self.host.items()}
+        return {i: {l: a[r, :len(self.encs[i])] for l, a in acts.items()} for r, i in enumerate(self.chunk)}
+
+
+def launch_batch(adapter: ModelAdapter, encs: list, chunk: list[int], layers: list[int]) -> _Pending:
+    """Start one right-padded batch; ``.result()`` gives ``{window index: {layer: [len, d]}}``.
+
+    On CUDA the residuals are copied into pinned host memory with ``non_blocking`` copies and
+    ``.result()`` waits for them, so the caller can launch the next batch's forward first and the GPU
+    never waits for the host; elsewhere the copy is synchronous. Either way the values are those of
+    ``a.float().cpu()`` bit for bit."""
     width = max(len(encs[i]) for i in chunk)
     FORWARD_STATS["positions"] += width * len(chunk)
     FORWARD_STATS["tokens"] += sum(len(encs[i]) for i in chunk)
     ids = torch.zeros((len(chunk), width), dtype=torch.long)
     for r, i in enumerate(chunk):
         ids[r, :len(encs[i])] = encs[i].ids
-    acts = {l: a.float().cpu().numpy() for l, a in adapter.capture(ids, layers).items()}
-    return {i: {l: a[r, :len(encs[i])] for l, a in acts.items()} for r, i in enumerate(chunk)}
+    with torch.inference_mode():
+        out = adapter.capture(ids, layers)
+        if not all(a.is_cuda for a in out.values()):
+            return _Pending(encs, chunk, {l: a.float().cpu() for l, a in out.items()})
+        host = {}
+        for l, a in out.items():
+            host[l] = torch.empty(a.shape, dtype=torch.float32, pin_memory=True)
+            host[l].copy_(a.float(), non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+    return _Pending(encs, chunk, host, event)
+
+
+def run_batch(adapter: ModelAdapter, encs: list, chunk: list[int], layers: list[int]) -> dict[int, Acts]:
+    """One right-padded batch: ``{window index: {layer: [len, d]}}``; causal attention keeps the
+    padding invisible to the real positions, the only ones returned."""
+    return launch_batch(adapter, encs, chunk, layers).result()
 
 
 def forward(adapter: ModelAdapter, encs: list, layers: list[int], batch_size: int, tick: Callable[[float], None],
@@ -123,12 +155,21 @@ def forward(adapter: ModelAdapter, encs: list, layers: list[int], batch_size: in
     """
     ready = ready or {}
     out: list[Acts | None] = [None] * len(encs)
-    for chunk in batches(encs, batch_size):
-        if all(i in ready for i in chunk):
-            got = {i: {l: ready[i][l] for l in layers} for i in chunk}
-        else:
-            got = run_batch(adapter, encs, chunk, layers)
-        for i, acts in got.items():
+
+    def finish(chunk, got) -> None:
+        for i, acts in (got.result() if isinstance(got, _Pending) else got).items():
             out[i] = acts
         tick(sum(len(encs[i]) for i in chunk))
+
+    prev = None  # batch i is collected after batch i + 1 is launched (on CUDA the GPU stays busy)
+    for chunk in batches(encs, batch_size):
+        if all(i in ready for i in chunk):
+            cur = (chunk, {i: {l: ready[i][l] for l in layers} for i in chunk})
+        else:
+            cur = (chunk, launch_batch(adapter, encs, chunk, layers))
+        if prev is not None:
+            finish(*prev)
+        prev = cur
+    if prev is not None:
+        finish(*prev)
     return out

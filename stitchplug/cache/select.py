@@ -284,9 +284,9 @@ def cache_stage(cfg, path: str | Path, model: Callable[[str], ModelAdapter], pro
                                     corpus=c.corpus, doc_start=c.doc_start, max_docs=c.max_docs, tokens=c.tokens,
                                     context_size=c.context_size, dtype=c.dtype, batch_size=c.batch_size,
                                     aligner="auto", eval_fraction=c.eval_fraction, split_seed=cfg.seed,
-                                    progress=progress, log=log)
+                                    queue_depth=c.queue_depth, progress=progress, log=log)
     with open_cache(out) as cache:
         ra, rb = cache.alignment_rate
         return {"path": str(out), "n_tokens": int(cache.n_tokens), "alignment_rate": {"source": ra, "target": rb},
                 "source_layers": list(cache.source_layers), "target_layers": list(cache.target_layers),
-                "layer_selection": sel}
+                "layer_selection": sel, "queue_depth": c.queue_depth}

@@ -6,6 +6,10 @@ name is always complete. The entry file (virtual datasets over the shards, plus 
 table and attributes) is written last, the same way, with ``complete = True``. A re-run skips
 finished shards; shard boundaries and batch composition depend only on the configuration and the
 corpus, so a resumed cache is bit-identical to an uninterrupted one.
+
+Overlap: the host work of shard ``k`` (:meth:`_Writer.store_shard`) runs in a writer thread while
+shard ``k + 1``'s forwards run, and documents are windowed ahead in another thread
+(:mod:`~stitchplug.cache.overlap`); the bytes written do not depend on it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import os
 import shutil
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -30,9 +35,12 @@ from .align import fingerprint, get_aligner
 from .corpus import corpus_fingerprint
 from .format import (BF16_ATTR, FORMAT, FORMAT_VERSION, RESUME_FIELDS, SIDES, STORAGE_DTYPES,
                      config_diff, layer_key, open_h5, refuse_mismatch, shard_dir, store, stored_config)
+from .overlap import ShardWriter, read_ahead
 from .plan import FORWARD_STATS, Acts, Doc, Shard, forward, group_shards, plan_docs  # noqa: F401 (FORWARD_STATS)
 
 SHARD_BYTES = 64 * 2**20
+QUEUE_DEPTH = 2
+"""Default writer queue depth (shards); see :mod:`~stitchplug.cache.overlap`."""
 
 
 def _fsync_replace(tmp: Path, final: Path) -> None:
@@ -56,13 +64,14 @@ class _Writer:
         self.batch_size, self.tick = batch_size, tick
         self.dir = shard_dir(path)
         self.extra = dict(extra or {})  # further shard attributes (e.g. the layer selection: a resume needs no probe)
+        self.after_write: Callable[[int, Path], None] | None = None
 
     def shard_path(self, k: int) -> Path:
         return self.dir / f"shard_{k:05d}.h5"
 
-    def write_shard(self, k: int, shard: Shard, ready: dict[str, dict[int, Acts]] | None = None) -> dict:
-        """Run and write shard ``k``; ``ready[side]`` holds windows a layer probe already ran in these
-        same batches (see :func:`~stitchplug.cache.plan.forward`)."""
+    def run_shard(self, k: int, shard: Shard, ready: dict[str, dict[int, Acts]] | None = None) -> dict:
+        """Both models' residuals for shard ``k``'s windows (``{side: [Acts per window]}``); ``ready[side]``
+        holds windows a layer probe already ran in these same batches (see :func:`~stitchplug.cache.plan.forward`)."""
         cfg, n, ready = self.cfg, shard.rows, ready or {}
         wins = shard.windows()
         tokens_total = sum(len(w.source) + len(w.target) for _, w, _ in wins) or 1
@@ -80,6 +89,17 @@ class _Writer:
         else:
             acts["target"] = forward(self.target, [w.target for _, w, _ in wins], cfg["target_layers"],
                                      self.batch_size, tick, ready.get("target"))
+        return acts
+
+    def write_shard(self, k: int, shard: Shard, ready: dict[str, dict[int, Acts]] | None = None) -> dict:
+        """Run and write shard ``k`` in this thread (:meth:`run_shard`, then :meth:`store_shard`)."""
+        return self.store_shard(k, shard, self.run_shard(k, shard, ready))
+
+    def store_shard(self, k: int, shard: Shard, acts: dict) -> dict:
+        """The host work of shard ``k`` (the writer thread's): gather the aligned rows, pack them to the
+        storage dtype, write ``shard_k.h5.tmp``, store its digests, fsync and rename it final."""
+        cfg, n = self.cfg, shard.rows
+        wins = shard.windows()
         cols = {side: {l: [] for l in cfg[f"{side}_layers"]} for side in SIDES}
         meta = {k2: [] for k2 in ("source/token_ids", "target/token_ids", "source/ends", "target/ends", "doc_ids")}
         for wi, (doc, w, keep) in enumerate(wins):
@@ -117,7 +137,9 @@ class _Writer:
                                                          dtype=np.int64).reshape(-1, 3))
         integrity.stamp(tmp)
         _fsync_replace(tmp, final)
-        return self.shard_info(final)
+        if self.after_write is not None:
+            self.after_write(k, final)
+        return {"path": final, "rows": n}
 
     @staticmethod
     def shard_info(path: Path) -> dict:
@@ -228,7 +250,8 @@ def build_cache(path: str | Path, source: ModelAdapter, target: ModelAdapter, *,
                 split_seed: int = 0, shard_rows: int | None = None, progress: bool = True,
                 log: Callable[[str], None] | None = None, corpus_cache_dir: str | None = None,
                 extra_attrs: dict | None = None, planned: Sequence[Doc] | None = None,
-                ready: dict[int, dict[str, dict[int, Acts]]] | None = None) -> Path:
+                ready: dict[int, dict[str, dict[int, Acts]]] | None = None, queue_depth: int = QUEUE_DEPTH,
+                after_write: Callable[[int, Path], None] | None = None) -> Path:
     """Build the paired cache at ``path`` (an ``.h5`` entry file), resuming finished shards.
 
     Returns ``path``. An existing complete cache with the same content config is reused as is;
@@ -241,6 +264,11 @@ def build_cache(path: str | Path, source: ModelAdapter, target: ModelAdapter, *,
     ``planned``: the slice's leading documents already windowed (:func:`~stitchplug.cache.plan.plan_docs`
     with these settings), used instead of tokenising them again; ``ready``: per shard and side, windows a
     layer probe already ran in the writer's own batches (:mod:`stitchplug.cache.select`).
+
+    ``queue_depth``: shards that may wait for the writer thread while the next shard's forwards run
+    (and shards windowed ahead); 0 runs everything in this thread, in order (:mod:`~stitchplug.cache.overlap`).
+    The bytes written are the same at every depth, so it is not part of the cache's identity.
+    ``after_write(k, path)`` is called by the writer (thread) after shard ``k`` is final on disk.
     """
     from tqdm import tqdm
 
@@ -292,8 +320,14 @@ def build_cache(path: str | Path, source: ModelAdapter, target: ModelAdapter, *,
                              f"{free / 2**20:,.1f} MiB free")
         bar = tqdm(total=tokens, initial=rows_done, unit="tok", unit_scale=True, disable=not progress or rank != 0,
                    desc="caching", dynamic_ncols=True, file=sys.stderr)
-        writer.tick = bar.update
         kept: list[int] = []
+        sink = ShardWriter(writer.store_shard, queue_depth)
+
+        def tick(t: float) -> None:  # after every forward batch: the progress bar, and a failed writer stops the run
+            sink.check()
+            bar.update(t)
+
+        writer.tick, writer.after_write = tick, after_write
 
         def documents():
             """The slice's documents after the finished shards: planned ones first, then the corpus."""
@@ -319,14 +353,16 @@ def build_cache(path: str | Path, source: ModelAdapter, target: ModelAdapter, *,
                     kept.append(k)
                     return
                 final.unlink()
-            writer.write_shard(k, shard, (ready or {}).get(k))
+            sink.submit(k, shard, writer.run_shard(k, shard, (ready or {}).get(k)))
 
         # Shard boundaries depend only on the config and the corpus: every rank windows every document
-        # (tokenising is cheap next to the forwards) and runs the models on its own shards only.
+        # (tokenising is cheap next to the forwards, and runs ahead in its own thread) and runs the
+        # models on its own shards only; the writer thread stores shard k while shard k + 1 runs.
         n_shards, total = len(done), rows_done
-        for shard in group_shards(documents(), cfg["shard_rows"]):
-            flush(n_shards, shard)
-            n_shards, total = n_shards + 1, total + shard.rows
+        with sink, closing(read_ahead(group_shards(documents(), cfg["shard_rows"]), queue_depth)) as shards:
+            for shard in shards:
+                flush(n_shards, shard)
+                n_shards, total = n_shards + 1, total + shard.rows
         bar.close()
         if kept:
             log(f"rank {rank}: kept {len(kept)} shard(s) that an interrupted run finished")

@@ -97,6 +97,7 @@ class Pipeline:
 
     def deps(self, *sections: str) -> dict:
         data = run_config_dict(self.cfg)
+        data["cache"].pop("queue_depth", None)  # how the cache is written, not what: never part of a stage's identity
         keep = {"seed", "device", "dtype", "models", "cache"} | set(sections)
         return {k: v for k, v in data.items() if k in keep}
 

@@ -174,6 +174,7 @@ def train_adam(stitch: Stitch, source: BatchSource, cfg: StitchConfig, steps_per
     """The paper's recipe: Adam, cosine decay to 0 over all steps, grad-norm clip 1.0, Eq. 3.
     Steps run on ``device``; ``stitch`` is trained in place and left on the CPU."""
     from .. import dist
+    from ..precision import tf32_loop
 
     torch.manual_seed(seed)
     device = torch.device(device)
@@ -195,7 +196,7 @@ def train_adam(stitch: Stitch, source: BatchSource, cfg: StitchConfig, steps_per
         bar = tqdm(total=total, desc="adam", unit="step")
     stitch.train()
     while step < total:
-        for hA, hB in source():
+        for hA, hB in tf32_loop(source(), getattr(cfg, "allow_tf32", False), device):
             hA, hB = hA.to(device, non_blocking=True), hB.to(device, non_blocking=True)
             opt.zero_grad(set_to_none=True)
             loss, parts = loss_fn(hA, hB)
