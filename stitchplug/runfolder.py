@@ -42,6 +42,9 @@ STITCH_FILE = "stitch/stitch.safetensors"
 ROLES = ("source", "transferred", "random")
 """Roles every artifact kind has (``random`` only when the kind supports a baseline)."""
 
+METRICS_ADVICE = ("repair it by hand (other commands' sections are in it), or move it away to start a new one; "
+                  "nothing was written")
+
 # report section order: core header first, artifact kinds next, other plugins after, stage times last
 ORDER_CORE, ORDER_ARTIFACT, ORDER_PLUGIN, ORDER_LAST = 0, 10, 50, 100
 
@@ -121,7 +124,12 @@ class RunFolder:
         import yaml
 
         self.require("run", "config.yaml")
-        return yaml.safe_load(self.config_file.read_text()) or {}
+        data = self.read(self.config_file, lambda t: yaml.safe_load(t) or {},
+                         "restore it, or delete it and re-run `stitchplug run` with the same flags")
+        if not isinstance(data, dict):
+            raise StageError(f"{self.config_file} does not hold a mapping; restore it, or delete it and re-run "
+                             "`stitchplug run` with the same flags")
+        return data
 
     def open_cache(self, **kwargs):
         """:func:`stitchplug.cache.reader.open_cache` on this folder's cache."""
@@ -159,18 +167,39 @@ class RunFolder:
         """``metrics.json`` as a dict (empty if there is none yet)."""
         if not self.metrics_file.exists():
             return {}
+        data = self.read(self.metrics_file, json.loads, METRICS_ADVICE)
+        if not isinstance(data, dict):
+            raise StageError(f"{self.metrics_file} does not hold a JSON object; {METRICS_ADVICE}")
+        return data
+
+    def read(self, path: Path, parse: Callable[[str], Any], advice: str) -> Any:
+        """``parse(path's text)``; a file that cannot be read or parsed is one StageError line naming it and
+        ``advice``. Nothing in the folder is ever rewritten from a file this refused."""
         try:
-            return json.loads(self.metrics_file.read_text())
-        except json.JSONDecodeError:
-            raise StageError(f"{self.metrics_file} is not valid JSON; delete it and re-run `stitchplug run`") from None
+            return parse(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            why = f"is not UTF-8 text (byte {exc.start})"
+        except OSError as exc:
+            why = f"cannot be read ({exc.strerror or type(exc).__name__})"
+        except Exception as exc:  # json, yaml: a parse error
+            why = f"does not parse ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        raise StageError(f"{path} {why}; {advice}") from None
+
+    def check_readable(self) -> None:
+        """Refuse, before anything is written, if a file the folder's writers rewrite or read back
+        (``metrics.json``, ``config.yaml``, the report index, a stage marker) cannot be read: it is named
+        in one line with what to do, and left as it is."""
+        self.metrics()
+        if self.config_file.exists():
+            self.config()
+        self._report_index()
+        for marker in sorted((self.root / "stages").glob("*.json")):
+            self._record(marker.stem)
 
     # -- the only writers of metrics.json and report.md -----------------------------------
     def add_metrics(self, section: str, data: dict) -> None:
         """Set ``metrics.json[section] = data`` (atomically; other sections are kept)."""
-        try:
-            metrics = self.metrics()
-        except StageError:
-            metrics = {}
+        metrics = self.metrics()  # an unreadable metrics.json is refused, never restarted from {}
         metrics[section] = data
         write_json_atomic(self.metrics_file, metrics)
 
@@ -183,15 +212,24 @@ class RunFolder:
         if not name or "/" in name or name.startswith("."):
             raise StageError(f"invalid report section name {name!r}")
         index_path = self.root / "report" / "index.json"
-        index = json.loads(index_path.read_text()) if index_path.exists() else {}
+        index = self._report_index()
         index.setdefault(name, order)
         write_text_atomic(self.root / "report" / f"{name}.md", markdown.rstrip() + "\n")
         write_json_atomic(index_path, index)
         return self.render_report()
 
-    def report_sections(self) -> list[str]:
+    def _report_index(self) -> dict:
         index_path = self.root / "report" / "index.json"
-        index = json.loads(index_path.read_text()) if index_path.exists() else {}
+        if not index_path.exists():
+            return {}
+        index = self.read(index_path, json.loads, "restore it, or delete it (report.md is then re-assembled "
+                                                  "from the sections added after that)")
+        if not isinstance(index, dict):
+            raise StageError(f"{index_path} does not hold a JSON object; restore it or delete it")
+        return index
+
+    def report_sections(self) -> list[str]:
+        index = self._report_index()
         return [n for n, _ in sorted(index.items(), key=lambda kv: (kv[1], kv[0]))
                 if (self.root / "report" / f"{n}.md").exists()]
 
@@ -229,10 +267,11 @@ class RunFolder:
         marker = self.marker(name)
         if not marker.exists():
             return None
-        try:
-            return json.loads(marker.read_text())
-        except json.JSONDecodeError:
-            return None  # a marker is written atomically; an unreadable one means it never finished
+        # markers are written atomically: an unreadable one was damaged afterwards, and is refused
+        rec = self.read(marker, json.loads, f"delete it to redo stage '{name}' (and what was built on it)")
+        if not isinstance(rec, dict):
+            raise StageError(f"{marker} does not hold a JSON object; delete it to redo stage '{name}'")
+        return rec
 
     def changed_config(self, name: str, deps: dict) -> list[str]:
         """``"field (old -> new)"`` for each config field stage ``name`` finished with that ``deps`` changes."""
@@ -329,10 +368,7 @@ class RunFolder:
     def stage_seconds(self) -> dict:
         out = {}
         for marker in sorted((self.root / "stages").glob("*.json")):
-            try:
-                out[marker.stem] = json.loads(marker.read_text()).get("seconds")
-            except json.JSONDecodeError:
-                pass
+            out[marker.stem] = (self._record(marker.stem) or {}).get("seconds")
         return out
 
     def require(self, name: str, *files: str | Path) -> None:
@@ -343,6 +379,16 @@ class RunFolder:
                 raise StageError(f"stage '{name}' is marked finished but {p} is missing; delete {self.marker(name)} "
                                  "to redo it" if self.marker(name).exists() else
                                  f"{p} is missing (stage '{name}' of `stitchplug run --output-dir {self.root}` writes it)")
+
+
+def lock_run_folder(root: str | Path, what: str = "stitchplug"):
+    """Hold ``RUN/.lock`` for a command that writes into (or reads a consistent state of) run folder
+    ``root``: ``with lock_run_folder(run, "stitchplug analyze"): ...``. A second writer is refused in
+    one line naming the holder. The run folder must exist (a typo is not made into a folder)."""
+    rf = RunFolder(root)
+    if not rf.root.is_dir():
+        raise StageError(f"run folder {rf.root} does not exist (run `stitchplug run --output-dir {rf.root}` first)")
+    return rf.writing(what)
 
 
 def fingerprint(obj: Any) -> str:

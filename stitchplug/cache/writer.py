@@ -29,6 +29,7 @@ import numpy as np
 
 from .. import __version__, dist
 from ..adapter import ModelAdapter
+from ..atomic import removing
 from ..errors import CacheError
 from . import integrity
 from .align import fingerprint, get_aligner
@@ -112,7 +113,7 @@ class _Writer:
             meta["doc_ids"].append(np.full(len(ia), doc.index, dtype=np.int64))
         final = self.shard_path(k)
         tmp = final.with_name(final.name + ".tmp")
-        with h5py.File(tmp, "w") as f:
+        with removing(tmp), h5py.File(tmp, "w") as f:  # a full disk: one line, no .tmp left
             f.attrs["format"] = FORMAT
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["config"] = json.dumps(cfg, sort_keys=True)
@@ -154,7 +155,7 @@ class _Writer:
         cfg = self.cfg
         n = sum(s["rows"] for s in shards)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        with h5py.File(tmp, "w") as f:
+        with removing(tmp), h5py.File(tmp, "w") as f:  # a full disk: one line, no .tmp left
             names = [f"{side}/{layer_key(l)}" for side in SIDES for l in cfg[f"{side}_layers"]]
             names += ["source/token_ids", "target/token_ids", "source/ends", "target/ends", "doc_ids"]
             for name in names:

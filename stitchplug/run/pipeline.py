@@ -224,6 +224,7 @@ class Pipeline:
             def open_folder() -> None:
                 held.enter_context(self.rf.writing("stitchplug run"))  # one writer per run folder
                 # before config.yaml is touched: a changed config, or an output replaced behind its marker
+                self.rf.check_readable()  # an unreadable metrics.json, marker, config: refused, never rewritten
                 self.rf.check(self.stage_deps())
                 for stage, outputs in self.stage_outputs().items():
                     self.rf.stale(stage, outputs=outputs)
