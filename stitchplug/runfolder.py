@@ -365,6 +365,53 @@ class RunFolder:
         log(f"[{name}] done in {seconds:.1f}s")
         return result
 
+    def record_results(self, name: str, command: str, result: dict, seconds: float,
+                       inputs: dict[str, str | Path], metrics: list[str] = (), report: list[str] = ()) -> None:
+        """Mark what a command other than ``run`` (``analyze``, ``experiment init``) added to the folder
+        as stage ``name``: the fingerprints of the ``inputs`` it read, and the ``metrics`` and ``report``
+        sections it wrote. When a later ``run`` changes any of those inputs (a refit stitch, an SAE of
+        another width), :meth:`drop_stale_results` removes the sections, so the report never describes
+        artifacts that are gone; ``command`` is what re-creates them."""
+        from .fingerprints import content_fingerprint
+
+        paths = {k: Path(p) for k, p in inputs.items()}
+        write_json_atomic(self.marker(name), {
+            "deps": {}, "result": result, "seconds": seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "inputs": {k: content_fingerprint(p) for k, p in paths.items()},
+            "input_paths": {k: str(p.resolve()) for k, p in paths.items()},
+            "sections": {"metrics": list(metrics), "report": list(report)}, "command": command})
+
+    def drop_stale_results(self, log: Callable[[str], None] = print) -> list[str]:
+        """Remove the sections of every :meth:`record_results` stage whose inputs changed (or are
+        gone), and its marker; returns the names of the stages dropped."""
+        from .fingerprints import content_fingerprint
+
+        dropped = []
+        for marker in sorted((self.root / "stages").glob("*.json")):
+            rec = self._record(marker.stem) or {}
+            if not rec.get("sections"):
+                continue
+            seen, paths = rec.get("inputs") or {}, rec.get("input_paths") or {}
+            changed = [k for k, p in paths.items() if content_fingerprint(Path(p)) != seen.get(k)]
+            if not changed:
+                continue
+            secs = rec["sections"]
+            metrics = self.metrics()
+            if any(s in metrics for s in secs.get("metrics", ())):
+                write_json_atomic(self.metrics_file, {k: v for k, v in metrics.items() if k not in secs["metrics"]})
+            index = self._report_index()
+            if any(s in index for s in secs.get("report", ())):
+                for s in secs["report"]:
+                    (self.root / "report" / f"{s}.md").unlink(missing_ok=True)
+                write_json_atomic(self.root / "report" / "index.json",
+                                  {k: v for k, v in index.items() if k not in secs["report"]})
+                self.render_report()
+            marker.unlink()
+            dropped.append(marker.stem)
+            log(f"[{marker.stem}] stale: its input {', '.join(changed)} changed; its results were removed "
+                f"(re-run `{rec.get('command') or marker.stem}` to recompute them)")
+        return dropped
+
     def stage_seconds(self) -> dict:
         out = {}
         for marker in sorted((self.root / "stages").glob("*.json")):

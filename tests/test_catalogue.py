@@ -46,7 +46,7 @@ def run_main(args, capsys) -> tuple[int, list[str]]:
         main(args)
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    return exc.value.code, [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("Warning:")]
+    return exc.value.code, [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("Warning:", "loading "))]
 
 
 @pytest.mark.parametrize("flags,field", BAD_VALUES, ids=[f"{f[0]}={f[1]}" for f, _ in BAD_VALUES])

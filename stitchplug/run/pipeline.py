@@ -40,7 +40,7 @@ from typing import Any, Callable
 
 from .. import dist
 from ..artifacts import ArtifactContext, ArtifactKind, Arm
-from ..config import RunConfig, run_config_class, run_config_dict, snapshot
+from ..config import RunConfig, check_values, run_config_class, run_config_dict, snapshot
 from ..errors import PluginError, StageError
 from ..plugins import registry
 from ..runfolder import CACHE_FILE, ORDER_ARTIFACT, ORDER_CORE, ORDER_LAST, STITCH_FILE, RunFolder
@@ -231,6 +231,14 @@ class Pipeline:
                 (self.rf.root / "stages").mkdir(parents=True, exist_ok=True)
                 snapshot(self.cfg, self.rf.config_file)
 
+            def preflight() -> None:  # lengths against the models' n_ctx, before the folder exists
+                from .preflight import check_lengths
+
+                check_lengths(self.cfg, [self.model("source"), self.model("target")])
+                check_values(self.cfg)  # a config built in Python, not through build_config
+                self.kind.preflight(self.art_cfg)  # the kind's inputs (task files ...), before any stage
+
+            dist.on_main(preflight)
             dist.on_main(open_folder)  # rank 0's error ends every rank
             return self._run()
 
@@ -357,6 +365,7 @@ class Pipeline:
         arm_inputs = {role: paths[role] for role in LABELS if role != "random" or kind.supports_baseline}
         eval_res = rf.run(f"{name}.evaluate", art_deps, evaluate, self.log,
                           inputs=arm_inputs | {"stitch": rf.stitch, "cache": rf.cache})
+        rf.drop_stale_results(self.log)  # analyze / experiment init results built on what this run redid
         for section, data in (("config", run_config_dict(cfg)), ("cache", cache_res), ("stitch", stitch_res),
                               ("stitched_ce", ce_res), (name, eval_res), ("stage_seconds", rf.stage_seconds())):
             rf.add_metrics(section, data)
