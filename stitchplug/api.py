@@ -64,6 +64,7 @@ _EXPORTS = {
     "CONTEXT_LENGTH": "stitchplug.config",
     "OPT": "stitchplug.config",
     "progress": "stitchplug.progress",
+    "progress_quiet_loaders": "stitchplug.progress",
     # measurement
     "count_step_flops": "stitchplug.flops",
     "ReconAccumulator": "stitchplug.metrics",

@@ -251,6 +251,9 @@ def _add_plugin_commands() -> None:
 
 def main(argv=None) -> None:
     """Entry point: run the CLI, turning :class:`StitchplugError` into one line on stderr."""
+    from .progress import quiet_loaders
+
+    quiet_loaders()  # the model loaders' bars: off when stderr is not a terminal
     try:
         _add_core_commands()
         _add_plugin_commands()

@@ -340,7 +340,7 @@ class RunFolder:
               inputs: dict[str, str | Path] | None = None, outputs: dict[str, str | Path] | None = None) -> dict | None:
         """The first half of :meth:`run`: the recorded result of a finished, still valid stage, or
         ``None`` (a stale stage's marker is removed) when it must run. Refuses a changed config."""
-        inputs = {k: Path(v) for k, v in (inputs or {}).items()}
+        inputs = with_file_inputs(deps, inputs)
         outputs = {k: Path(v) for k, v in (outputs or {}).items()}
         rec = self.done(name, deps)
         if rec is not None:
@@ -358,6 +358,7 @@ class RunFolder:
         the fingerprints of its inputs and outputs); returns ``result``."""
         from .fingerprints import content_fingerprint
 
+        inputs = with_file_inputs(deps, inputs)
         write_json_atomic(self.marker(name), {
             "deps": deps, "result": result, "seconds": seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "inputs": {k: content_fingerprint(Path(p)) for k, p in (inputs or {}).items()},
@@ -426,6 +427,18 @@ class RunFolder:
                 raise StageError(f"stage '{name}' is marked finished but {p} is missing; delete {self.marker(name)} "
                                  "to redo it" if self.marker(name).exists() else
                                  f"{p} is missing (stage '{name}' of `stitchplug run --output-dir {self.root}` writes it)")
+
+
+def with_file_inputs(deps: dict, inputs: dict[str, str | Path] | None) -> dict[str, Path]:
+    """``inputs`` plus every ``file:PATH`` named anywhere in the stage's config ``deps`` (corpora, probe
+    task files, steering prompt files, a ``mix:`` corpus's files ...), labelled ``file:PATH``: a stage's
+    fingerprint covers the content of every file it reads, so editing one makes the stage stale."""
+    from .config import file_inputs
+
+    out = {k: Path(v) for k, v in (inputs or {}).items()}
+    for path in file_inputs(deps):
+        out.setdefault(f"file:{path}", path)
+    return out
 
 
 def lock_run_folder(root: str | Path, what: str = "stitchplug"):

@@ -101,6 +101,9 @@ def register(cli: click.Group) -> None:
         if verify:
             ctx.exit(verify_command(cfg))
         from .. import dist
+        from ..progress import quiet_loaders
+
+        quiet_loaders(cfg.progress)  # --no-progress silences the model loaders' bars too
 
         rank, world = dist.init_from_env(cfg.device)  # under torchrun: one process group, shards split by rank
         prefix = f"[rank {rank}/{world}] " if world > 1 else ""

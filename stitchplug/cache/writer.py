@@ -271,7 +271,7 @@ def build_cache(path: str | Path, source: ModelAdapter, target: ModelAdapter, *,
     The bytes written are the same at every depth, so it is not part of the cache's identity.
     ``after_write(k, path)`` is called by the writer (thread) after shard ``k`` is final on disk.
     """
-    from tqdm import tqdm
+    from ..progress import progress as progress_bar
 
     from .corpus import open_corpus
 
@@ -319,8 +319,8 @@ def build_cache(path: str | Path, source: ModelAdapter, target: ModelAdapter, *,
         if need * 1.05 + 2**20 > free:
             raise CacheError(f"not enough disk space for cache {path}: needs {need / 2**20:,.1f} MiB, "
                              f"{free / 2**20:,.1f} MiB free")
-        bar = tqdm(total=tokens, initial=rows_done, unit="tok", unit_scale=True, disable=not progress or rank != 0,
-                   desc="caching", dynamic_ncols=True, file=sys.stderr)
+        bar = progress_bar(total=tokens, initial=rows_done, unit="tok", unit_scale=True, desc="cache",
+                           enabled=progress and rank == 0, dynamic_ncols=True, file=sys.stderr)
         kept: list[int] = []
         sink = ShardWriter(writer.store_shard, queue_depth)
 
