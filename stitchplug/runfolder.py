@@ -379,8 +379,13 @@ class RunFolder:
         write_json_atomic(self.marker(name), {
             "deps": {}, "result": result, "seconds": seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "inputs": {k: content_fingerprint(p) for k, p in paths.items()},
-            "input_paths": {k: str(p.resolve()) for k, p in paths.items()},
+            "input_paths": {k: self._relative(p) for k, p in paths.items()},  # a copied folder stays itself
             "sections": {"metrics": list(metrics), "report": list(report)}, "command": command})
+
+    def _relative(self, path: Path) -> str:
+        """``path`` relative to the run folder when it is inside it, else absolute."""
+        path, root = path.resolve(), self.root.resolve()
+        return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
     def drop_stale_results(self, log: Callable[[str], None] = print) -> list[str]:
         """Remove the sections of every :meth:`record_results` stage whose inputs changed (or are
@@ -393,7 +398,7 @@ class RunFolder:
             if not rec.get("sections"):
                 continue
             seen, paths = rec.get("inputs") or {}, rec.get("input_paths") or {}
-            changed = [k for k, p in paths.items() if content_fingerprint(Path(p)) != seen.get(k)]
+            changed = [k for k, p in paths.items() if content_fingerprint(self.root / p) != seen.get(k)]
             if not changed:
                 continue
             secs = rec["sections"]
