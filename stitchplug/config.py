@@ -119,30 +119,6 @@ def context_lengths(model: BaseModel, prefix: str = "") -> dict[str, int]:
     return out
 
 
-def file_inputs(data: Any) -> list[Path]:
-    """Every file a config names as ``file:PATH`` (in any field, list or ``mix:`` corpus), in order."""
-    out: list[Path] = []
-    if isinstance(data, BaseModel):
-        data = data.model_dump(mode="json")
-    if isinstance(data, dict):
-        for v in data.values():
-            out += file_inputs(v)
-    elif isinstance(data, (list, tuple)):
-        for v in data:
-            out += file_inputs(v)
-    elif isinstance(data, str):
-        if data.startswith("mix:"):
-            try:
-                from .cache.corpus import parse_mix
-
-                out += [p for part, _ in parse_mix(data) for p in file_inputs(part)]
-            except Exception:  # a malformed mix is refused where it is parsed
-                pass
-        elif data.startswith("file:"):
-            out.append(Path(data[len("file:"):]))
-    return list(dict.fromkeys(out))
-
-
 class ConfigSection(BaseModel):
     """Base of every config section (core and plugins): unknown keys refused, attribute docstrings as
     ``--help`` text, and the rules of :func:`value_problems` (no inf/nan, no empty list or string unless

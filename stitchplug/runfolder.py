@@ -438,7 +438,7 @@ def with_file_inputs(deps: dict, inputs: dict[str, str | Path] | None) -> dict[s
     """``inputs`` plus every ``file:PATH`` named anywhere in the stage's config ``deps`` (corpora, probe
     task files, steering prompt files, a ``mix:`` corpus's files ...), labelled ``file:PATH``: a stage's
     fingerprint covers the content of every file it reads, so editing one makes the stage stale."""
-    from .config import file_inputs
+    from .fingerprints import file_inputs
 
     out = {k: Path(v) for k, v in (inputs or {}).items()}
     for path in file_inputs(deps):

@@ -260,3 +260,40 @@ def test_atomic_writer_removes_its_tmp_on_failure(tmp_path, monkeypatch):
         write_text_atomic(target, '{"a": 1}')
     monkeypatch.undo()
     assert target.read_text() == "{}" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+# -- logs: plain progress lines when stderr is not a terminal ----------------------------------------
+def test_a_cache_run_redirected_to_a_file_writes_plain_progress_lines(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    log = tmp_path / "cache.log"
+    env = {**os.environ, "STITCHPLUG_PROGRESS_EVERY": "0"}
+    with open(log, "w") as fh:
+        res = subprocess.run([sys.executable, "-m", "stitchplug.cli", "cache", *TINY_PAIR, "--output-dir",
+                              str(tmp_path / "run"), "--cache-tokens", "600", "--cache-context-size", "64",
+                              "--stitch-source-layer", "1", "--stitch-target-layer", "1"],
+                             stdout=subprocess.DEVNULL, stderr=fh, env=env, timeout=900)
+    text = log.read_text()
+    assert res.returncode == 0, text[-2000:]
+    assert "\r" not in text and "\x1b" not in text  # no carriage-return bar states, no terminal codes
+    lines = [ln for ln in text.splitlines() if ln.startswith("[cache] ")]
+    assert len(lines) >= 2 and all(" tok" in ln and "tok/s" in ln for ln in lines), text[-2000:]
+    assert "(100%)" in lines[-1]
+
+
+def test_line_progress_reports_done_total_rate_and_eta(capsys):
+    from stitchplug.progress import progress
+
+    bar = progress(total=10, desc="stage", unit="step", every=0)
+    for _ in range(4):
+        bar.update(1)
+    bar.close()
+    lines = capsys.readouterr().err.splitlines()  # pytest's captured stderr is not a terminal
+    assert len(lines) == 5 and lines[0].startswith("[stage] 1/10 step (10%), ") and "ETA" in lines[0]
+    assert lines[-1].startswith("[stage] 4/10 step (40%)")
+    quiet = progress(total=3, desc="x", enabled=False)
+    quiet.update(3)
+    quiet.close()
+    assert capsys.readouterr().err == ""

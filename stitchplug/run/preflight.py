@@ -69,7 +69,8 @@ def check_input_files(cfg) -> None:
     """Every ``file:PATH`` the run config names (corpora, probe tasks, steering prompts, in any field)
     exists, is a file, is UTF-8 text and is not empty: checked before the run folder is created, not at
     the stage that reads it (whose marker would otherwise record the bad path)."""
-    from ..config import file_inputs, run_config_dict
+    from ..config import run_config_dict
+    from ..fingerprints import file_inputs
 
     data = run_config_dict(cfg) if hasattr(cfg, "artifact") else cfg.model_dump(mode="json")
     for path in file_inputs(data):
