@@ -26,9 +26,8 @@ def register(cli: click.Group) -> None:
         """
         from .. import dist
         from .pipeline import Pipeline
-        from .preflight import check_names
-
         from ..progress import quiet_loaders
+        from .preflight import check_names
 
         quiet_loaders(not no_progress)
         check_names(cfg)  # before the run folder exists or a model loads (every rank: the same verdict)

@@ -231,12 +231,13 @@ class Pipeline:
                 (self.rf.root / "stages").mkdir(parents=True, exist_ok=True)
                 snapshot(self.cfg, self.rf.config_file)
 
-            def preflight() -> None:  # lengths against the models' n_ctx, before the folder exists
-                from .preflight import check_lengths
+            def preflight() -> None:  # before the run folder exists or any stage writes
+                from .preflight import check_input_files, check_lengths
 
-                check_lengths(self.cfg, [self.model("source"), self.model("target")])
                 check_values(self.cfg)  # a config built in Python, not through build_config
-                self.kind.preflight(self.art_cfg)  # the kind's inputs (task files ...), before any stage
+                check_input_files(self.cfg)  # every file: input exists and is non-empty text
+                self.kind.preflight(self.art_cfg)  # the kind's own inputs (task files: columns, classes)
+                check_lengths(self.cfg, [self.model("source"), self.model("target")])  # against n_ctx
 
             dist.on_main(preflight)
             dist.on_main(open_folder)  # rank 0's error ends every rank
