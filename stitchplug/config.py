@@ -258,12 +258,15 @@ def _field_path(cls: type[BaseModel] | None, loc: tuple) -> str:
         return ".".join(str(p) for p in loc)
     parts = []
     for p in loc:
-        fields = getattr(cls, "model_fields", {}) if isinstance(cls, type) else {}
+        is_model = isinstance(cls, type) and issubclass(cls, BaseModel)
+        fields = cls.model_fields if is_model else {}
         if p not in fields:
             if isinstance(p, int) and parts:  # an item of a list field
                 parts[-1] += f"[{p}]"
                 continue
-            break
+            if is_model:  # an unknown key of a section
+                parts.append(str(p))
+            break  # else a union member's tag pydantic appends
         parts.append(str(p))
         cls = fields[p].annotation
     return ".".join(parts)
