@@ -76,13 +76,37 @@ def test_every_registered_section_is_walked():
     assert no_case == [], f"fields with no bad value to try: {no_case}"
 
 
-def test_every_number_declares_its_range():
-    from stitchplug.cache.cli import CacheCommandConfig
-    from stitchplug_sae.trainer import TrainerConfig
-    from stitchplug_sae_init.experiment import InitExperimentConfig
+def all_config_classes() -> list[type]:
+    """Every pydantic model defined in the core or a first-party plugin (every module imported)."""
+    import importlib
+    import pkgutil
 
-    for cls in (run_config_class(), CacheCommandConfig, TrainerConfig, InitExperimentConfig):
-        assert unbounded_fields(cls) == [], cls.__name__
+    from pydantic import BaseModel
+
+    import stitchplug
+
+    packages = [stitchplug] + [importlib.import_module(n) for n in (
+        "stitchplug_sae", "stitchplug_probe", "stitchplug_steering", "stitchplug_sae_init", "stitchplug_analysis",
+        "stitchplug_evals", "stitchplug_models", "stitchplug_corpora")]
+    classes = {run_config_class()}
+    for pkg in packages:
+        names = [pkg.__name__] + [m.name for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + ".")]
+        for name in names:
+            if name.endswith("__main__"):
+                continue
+            mod = importlib.import_module(name)
+            classes |= {c for c in vars(mod).values() if isinstance(c, type) and issubclass(c, BaseModel)
+                        and c.__module__ == name}
+    return sorted(classes, key=lambda c: f"{c.__module__}.{c.__name__}")
+
+
+def test_every_number_declares_its_range():
+    classes = all_config_classes()
+    names = {c.__name__ for c in classes}
+    assert {"RunConfig", "CacheCommandConfig", "TrainerConfig", "InitExperimentConfig", "SAEConfig",
+            "ProbeConfig", "SteeringConfig"} <= names
+    bad = {f"{c.__module__}.{c.__name__}": unbounded_fields(c) for c in classes}
+    assert {k: v for k, v in bad.items() if v} == {}
 
 
 @pytest.mark.parametrize("dotted,value,why", CASES, ids=[f"{d}={v!r}({w})" for d, v, w in CASES])

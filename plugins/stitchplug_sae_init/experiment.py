@@ -86,7 +86,7 @@ class InitExperimentConfig(ConfigSection):
     ledger still charges the dense step's FLOPs (the paper's accounting)."""
     recipe: str = "custom"
     """Name of the recipe these settings came from (``paper``, ``tuned`` or ``custom``); every table says it."""
-    epochs: int | None = None
+    epochs: int | None = Field(None, ge=1)
     """Passes over the cached training tokens the data iterator was allowed (1 = single-epoch); reported."""
 
     @field_validator("thresholds")
