@@ -15,7 +15,7 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from .errors import StitchplugError
+from .errors import StageError, StitchplugError
 from .hooks import resid_hook
 
 Patch = Callable[[torch.Tensor], torch.Tensor]
@@ -50,6 +50,15 @@ class ModelAdapter(ABC):
     d_model: int
     n_layers: int
     tokenizer: object
+    n_ctx: int | None = None
+    """Longest sequence the model reads (positions); ``None`` if unbounded or unknown."""
+
+    def check_length(self, n: int, what: str = "a sequence") -> None:
+        """One-line StageError when ``n`` tokens exceed the model's context size (instead of a shape
+        mismatch deep inside the model)."""
+        if self.n_ctx is not None and n > self.n_ctx:
+            raise StageError(f"{what} of {n} tokens is longer than model {self.name!r} reads "
+                             f"(context size n_ctx = {self.n_ctx})")
 
     def hook_name(self, layer: int) -> str:
         self.check_layer(layer)
@@ -123,6 +132,7 @@ class TLAdapter(ModelAdapter):
         self.tokenizer = tokenizer
         self.d_model = int(model.cfg.d_model)
         self.n_layers = int(model.cfg.n_layers)
+        self.n_ctx = int(getattr(model.cfg, "n_ctx", 0) or 0) or None
         self.prepend_bos = prepend_bos
         self.bos_id = bos_id if bos_id is not None else tokenizer.bos_token_id
         self.source = ""
@@ -158,6 +168,7 @@ class TLAdapter(ModelAdapter):
         layers = sorted(set(int(l) for l in layers))
         for layer in layers:
             self.check_layer(layer)
+        self.check_length(int(ids.shape[-1]), "an input")
         out: dict[int, torch.Tensor] = {}
         top = layers[-1]
 
@@ -180,6 +191,7 @@ class TLAdapter(ModelAdapter):
 
     @torch.inference_mode()
     def logits(self, ids: torch.Tensor, patches: dict[int, Patch] | None = None) -> torch.Tensor:
+        self.check_length(int(ids.shape[-1]), "an input")
         return self.model.run_with_hooks(ids.to(self.device), fwd_hooks=self._hooks(patches))
 
     @torch.inference_mode()
@@ -194,6 +206,7 @@ class TLAdapter(ModelAdapter):
             self.check_layer(l)
         if getattr(self.model.cfg, "positional_embedding_type", None) == "shortformer":
             return super().token_losses_many(ids, variants)  # blocks take a positional input start_at_layer lacks
+        self.check_length(int(ids.shape[-1]), "an input")
         ids = ids.to(self.device)
         if not layers:
             clean = next_token_ce(self.model(ids), ids)
@@ -217,6 +230,8 @@ class TLAdapter(ModelAdapter):
                  temperature: float = 0.0, seed: int = 0) -> str:
         torch.manual_seed(seed)
         ids = self.encode(prompt).ids[None].to(self.device)
+        self.check_length(int(ids.shape[1]) + max_new_tokens, f"a prompt of {ids.shape[1]} tokens plus "
+                                                              f"max_new_tokens {max_new_tokens}")
         with self.model.hooks(fwd_hooks=self._hooks(patches)):
             out = self.model.generate(ids, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
                                       temperature=max(temperature, 1e-5), verbose=False,
@@ -241,6 +256,7 @@ class TLAdapter(ModelAdapter):
         for start in range(0, len(prompts), max(1, int(batch_size))):
             encs = [self.encode(p).ids for p in prompts[start:start + batch_size]]
             width = max(len(e) for e in encs)
+            self.check_length(width + max_new_tokens, f"a prompt of {width} tokens plus max_new_tokens {max_new_tokens}")
             ids = torch.full((len(encs), width), int(pad), dtype=torch.long)
             for row, e in enumerate(encs):
                 ids[row, width - len(e):] = e

@@ -56,6 +56,15 @@ _EXPORTS = {
     "fit_run_folder": "stitchplug.run.pipeline",
     "write_text_atomic": "stitchplug.atomic",
     "write_json_atomic": "stitchplug.atomic",
+    "save_safetensors": "stitchplug.atomic",
+    "disk_errors": "stitchplug.atomic",
+    "lock_run_folder": "stitchplug.runfolder",
+    # config sections
+    "ConfigSection": "stitchplug.config",
+    "CONTEXT_LENGTH": "stitchplug.config",
+    "OPT": "stitchplug.config",
+    "progress": "stitchplug.progress",
+    "progress_quiet_loaders": "stitchplug.progress",
     # measurement
     "count_step_flops": "stitchplug.flops",
     "ReconAccumulator": "stitchplug.metrics",

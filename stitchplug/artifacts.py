@@ -180,6 +180,11 @@ class ArtifactKind(ABC):
         """Read an artifact written by :meth:`save` (or the library's native format)."""
 
     # -- optional capabilities, declared with their defaults -------------------------------
+    def preflight(self, cfg: Any) -> None:
+        """Check the kind's inputs (task files, prompt files: columns, classes) from its validated config
+        section, before the run folder is created or any stage runs; raise a one-line error. The core
+        has already checked that every ``file:`` input exists and is non-empty text. Default: accept."""
+
     def check(self, artifact: Any, stitch: Any, direction: str = "up") -> None:
         """Validate before transferring (widths, models, layers); raise a one-line StageError. Default: accept."""
 

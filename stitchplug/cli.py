@@ -59,6 +59,8 @@ class FieldType(click.ParamType):
         if origin in (typing.Union, types.UnionType):
             for a in typing.get_args(annotation):
                 out += FieldType._members(a)
+        elif origin is typing.Annotated:  # int with a range: pydantic checks the range
+            out += FieldType._members(typing.get_args(annotation)[0])
         elif origin is typing.Literal:
             out.append(tuple(typing.get_args(annotation)))
         elif origin is list or annotation is list:
@@ -249,6 +251,9 @@ def _add_plugin_commands() -> None:
 
 def main(argv=None) -> None:
     """Entry point: run the CLI, turning :class:`StitchplugError` into one line on stderr."""
+    from .progress import quiet_loaders
+
+    quiet_loaders()  # the model loaders' bars: off when stderr is not a terminal
     try:
         _add_core_commands()
         _add_plugin_commands()
@@ -269,7 +274,12 @@ def main(argv=None) -> None:
     except click.ClickException as err:
         err.show()
         sys.exit(err.exit_code)
-    except OSError as err:  # the environment: permissions, read-only or full disks, paths that are files
+    except Exception as exc:  # the environment: permissions, read-only or full disks, paths that are files
+        from .atomic import as_disk_error  # whatever library raised it (safetensors, h5py, torch, json)
+
+        err = as_disk_error(exc) or (exc if isinstance(exc, OSError) else None)
+        if err is None:
+            raise
         where = f" ({err.filename})" if getattr(err, "filename", None) else ""
         click.echo(f"Error: {err.strerror or type(err).__name__}{where}", err=True)
         sys.exit(1)

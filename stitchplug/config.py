@@ -7,12 +7,15 @@ TOML file, and CLI flags. Invalid values raise :class:`ConfigError` with one lin
 from __future__ import annotations
 
 import json
+import math
 import tomllib
+import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+import annotated_types
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from .errors import ConfigError
 
@@ -22,8 +25,117 @@ cache use the same default). On the default pair, 2,000, 4,000 and 10,000 all ch
 the default preset's budget."""
 
 
-class _Section(BaseModel):
+# -- the rules every config field follows, generated from its declaration --------------------------
+#
+# A field may opt out of one rule in its declaration: ``Field(..., json_schema_extra={OPT: [...]})``
+# with ``"nonfinite"`` (a float that may be inf/nan), ``"empty"`` (a list or str that may be empty) or
+# ``"unbounded"`` (a number without a declared range). ``{CONTEXT_LENGTH: True}`` marks a length in
+# tokens that preflight checks against the loaded models' context sizes (n_ctx).
+OPT = "stitchplug_allow"
+CONTEXT_LENGTH = "stitchplug_context_length"
+_BOUNDS = (annotated_types.Ge, annotated_types.Gt, annotated_types.Le, annotated_types.Lt, annotated_types.Interval)
+
+
+def _extra(info) -> dict:
+    extra = info.json_schema_extra
+    return extra if isinstance(extra, dict) else {}
+
+
+def allows(info, rule: str) -> bool:
+    """Whether field ``info`` opted out of ``rule`` (``nonfinite``, ``empty`` or ``unbounded``)."""
+    return rule in (_extra(info).get(OPT) or ())
+
+
+def _value_problem(value: Any, info) -> str | None:
+    if isinstance(value, float) and not math.isfinite(value) and not allows(info, "nonfinite"):
+        return f"must be a finite number, not {value}"
+    if isinstance(value, (list, tuple)):
+        if not value and not allows(info, "empty"):
+            return "must not be empty"
+        bad = [v for v in value if isinstance(v, float) and not math.isfinite(v)]
+        if bad and not allows(info, "nonfinite"):
+            return f"must hold finite numbers, not {bad[0]}"
+    if isinstance(value, str) and not value.strip() and not allows(info, "empty"):
+        return "must not be empty"
+    return None
+
+
+def value_problems(model: BaseModel, prefix: str = "") -> list[str]:
+    """``"dotted.field: problem"`` for every value of ``model`` (and its nested sections) that breaks a
+    rule no field declares away: non-finite floats, empty lists and empty strings."""
+    out = []
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name, None)
+        if isinstance(value, BaseModel):
+            out += value_problems(value, f"{prefix}{name}.")
+        elif (why := _value_problem(value, info)) is not None:
+            out.append(f"{prefix}{name}: {why}")
+    return out
+
+
+def check_values(model: BaseModel) -> None:
+    """Refuse ``model`` (one ``invalid config:`` line per bad field, exit 2) if :func:`value_problems` finds any."""
+    bad = value_problems(model)
+    if bad:
+        raise ConfigError("\n".join(f"invalid config: {b}" for b in bad))
+
+
+def _numeric_members(annotation) -> list:
+    """The int/float members of a (union) annotation, each with the range metadata it carries."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, type(int | None)):
+        return [m for a in typing.get_args(annotation) for m in _numeric_members(a)]
+    if origin is Annotated:
+        base, *meta = typing.get_args(annotation)
+        return [(b, m + [x for x in meta if isinstance(x, _BOUNDS)]
+                 + [x for f in meta for x in getattr(f, "metadata", ()) if isinstance(x, _BOUNDS)])
+                for b, m in _numeric_members(base)]
+    return [(annotation, [])] if annotation in (int, float) else []
+
+
+def unbounded_fields(cls: type[BaseModel], prefix: str = "") -> list[str]:
+    """Numeric fields of ``cls`` (and its sections) that declare no range and did not opt out: the
+    schema rule "every number has bounds" (tests/test_schema.py holds every registered config to it)."""
+    out = []
+    for name, info in cls.model_fields.items():
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out += unbounded_fields(ann, f"{prefix}{name}.")
+        elif not allows(info, "unbounded") and not any(isinstance(m, _BOUNDS) for m in info.metadata) \
+                and any(not meta for _, meta in _numeric_members(ann)):
+            out.append(f"{prefix}{name}")
+    return out
+
+
+def context_lengths(model: BaseModel, prefix: str = "") -> dict[str, int]:
+    """``{dotted field: value}`` of every field marked ``CONTEXT_LENGTH`` that is set (not None)."""
+    out = {}
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name, None)
+        if isinstance(value, BaseModel):
+            out |= context_lengths(value, f"{prefix}{name}.")
+        elif _extra(info).get(CONTEXT_LENGTH) and isinstance(value, int):
+            out[f"{prefix}{name}"] = value
+    return out
+
+
+class ConfigSection(BaseModel):
+    """Base of every config section (core and plugins): unknown keys refused, attribute docstrings as
+    ``--help`` text, and the rules of :func:`value_problems` (no inf/nan, no empty list or string unless
+    a field opts out) checked on construction and on assignment."""
+
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _schema_rules(cls, value, info: ValidationInfo):
+        field = cls.model_fields.get(info.field_name) if info.field_name else None
+        if field is not None and (why := _value_problem(value, field)) is not None:
+            raise ValueError(why)
+        return value
+
+
+_Section = ConfigSection
 
 
 class ModelsConfig(_Section):
@@ -45,7 +157,7 @@ class CacheConfig(_Section):
     """Number of documents in the slice (None: until `tokens` is reached)."""
     tokens: int = Field(200_000, ge=1)
     """Aligned token positions to cache (training plus held-out)."""
-    context_size: int = Field(128, ge=2)
+    context_size: int = Field(128, ge=2, json_schema_extra={CONTEXT_LENGTH: True})
     """Tokens per context window (counted on the source model); longer documents are split."""
     eval_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     """Share of documents held out for evaluation (split by document, deterministic)."""
@@ -64,7 +176,7 @@ class CacheConfig(_Section):
 class StitchConfig(_Section):
     source_layer: int | None = Field(None, ge=0)
     """Layer lA of model A (None: the middle layer)."""
-    target_layer: int | Literal["auto"] = "auto"
+    target_layer: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
     """Layer lB of model B, or 'auto' to take the argmax of mean SVCCA correlation with A at lA."""
     solver: Literal["lstsq", "adam", "lstsq+adam"] = "lstsq"
     """How to fit: closed-form least squares, the paper's Adam recipe, or Adam started from lstsq."""
@@ -140,12 +252,35 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def format_validation_error(err: ValidationError) -> str:
-    lines = []
+def _field_path(cls: type[BaseModel] | None, loc: tuple) -> str:
+    """The dotted field of an error's ``loc``, without the union members pydantic appends."""
+    if cls is None:
+        return ".".join(str(p) for p in loc)
+    parts = []
+    for p in loc:
+        is_model = isinstance(cls, type) and issubclass(cls, BaseModel)
+        fields = cls.model_fields if is_model else {}
+        if p not in fields:
+            if isinstance(p, int) and parts:  # an item of a list field
+                parts[-1] += f"[{p}]"
+                continue
+            if is_model:  # an unknown key of a section
+                parts.append(str(p))
+            break  # else a union member's tag pydantic appends
+        parts.append(str(p))
+        cls = fields[p].annotation
+    return ".".join(parts)
+
+
+def format_validation_error(err: ValidationError, cls: type[BaseModel] | None = None) -> str:
+    """One ``invalid config: field: why`` line per bad field (a union's alternatives joined by "or")."""
+    lines: dict[str, list[str]] = {}
     for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "config"
-        lines.append(f"invalid config: {where}: {e['msg']}")
-    return "\n".join(lines)
+        where = _field_path(cls, e["loc"]) or "config"
+        msg = e["msg"].removeprefix("Value error, ")
+        if msg not in lines.setdefault(where, []):
+            lines[where].append(msg)
+    return "\n".join(f"invalid config: {where}: {' or '.join(msgs)}" for where, msgs in lines.items())
 
 
 def read_file(path: str | Path) -> dict:
@@ -242,9 +377,11 @@ def build_config(preset: str | None = None, file: str | Path | None = None,
             node = node.setdefault(p, {})
         node[leaf] = value
     try:
-        return cls.model_validate(data)
+        cfg = cls.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err)) from None
+        raise ConfigError(format_validation_error(err, cls)) from None
+    check_values(cfg)  # the same rules for sections that do not derive from ConfigSection
+    return cfg
 
 
 def leaf_fields(cls: type[BaseModel], prefix: str = ""):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 
 def _bytes(h, path: Path) -> None:
@@ -59,3 +60,27 @@ def content_fingerprint(path: str | Path) -> str | None:
     else:
         return None
     return h.hexdigest()
+
+
+def file_inputs(data: Any) -> list[Path]:
+    """Every file a config names as ``file:PATH`` (in any field, list or ``mix:`` corpus), in order."""
+    out: list[Path] = []
+    if hasattr(data, "model_dump"):  # a pydantic config
+        data = data.model_dump(mode="json")
+    if isinstance(data, dict):
+        for v in data.values():
+            out += file_inputs(v)
+    elif isinstance(data, (list, tuple)):
+        for v in data:
+            out += file_inputs(v)
+    elif isinstance(data, str):
+        if data.startswith("mix:"):
+            try:
+                from .cache.corpus import parse_mix  # noqa: F401 (a mix: corpus's parts)
+
+                out += [p for part, _ in parse_mix(data) for p in file_inputs(part)]
+            except Exception:  # a malformed mix is refused where it is parsed
+                pass
+        elif data.startswith("file:"):
+            out.append(Path(data[len("file:"):]))
+    return list(dict.fromkeys(out))

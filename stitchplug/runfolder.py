@@ -42,6 +42,9 @@ STITCH_FILE = "stitch/stitch.safetensors"
 ROLES = ("source", "transferred", "random")
 """Roles every artifact kind has (``random`` only when the kind supports a baseline)."""
 
+METRICS_ADVICE = ("repair it by hand (other commands' sections are in it), or move it away to start a new one; "
+                  "nothing was written")
+
 # report section order: core header first, artifact kinds next, other plugins after, stage times last
 ORDER_CORE, ORDER_ARTIFACT, ORDER_PLUGIN, ORDER_LAST = 0, 10, 50, 100
 
@@ -121,7 +124,12 @@ class RunFolder:
         import yaml
 
         self.require("run", "config.yaml")
-        return yaml.safe_load(self.config_file.read_text()) or {}
+        data = self.read(self.config_file, lambda t: yaml.safe_load(t) or {},
+                         "restore it, or delete it and re-run `stitchplug run` with the same flags")
+        if not isinstance(data, dict):
+            raise StageError(f"{self.config_file} does not hold a mapping; restore it, or delete it and re-run "
+                             "`stitchplug run` with the same flags")
+        return data
 
     def open_cache(self, **kwargs):
         """:func:`stitchplug.cache.reader.open_cache` on this folder's cache."""
@@ -159,18 +167,39 @@ class RunFolder:
         """``metrics.json`` as a dict (empty if there is none yet)."""
         if not self.metrics_file.exists():
             return {}
+        data = self.read(self.metrics_file, json.loads, METRICS_ADVICE)
+        if not isinstance(data, dict):
+            raise StageError(f"{self.metrics_file} does not hold a JSON object; {METRICS_ADVICE}")
+        return data
+
+    def read(self, path: Path, parse: Callable[[str], Any], advice: str) -> Any:
+        """``parse(path's text)``; a file that cannot be read or parsed is one StageError line naming it and
+        ``advice``. Nothing in the folder is ever rewritten from a file this refused."""
         try:
-            return json.loads(self.metrics_file.read_text())
-        except json.JSONDecodeError:
-            raise StageError(f"{self.metrics_file} is not valid JSON; delete it and re-run `stitchplug run`") from None
+            return parse(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            why = f"is not UTF-8 text (byte {exc.start})"
+        except OSError as exc:
+            why = f"cannot be read ({exc.strerror or type(exc).__name__})"
+        except Exception as exc:  # json, yaml: a parse error
+            why = f"does not parse ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        raise StageError(f"{path} {why}; {advice}") from None
+
+    def check_readable(self) -> None:
+        """Refuse, before anything is written, if a file the folder's writers rewrite or read back
+        (``metrics.json``, ``config.yaml``, the report index, a stage marker) cannot be read: it is named
+        in one line with what to do, and left as it is."""
+        self.metrics()
+        if self.config_file.exists():
+            self.config()
+        self._report_index()
+        for marker in sorted((self.root / "stages").glob("*.json")):
+            self._record(marker.stem)
 
     # -- the only writers of metrics.json and report.md -----------------------------------
     def add_metrics(self, section: str, data: dict) -> None:
         """Set ``metrics.json[section] = data`` (atomically; other sections are kept)."""
-        try:
-            metrics = self.metrics()
-        except StageError:
-            metrics = {}
+        metrics = self.metrics()  # an unreadable metrics.json is refused, never restarted from {}
         metrics[section] = data
         write_json_atomic(self.metrics_file, metrics)
 
@@ -183,15 +212,24 @@ class RunFolder:
         if not name or "/" in name or name.startswith("."):
             raise StageError(f"invalid report section name {name!r}")
         index_path = self.root / "report" / "index.json"
-        index = json.loads(index_path.read_text()) if index_path.exists() else {}
+        index = self._report_index()
         index.setdefault(name, order)
         write_text_atomic(self.root / "report" / f"{name}.md", markdown.rstrip() + "\n")
         write_json_atomic(index_path, index)
         return self.render_report()
 
-    def report_sections(self) -> list[str]:
+    def _report_index(self) -> dict:
         index_path = self.root / "report" / "index.json"
-        index = json.loads(index_path.read_text()) if index_path.exists() else {}
+        if not index_path.exists():
+            return {}
+        index = self.read(index_path, json.loads, "restore it, or delete it (report.md is then re-assembled "
+                                                  "from the sections added after that)")
+        if not isinstance(index, dict):
+            raise StageError(f"{index_path} does not hold a JSON object; restore it or delete it")
+        return index
+
+    def report_sections(self) -> list[str]:
+        index = self._report_index()
         return [n for n, _ in sorted(index.items(), key=lambda kv: (kv[1], kv[0]))
                 if (self.root / "report" / f"{n}.md").exists()]
 
@@ -229,10 +267,11 @@ class RunFolder:
         marker = self.marker(name)
         if not marker.exists():
             return None
-        try:
-            return json.loads(marker.read_text())
-        except json.JSONDecodeError:
-            return None  # a marker is written atomically; an unreadable one means it never finished
+        # markers are written atomically: an unreadable one was damaged afterwards, and is refused
+        rec = self.read(marker, json.loads, f"delete it to redo stage '{name}' (and what was built on it)")
+        if not isinstance(rec, dict):
+            raise StageError(f"{marker} does not hold a JSON object; delete it to redo stage '{name}'")
+        return rec
 
     def changed_config(self, name: str, deps: dict) -> list[str]:
         """``"field (old -> new)"`` for each config field stage ``name`` finished with that ``deps`` changes."""
@@ -301,7 +340,7 @@ class RunFolder:
               inputs: dict[str, str | Path] | None = None, outputs: dict[str, str | Path] | None = None) -> dict | None:
         """The first half of :meth:`run`: the recorded result of a finished, still valid stage, or
         ``None`` (a stale stage's marker is removed) when it must run. Refuses a changed config."""
-        inputs = {k: Path(v) for k, v in (inputs or {}).items()}
+        inputs = with_file_inputs(deps, inputs)
         outputs = {k: Path(v) for k, v in (outputs or {}).items()}
         rec = self.done(name, deps)
         if rec is not None:
@@ -319,6 +358,7 @@ class RunFolder:
         the fingerprints of its inputs and outputs); returns ``result``."""
         from .fingerprints import content_fingerprint
 
+        inputs = with_file_inputs(deps, inputs)
         write_json_atomic(self.marker(name), {
             "deps": deps, "result": result, "seconds": seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "inputs": {k: content_fingerprint(Path(p)) for k, p in (inputs or {}).items()},
@@ -326,13 +366,62 @@ class RunFolder:
         log(f"[{name}] done in {seconds:.1f}s")
         return result
 
+    def record_results(self, name: str, command: str, result: dict, seconds: float,
+                       inputs: dict[str, str | Path], metrics: list[str] = (), report: list[str] = ()) -> None:
+        """Mark what a command other than ``run`` (``analyze``, ``experiment init``) added to the folder
+        as stage ``name``: the fingerprints of the ``inputs`` it read, and the ``metrics`` and ``report``
+        sections it wrote. When a later ``run`` changes any of those inputs (a refit stitch, an SAE of
+        another width), :meth:`drop_stale_results` removes the sections, so the report never describes
+        artifacts that are gone; ``command`` is what re-creates them."""
+        from .fingerprints import content_fingerprint
+
+        paths = {k: Path(p) for k, p in inputs.items()}
+        write_json_atomic(self.marker(name), {
+            "deps": {}, "result": result, "seconds": seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "inputs": {k: content_fingerprint(p) for k, p in paths.items()},
+            "input_paths": {k: self._relative(p) for k, p in paths.items()},  # a copied folder stays itself
+            "sections": {"metrics": list(metrics), "report": list(report)}, "command": command})
+
+    def _relative(self, path: Path) -> str:
+        """``path`` relative to the run folder when it is inside it, else absolute."""
+        path, root = path.resolve(), self.root.resolve()
+        return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+    def drop_stale_results(self, log: Callable[[str], None] = print) -> list[str]:
+        """Remove the sections of every :meth:`record_results` stage whose inputs changed (or are
+        gone), and its marker; returns the names of the stages dropped."""
+        from .fingerprints import content_fingerprint
+
+        dropped = []
+        for marker in sorted((self.root / "stages").glob("*.json")):
+            rec = self._record(marker.stem) or {}
+            if not rec.get("sections"):
+                continue
+            seen, paths = rec.get("inputs") or {}, rec.get("input_paths") or {}
+            changed = [k for k, p in paths.items() if content_fingerprint(self.root / p) != seen.get(k)]
+            if not changed:
+                continue
+            secs = rec["sections"]
+            metrics = self.metrics()
+            if any(s in metrics for s in secs.get("metrics", ())):
+                write_json_atomic(self.metrics_file, {k: v for k, v in metrics.items() if k not in secs["metrics"]})
+            index = self._report_index()
+            if any(s in index for s in secs.get("report", ())):
+                for s in secs["report"]:
+                    (self.root / "report" / f"{s}.md").unlink(missing_ok=True)
+                write_json_atomic(self.root / "report" / "index.json",
+                                  {k: v for k, v in index.items() if k not in secs["report"]})
+                self.render_report()
+            marker.unlink()
+            dropped.append(marker.stem)
+            log(f"[{marker.stem}] stale: its input {', '.join(changed)} changed; its results were removed "
+                f"(re-run `{rec.get('command') or marker.stem}` to recompute them)")
+        return dropped
+
     def stage_seconds(self) -> dict:
         out = {}
         for marker in sorted((self.root / "stages").glob("*.json")):
-            try:
-                out[marker.stem] = json.loads(marker.read_text()).get("seconds")
-            except json.JSONDecodeError:
-                pass
+            out[marker.stem] = (self._record(marker.stem) or {}).get("seconds")
         return out
 
     def require(self, name: str, *files: str | Path) -> None:
@@ -343,6 +432,28 @@ class RunFolder:
                 raise StageError(f"stage '{name}' is marked finished but {p} is missing; delete {self.marker(name)} "
                                  "to redo it" if self.marker(name).exists() else
                                  f"{p} is missing (stage '{name}' of `stitchplug run --output-dir {self.root}` writes it)")
+
+
+def with_file_inputs(deps: dict, inputs: dict[str, str | Path] | None) -> dict[str, Path]:
+    """``inputs`` plus every ``file:PATH`` named anywhere in the stage's config ``deps`` (corpora, probe
+    task files, steering prompt files, a ``mix:`` corpus's files ...), labelled ``file:PATH``: a stage's
+    fingerprint covers the content of every file it reads, so editing one makes the stage stale."""
+    from .fingerprints import file_inputs
+
+    out = {k: Path(v) for k, v in (inputs or {}).items()}
+    for path in file_inputs(deps):
+        out.setdefault(f"file:{path}", path)
+    return out
+
+
+def lock_run_folder(root: str | Path, what: str = "stitchplug"):
+    """Hold ``RUN/.lock`` for a command that writes into (or reads a consistent state of) run folder
+    ``root``: ``with lock_run_folder(run, "stitchplug analyze"): ...``. A second writer is refused in
+    one line naming the holder. The run folder must exist (a typo is not made into a folder)."""
+    rf = RunFolder(root)
+    if not rf.root.is_dir():
+        raise StageError(f"run folder {rf.root} does not exist (run `stitchplug run --output-dir {rf.root}` first)")
+    return rf.writing(what)
 
 
 def fingerprint(obj: Any) -> str:

@@ -38,6 +38,14 @@ BAD_VALUES = [
     (["--sae-lr", "0"], "sae.lr"),
     (["--sae-train-tokens", "0"], "sae.train_tokens"),
     (["--sae-batch-size", "0"], "sae.batch_size"),
+    # issue 28: non-finite floats, empty lists, cross-field rules (every field: tests/test_schema.py)
+    (["--sae-lr", "inf"], "sae.lr"),
+    (["--stitch-lr", "nan"], "stitch.lr"),
+    (["--steering-z-scale", "-inf"], "steering.z_scale"),
+    (["--probe-ks", ""], "probe.ks"),
+    (["--steering-languages", ""], "steering.languages"),
+    (["--probe-ks", "1,5000", "--probe-sae-width", "64"], "probe"),
+    (["--cache-source-layers", ""], "cache.source_layers"),
 ]
 
 
@@ -46,7 +54,7 @@ def run_main(args, capsys) -> tuple[int, list[str]]:
         main(args)
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    return exc.value.code, [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("Warning:")]
+    return exc.value.code, [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("Warning:", "loading "))]
 
 
 @pytest.mark.parametrize("flags,field", BAD_VALUES, ids=[f"{f[0]}={f[1]}" for f, _ in BAD_VALUES])

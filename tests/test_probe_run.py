@@ -198,3 +198,33 @@ def test_stale_transferred_sae_is_replaced_by_eq6(probe_run, tmp_path):
         for k in ("1", "5", "20"):
             assert abs(r["tasks"][task]["sparse"][arm][k]["accuracy"]
                        - first["tasks"][task]["sparse"][arm][k]["accuracy"]) <= 1 / r["tasks"][task]["n_test"]
+
+
+def test_an_edited_task_file_makes_the_probe_stages_stale(probe_run, tmp_path):
+    """Reproduction (issue 28): after editing a task file's labels every stage was reused and the run
+    still reported the old accuracy. The file's content is in the probe stages' fingerprints now."""
+    import shutil
+
+    out, probe_cfg, _ = probe_run
+    cfg = yaml.safe_load(probe_cfg.read_text())
+    task = next(t for t in cfg["probe"]["tasks"] if t.startswith("file:"))[len("file:"):]
+    copy = tmp_path / "edited"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns(".lock"))
+    cfg["output_dir"] = str(copy)
+    edited_cfg = tmp_path / "probe.yaml"
+    edited_cfg.write_text(yaml.safe_dump(cfg))
+    original = open(task).read()
+    try:
+        import pandas as pd
+
+        df = pd.read_csv(task)
+        df["label"] = 1 - df["label"]  # every label flipped
+        df.to_csv(task, index=False)
+        res = stitchplug("run", "--config", str(edited_cfg), "--no-progress")
+    finally:
+        open(task, "w").write(original)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "[probe.source] stale" in res.stderr and "changed since it finished" in res.stderr
+    before = json.loads((out / "artifacts" / "probe" / "results" / "results.json").read_text())
+    after = json.loads((copy / "artifacts" / "probe" / "results" / "results.json").read_text())
+    assert after != before  # recomputed on the edited labels, not reused

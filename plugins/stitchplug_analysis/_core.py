@@ -9,5 +9,6 @@ from stitchplug.api import (  # noqa: F401
     StitchplugError,
     align_by_end_offsets,
     align_identity,
+    lock_run_folder,
     open_corpus,
 )

@@ -22,6 +22,9 @@ def register(cli: click.Group) -> None:
         plots) to the run's report.md and metrics.json."""
         from .runner import analyze, parse_what
 
+        from stitchplug.api import progress_quiet_loaders
+
+        progress_quiet_loaders(not no_progress)
         parse_what(what)  # bad part names fail before any model loads
         analyze(run_dir, what, budget, log=lambda m: click.echo(m, err=True), progress=not no_progress)
         click.echo(f"{run_dir}/report.md")

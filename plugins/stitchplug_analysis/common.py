@@ -101,7 +101,7 @@ def paired_captures(adapter_a: Any, adapter_b: Any, windows: Sequence[tuple], la
     out = PairedCaptures()
     it = windows
     if progress:
-        from tqdm import tqdm
+        from stitchplug.api import progress as tqdm
 
         it = tqdm(windows, desc="capture A/B", leave=False)
     for ea, eb, ia, ib in it:

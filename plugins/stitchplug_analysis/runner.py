@@ -100,13 +100,25 @@ class RunInputs:
 
 def analyze(run: str | Path, what: str | None = None, budget: str = "quick", log: Callable[[str], None] = print,
             progress: bool = False) -> dict:
-    """Run the requested parts on the run folder ``run`` and write them into its metrics and report."""
-    from .common import paired_captures, paired_windows, unembed_path
-    from .report import write_sections
+    """Run the requested parts on the run folder ``run`` and write them into its metrics and report,
+    holding the folder's lock; the results are marked as stage ``feature_analysis`` over the stitch and
+    SAEs they describe, so a later ``run`` that redoes those removes them instead of leaving them stale."""
+    from ._core import RunFolder, lock_run_folder
 
     parts = parse_what(what)
     if budget not in BUDGETS:
         raise StageError(f"unknown budget {budget!r} (known: {', '.join(BUDGETS)})")
+    RunFolder.existing(run)
+    with lock_run_folder(run, "stitchplug analyze"):
+        RunFolder(run).check_readable()  # an unreadable metrics.json or marker: refused before any work
+        return _analyze(run, parts, budget, log, progress)
+
+
+def _analyze(run, parts: list[str], budget: str, log, progress: bool) -> dict:
+    from .common import paired_captures, paired_windows, unembed_path
+    from .report import SECTION, write_sections
+
+    t_start = time.perf_counter()
     b = BUDGETS[budget]
     inp = RunInputs(run, log=log, progress=progress)
     A, B = inp.model("source"), inp.model("target")
@@ -156,6 +168,11 @@ def analyze(run: str | Path, what: str | None = None, budget: str = "quick", log
         log(f"attention deactivation: {seconds['attention']:.0f}s")
     out["seconds"] = seconds
     write_sections(inp.rf, out, log=log)
+    rf = inp.rf
+    inputs = {"stitch": rf.stitch} | {role: rf.artifact("sae", role) for role in ROLES.values()
+                                      if rf.artifact("sae", role).exists()}
+    rf.record_results(SECTION, f"stitchplug analyze --run {rf.root}", {"parts": parts, "budget": budget},
+                      time.perf_counter() - t_start, inputs, metrics=[SECTION], report=[SECTION])
     return out
 
 

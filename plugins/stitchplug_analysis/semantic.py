@@ -51,7 +51,7 @@ def classify(adapter: Any, sae: Any, layer: int, sents: Sequence[dict], augmente
     examples = []
     it = sents
     if progress:
-        from tqdm import tqdm
+        from stitchplug.api import progress as tqdm
 
         it = tqdm(sents, desc="semantic/structural", leave=False)
     for k, s in enumerate(it):

@@ -56,6 +56,15 @@ class ProbeArtifact(ArtifactKind):
     presets = config.PRESETS
     supports_baseline = False
 
+    def preflight(self, cfg: Any) -> None:
+        """Every ``file:`` task reads as a task (text and label columns, two classes with enough
+        examples) before any stage runs; the other sources are checked by the config."""
+        from .tasks import load_task
+
+        for spec in cfg.tasks:
+            if spec.startswith("file:"):
+                load_task(spec, max_examples=cfg.max_examples, seed=0)
+
     def obtain(self, context: ArtifactContext, cfg: Any) -> dict:
         from . import saes as saes_mod
         from .experiment import run_probes

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator, model_validator
+
+from stitchplug.api import CONTEXT_LENGTH, ConfigSection
 
 WIKI_ALL = ["wiki-topic:People", "wiki-topic:Biology", "wiki-topic:Geography", "wiki-topic:Physical sciences",
             "wiki-topic:Society", "wiki-topic:Arts", "wiki-topic:Technology", "wiki-topic:History",
@@ -21,9 +23,7 @@ SAE_PROBES_DEFAULT = [
 ]
 
 
-class ProbeConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
-
+class ProbeConfig(ConfigSection):
     tasks: list[str] = Field(default_factory=lambda: WIKI_ALL + SAE_PROBES_DEFAULT)
     """Binary tasks: wiki-topic:<Topic>, sae-probes:<name>, sae-probes:draw:N[:SEED] (N binary datasets drawn from the seed), file:PATH."""
     max_examples: int = Field(1000, ge=20)
@@ -36,7 +36,7 @@ class ProbeConfig(BaseModel):
     """Also score two measured 'random' SAEs on B: random unit encoder directions, and the native SAE with each latent's weights shuffled."""
     pooling: Literal["mean", "last"] = "mean"
     """Pool latents over an example's non-special tokens ('mean', the paper) or take the last token."""
-    context_size: int | None = Field(None, ge=2)
+    context_size: int | None = Field(None, ge=2, json_schema_extra={CONTEXT_LENGTH: True})
     """Tokens per example on A (B reads the same characters); None: the cache's context size."""
     test_fraction: float = Field(0.3, gt=0.0, lt=1.0)
     """Held-out share of each task (stratified split from the seed)."""
@@ -67,6 +67,12 @@ class ProbeConfig(BaseModel):
         if not v or any(k < 1 for k in v):
             raise ValueError("ks must be a non-empty list of positive integers")
         return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _ks_fit(self):
+        if self.ks and max(self.ks) > self.sae_width:
+            raise ValueError(f"ks ({max(self.ks)}) must be at most sae_width ({self.sae_width})")
+        return self
 
     @field_validator("tasks")
     @classmethod

@@ -117,8 +117,8 @@ def extract(adapter_a, layer_a: int, adapter_b, layer_b: int, texts: Sequence[st
     pairs = [(ea.ids, eb.ids) for ea, eb in encs]
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=2 * len(texts), desc=desc, leave=False)
+        from stitchplug.api import progress
+        bar = progress(total=2 * len(texts), desc=desc, leave=False)
     tick = bar.update if bar is not None else None
     ra = capture_many(adapter_a, layer_a, [p[0] for p in pairs], batch_size, tick)
     rb = capture_many(adapter_b, layer_b, [p[1] for p in pairs], batch_size, tick)

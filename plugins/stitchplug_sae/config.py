@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from stitchplug.api import ConfigSection
 
 
-class SAEConfig(BaseModel):
+class SAEConfig(ConfigSection):
     """Source SAE: trained on A or loaded."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
 
     source: str = "train"
     """'train' to train a TopK SAE on A, a SAELens-format folder, or 'release:ID' from the hub."""

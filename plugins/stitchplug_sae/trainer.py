@@ -346,8 +346,8 @@ def train_topk_sae(batches: Iterable[torch.Tensor], d_in: int, cfg: Any = None, 
     trainer = TopKTrainer(sae, c.effective_lr(), c.aux_k_coef, c.dead_window, c.clip_grad_norm, c.decode)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=total, desc="SAE", leave=False)
+        from stitchplug.api import progress
+        bar = progress(total=total, desc="SAE", leave=False)
     mse: list[float] = []
     ev: list[float] = []
     t0 = time.perf_counter()

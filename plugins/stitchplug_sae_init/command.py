@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from stitchplug.api import ConfigError, RunFolder, StageError, hook_layer
+from stitchplug.api import ConfigError, RunFolder, StageError, hook_layer, lock_run_folder
 
 from .weights import load_transferred_weights  # noqa: F401  (re-exported)
 
@@ -71,6 +71,11 @@ def run_on_folder(run: Path, cache_path: Path, stitch_path: Path, sae_dirs: list
     result["plots"] = [str(p) for p in plots]
     rf.add_metrics("init_experiment", result)
     rf.add_report_section("init_experiment", markdown(result))
+    if rf.root.joinpath("stages").is_dir():  # marked like a stage: a later run that redoes its inputs drops it
+        rf.record_results("init_experiment", f"stitchplug experiment init --run {rf.root}",
+                          {"widths": list(result.get("widths", {}))}, 0.0,
+                          {"cache": cache_path, "stitch": stitch_path} | {f"sae{i}": d for i, d in enumerate(sae_dirs)},
+                          metrics=["init_experiment"], report=["init_experiment"])
     return result
 
 
@@ -239,9 +244,9 @@ def add_init_command(cli):
     @click.option("--thresholds", default="0.70,0.75,0.80,0.85,0.90", show_default=True,
                   help="Comma-separated explained-variance thresholds.")
     @click.option("--seed", type=int, default=0, show_default=True, help="Data order and scratch init seed.")
-    @click.option("--stitch-flops", type=int, default=None, help="Override the stitch sidecar's 'flops'.")
+    @click.option("--stitch-flops", type=click.IntRange(min=0), default=None, help="Override the stitch sidecar's 'flops'.")
     @click.option("--source-sae-flops", type=int, default=None, help="FLOPs of the source SAE on A, if known.")
-    @click.option("--target-layer", type=int, default=None, help="Target layer (default: from the stitch sidecar).")
+    @click.option("--target-layer", type=click.IntRange(min=0), default=None, help="Target layer (default: from the stitch sidecar).")
     def init_cmd(run_dir, cache_path, stitch_path, sae_dirs, steps, batch_size, epochs, recipe, lr, aux_k_coef,
                  b_dec_in, scratch_b_dec, decode, warm_start, eval_every, eval_tokens, ma_window, thresholds, seed,
                  stitch_flops, source_sae_flops, target_layer):
@@ -253,10 +258,12 @@ def add_init_command(cli):
                                  ma_window=ma_window, seed=seed, source_sae_flops=source_sae_flops, decode=decode,
                                  warm_start=warm_start, epochs=epochs, **fields)
         d_cache, d_stitch, d_sae = default_paths(run)
-        result = run_on_folder(run, Path(cache_path) if cache_path else d_cache,
-                               Path(stitch_path) if stitch_path else d_stitch,
-                               [Path(d) for d in sae_dirs] or [d_sae], cfg, epochs, eval_tokens, stitch_flops,
-                               target_layer)
+        with lock_run_folder(run, "stitchplug experiment init"):  # one writer per run folder
+            RunFolder(run).check_readable()
+            result = run_on_folder(run, Path(cache_path) if cache_path else d_cache,
+                                   Path(stitch_path) if stitch_path else d_stitch,
+                                   [Path(d) for d in sae_dirs] or [d_sae], cfg, epochs, eval_tokens, stitch_flops,
+                                   target_layer)
         for width, w in result["widths"].items():
             row = ", ".join(f"{t}: " + ("n/a" if v["savings"] is None else f"{100 * v['savings']:+.0f}%")
                             for t, v in w["savings"]["fvu"].items())

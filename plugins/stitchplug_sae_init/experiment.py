@@ -21,9 +21,9 @@ import itertools
 from typing import Callable, Iterable, Iterator, Literal, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
-from stitchplug.api import ConfigError, ReconAccumulator, StageError, massive_dims
+from stitchplug.api import ConfigError, ConfigSection, ReconAccumulator, StageError, massive_dims
 from stitchplug_sae.step_flops import analytic_step_flops, measure_step_flops
 from stitchplug_sae.trainer import (WARM_STARTS, TopKSAE, TopKTrainer, fold_decoder_norms, sae_step,  # noqa: F401
                                    warm_start)  # (the one trainer)
@@ -45,10 +45,10 @@ charge the dense step's FLOPs. ``k`` applies where an SAE is trained from scratc
 the init experiment takes ``k`` from the transferred SAE."""
 
 
-class InitExperimentConfig(BaseModel):
+class InitExperimentConfig(ConfigSection):
     """Settings of the init experiment (both arms share all of them)."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=False)
 
     steps: int = Field(2000, ge=1)
     """Training steps per arm (fewer if the data iterator runs out; both arms then stop together)."""
@@ -74,9 +74,9 @@ class InitExperimentConfig(BaseModel):
     FLOPs per step instead of 10BdM."""
     scratch_b_dec: Literal["zeros", "mean"] = "zeros"
     """Scratch arm decoder bias: zeros (SAELens default, the paper) or the training-data mean of the first batch."""
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     """Seed of the scratch arm's random init."""
-    source_sae_flops: int | None = None
+    source_sae_flops: int | None = Field(None, ge=0)
     """FLOPs already paid for the source SAE on A (reported in a total that includes it, if known)."""
     warm_start: Literal["fold", "preserve"] = "fold"
     """How the stitched arm starts from theta' (``fold``: decoder norms folded into the encoder;
@@ -86,7 +86,7 @@ class InitExperimentConfig(BaseModel):
     ledger still charges the dense step's FLOPs (the paper's accounting)."""
     recipe: str = "custom"
     """Name of the recipe these settings came from (``paper``, ``tuned`` or ``custom``); every table says it."""
-    epochs: int | None = None
+    epochs: int | None = Field(None, ge=1)
     """Passes over the cached training tokens the data iterator was allowed (1 = single-epoch); reported."""
 
     @field_validator("thresholds")

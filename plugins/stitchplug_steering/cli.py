@@ -66,16 +66,19 @@ def steer(run: str, model: str, prompt: str, lang: str, arms: list[str], max_new
               help="Steered arms to show (repeatable; default: native and transferred).")
 @click.option("--max-new-tokens", default=40, show_default=True, type=click.IntRange(1, 4096))
 @click.option("--z-mode", type=click.Choice(["literal", "offset"]), default=None, help="Override the run's z mode.")
-@click.option("--z-scale", type=float, default=None, help="Override the run's z scale.")
+@click.option("--z-scale", type=click.FloatRange(-100.0, 100.0), default=None, help="Override the run's z scale.")
 @click.option("--intervention", type=click.Choice(["clamp", "add"]), default=None, help="Override the run's intervention.")
 @click.option("--exclude-massive/--keep-massive", default=None, help="Override the run's massive-dims option.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 def steer_cmd(run, model, prompt, lang, arms, max_new_tokens, z_mode, z_scale, intervention, exclude_massive, seed):
     """Print unsteered and steered continuations of PROMPT side by side."""
     from .runfolder import steering_config, stitch_file
 
-    cfg = steering_config(run)
-    cols = steer(run, model, prompt, lang, list(arms) or ["native", "transferred"], max_new_tokens, z_mode,
-                 z_scale, intervention, exclude_massive, seed, stitch_file(run), cfg)
+    from stitchplug.api import lock_run_folder
+
+    with lock_run_folder(run, "stitchplug steer"):  # reads a consistent folder: no run writes it meanwhile
+        cfg = steering_config(run)
+        cols = steer(run, model, prompt, lang, list(arms) or ["native", "transferred"], max_new_tokens, z_mode,
+                     z_scale, intervention, exclude_massive, seed, stitch_file(run), cfg)
     click.echo(f"prompt: {prompt}")
     click.echo(_columns(cols, shutil.get_terminal_size((160, 20)).columns))

@@ -4,26 +4,26 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from stitchplug.api import CONTEXT_LENGTH, ConfigSection
 
 
-class SteeringConfig(BaseModel):
+class SteeringConfig(ConfigSection):
     """Language steering vectors (paper section 4): vector, intervention, transfer, evaluation."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
 
     languages: list[str] = ["fr", "es"]
     """Target languages (wiki-<lang> must be a registered corpus with titles shared with wiki-en)."""
     vector_docs: int = Field(200, ge=1)
     """Parallel lead pairs (target language and English, same article) per language for the vector."""
-    vector_tokens: int = Field(64, ge=2)
+    vector_tokens: int = Field(64, ge=2, json_schema_extra={CONTEXT_LENGTH: True})
     """At most this many tokens of each lead are read."""
     intervention: Literal["clamp", "add"] = "clamp"
     """'clamp': h + (z - <h,v>) v at every position (the paper); 'add': h + (z - z_en) v."""
     z_mode: Literal["literal", "offset"] = "literal"
     """'literal': z = scale * mean <h,v> over target-language tokens (the paper, scale 1);
     'offset': z = z_en + scale * (z_target - z_en), from the English mean."""
-    z_scale: float = 1.0
+    z_scale: float = Field(1.0, ge=-100.0, le=100.0)
     """The scale in z_mode."""
     exclude_massive: bool = False
     """Zero the massive-activation dimensions of every vector (before and after mapping), then renormalise."""
@@ -38,7 +38,7 @@ class SteeringConfig(BaseModel):
     """Prompts evaluated (shared out over the sources, in order)."""
     prompt_words: int = Field(12, ge=1)
     """Words of a wiki-en lead used as a continuation prompt."""
-    max_new_tokens: int = Field(40, ge=1)
+    max_new_tokens: int = Field(40, ge=1, json_schema_extra={CONTEXT_LENGTH: True})
     """Tokens generated per prompt."""
     temperature: float = Field(0.0, ge=0.0)
     """0 = greedy; otherwise sampled with the run's seed."""

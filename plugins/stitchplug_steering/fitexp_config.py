@@ -45,7 +45,7 @@ class SteeringFitConfig(BaseModel):
     """Intervention of every steered arm (see the steering section)."""
     z_mode: Literal["literal", "offset"] = "literal"
     """z of every steered arm: 'literal' (the paper) or 'offset' from the English mean."""
-    z_scale: float = 1.0
+    z_scale: float = Field(1.0, ge=-100.0, le=100.0)
     """The scale in z_mode."""
     diagnose: bool = True
     """Also evaluate the swaps that explain a failed transfer: massive dims excluded, z mapped through the stitch."""

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 import click
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import CacheConfig, ModelsConfig, StitchConfig
 from ..runfolder import RunFolder
@@ -25,7 +25,7 @@ class CacheCommandConfig(BaseModel):
     """Run folder; the cache goes to OUTPUT_DIR/cache.h5 unless --output is given."""
     output: str | None = None
     """HDF5 entry file to write (default: OUTPUT_DIR/cache.h5); its shards go to OUTPUT.shards/."""
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     """Seed of the stored default train/eval document split."""
     device: Literal["cpu", "cuda"] = "cpu"
     """Device for the models."""
@@ -35,7 +35,7 @@ class CacheCommandConfig(BaseModel):
     """Token aligner: auto (identity for one tokenizer, end-offsets otherwise) or a registered name."""
     progress: bool = True
     """Show a progress bar."""
-    shard_rows: int | None = None
+    shard_rows: int | None = Field(None, ge=1)
     """Aligned tokens per shard file (None: about 64 MiB per shard). Part of the cache's identity."""
     models: ModelsConfig = ModelsConfig()
     cache: CacheConfig = CacheConfig()
@@ -101,6 +101,9 @@ def register(cli: click.Group) -> None:
         if verify:
             ctx.exit(verify_command(cfg))
         from .. import dist
+        from ..progress import quiet_loaders
+
+        quiet_loaders(cfg.progress)  # --no-progress silences the model loaders' bars too
 
         rank, world = dist.init_from_env(cfg.device)  # under torchrun: one process group, shards split by rank
         prefix = f"[rank {rank}/{world}] " if world > 1 else ""

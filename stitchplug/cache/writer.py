@@ -29,6 +29,7 @@ import numpy as np
 
 from .. import __version__, dist
 from ..adapter import ModelAdapter
+from ..atomic import removing
 from ..errors import CacheError
 from . import integrity
 from .align import fingerprint, get_aligner
@@ -112,7 +113,7 @@ class _Writer:
             meta["doc_ids"].append(np.full(len(ia), doc.index, dtype=np.int64))
         final = self.shard_path(k)
         tmp = final.with_name(final.name + ".tmp")
-        with h5py.File(tmp, "w") as f:
+        with removing(tmp), h5py.File(tmp, "w") as f:  # a full disk: one line, no .tmp left
             f.attrs["format"] = FORMAT
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["config"] = json.dumps(cfg, sort_keys=True)
@@ -154,7 +155,7 @@ class _Writer:
         cfg = self.cfg
         n = sum(s["rows"] for s in shards)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        with h5py.File(tmp, "w") as f:
+        with removing(tmp), h5py.File(tmp, "w") as f:  # a full disk: one line, no .tmp left
             names = [f"{side}/{layer_key(l)}" for side in SIDES for l in cfg[f"{side}_layers"]]
             names += ["source/token_ids", "target/token_ids", "source/ends", "target/ends", "doc_ids"]
             for name in names:
@@ -270,7 +271,7 @@ def build_cache(path: str | Path, source: ModelAdapter, target: ModelAdapter, *,
     The bytes written are the same at every depth, so it is not part of the cache's identity.
     ``after_write(k, path)`` is called by the writer (thread) after shard ``k`` is final on disk.
     """
-    from tqdm import tqdm
+    from ..progress import progress as progress_bar
 
     from .corpus import open_corpus
 
@@ -318,8 +319,8 @@ def build_cache(path: str | Path, source: ModelAdapter, target: ModelAdapter, *,
         if need * 1.05 + 2**20 > free:
             raise CacheError(f"not enough disk space for cache {path}: needs {need / 2**20:,.1f} MiB, "
                              f"{free / 2**20:,.1f} MiB free")
-        bar = tqdm(total=tokens, initial=rows_done, unit="tok", unit_scale=True, disable=not progress or rank != 0,
-                   desc="caching", dynamic_ncols=True, file=sys.stderr)
+        bar = progress_bar(total=tokens, initial=rows_done, unit="tok", unit_scale=True, desc="cache",
+                           enabled=progress and rank == 0, dynamic_ncols=True, file=sys.stderr)
         kept: list[int] = []
         sink = ShardWriter(writer.store_shard, queue_depth)
 

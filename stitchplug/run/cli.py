@@ -26,8 +26,10 @@ def register(cli: click.Group) -> None:
         """
         from .. import dist
         from .pipeline import Pipeline
+        from ..progress import quiet_loaders
         from .preflight import check_names
 
+        quiet_loaders(not no_progress)
         check_names(cfg)  # before the run folder exists or a model loads (every rank: the same verdict)
         rank, _ = dist.init_from_env(cfg.device)  # under torchrun: see the pipeline's module docstring
         pipeline = Pipeline(cfg, log=lambda m: click.echo(m, err=True), progress=not no_progress)

@@ -40,7 +40,7 @@ from typing import Any, Callable
 
 from .. import dist
 from ..artifacts import ArtifactContext, ArtifactKind, Arm
-from ..config import RunConfig, run_config_class, run_config_dict, snapshot
+from ..config import RunConfig, check_values, run_config_class, run_config_dict, snapshot
 from ..errors import PluginError, StageError
 from ..plugins import registry
 from ..runfolder import CACHE_FILE, ORDER_ARTIFACT, ORDER_CORE, ORDER_LAST, STITCH_FILE, RunFolder
@@ -224,12 +224,22 @@ class Pipeline:
             def open_folder() -> None:
                 held.enter_context(self.rf.writing("stitchplug run"))  # one writer per run folder
                 # before config.yaml is touched: a changed config, or an output replaced behind its marker
+                self.rf.check_readable()  # an unreadable metrics.json, marker, config: refused, never rewritten
                 self.rf.check(self.stage_deps())
                 for stage, outputs in self.stage_outputs().items():
                     self.rf.stale(stage, outputs=outputs)
                 (self.rf.root / "stages").mkdir(parents=True, exist_ok=True)
                 snapshot(self.cfg, self.rf.config_file)
 
+            def preflight() -> None:  # before the run folder exists or any stage writes
+                from .preflight import check_input_files, check_lengths
+
+                check_values(self.cfg)  # a config built in Python, not through build_config
+                check_input_files(self.cfg)  # every file: input exists and is non-empty text
+                self.kind.preflight(self.art_cfg)  # the kind's own inputs (task files: columns, classes)
+                check_lengths(self.cfg, [self.model("source"), self.model("target")])  # against n_ctx
+
+            dist.on_main(preflight)
             dist.on_main(open_folder)  # rank 0's error ends every rank
             return self._run()
 
@@ -356,6 +366,7 @@ class Pipeline:
         arm_inputs = {role: paths[role] for role in LABELS if role != "random" or kind.supports_baseline}
         eval_res = rf.run(f"{name}.evaluate", art_deps, evaluate, self.log,
                           inputs=arm_inputs | {"stitch": rf.stitch, "cache": rf.cache})
+        rf.drop_stale_results(self.log)  # analyze / experiment init results built on what this run redid
         for section, data in (("config", run_config_dict(cfg)), ("cache", cache_res), ("stitch", stitch_res),
                               ("stitched_ce", ce_res), (name, eval_res), ("stage_seconds", rf.stage_seconds())):
             rf.add_metrics(section, data)

@@ -11,6 +11,9 @@ from pathlib import Path
 
 from ..errors import ConfigError, StitchplugError
 
+TEXT_SNIFF = 1 << 16
+"""Bytes of an input file read to tell text from binary."""
+
 
 def check_corpus(corpus: str) -> None:
     """A registered name, an existing ``file:``, a ``hub:`` name, or a ``mix:`` of those."""
@@ -37,8 +40,54 @@ def check_names(cfg) -> None:
     reg.get("models", cfg.models.target)
     reg.get("artifacts", cfg.artifact)
     check_corpus(cfg.cache.corpus)
+    check_input_files(cfg)
     if cfg.device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             raise ConfigError("device 'cuda' was asked for but torch sees no CUDA GPU here; use --device cpu")
+
+
+def check_lengths(cfg, models) -> None:
+    """Every config field marked as a context length (cache and probe context sizes, steering's
+    max_new_tokens and vector_tokens, ...) fits the loaded models' context size (n_ctx): one line
+    naming the field and the model, before any stage writes. ``models`` are the loaded adapters."""
+    from ..config import context_lengths
+
+    limits = [(m.n_ctx, m.name) for m in models if getattr(m, "n_ctx", None)]
+    if not limits:
+        return
+    n_ctx, name = min(limits)
+    section = {"cache", cfg.artifact}
+    for field, value in context_lengths(cfg).items():
+        if field.split(".")[0] in section and value > n_ctx:
+            raise ConfigError(f"invalid config: {field}: {value} tokens is more than model {name!r} reads "
+                              f"(context size n_ctx = {n_ctx}); use at most {n_ctx}")
+
+
+def check_input_files(cfg) -> None:
+    """Every ``file:PATH`` the run config names (corpora, probe tasks, steering prompts, in any field)
+    exists, is a file, is UTF-8 text and is not empty: checked before the run folder is created, not at
+    the stage that reads it (whose marker would otherwise record the bad path)."""
+    from ..config import run_config_dict
+    from ..fingerprints import file_inputs
+
+    data = run_config_dict(cfg) if hasattr(cfg, "artifact") else cfg.model_dump(mode="json")
+    for path in file_inputs(data):
+        what = f"input file {path} (file:{path} in the config)"
+        if not path.is_file():
+            raise StitchplugError(f"{what} does not exist" if not path.exists() else f"{what} is not a file")
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(TEXT_SNIFF)
+        except OSError as exc:
+            raise StitchplugError(f"{what} cannot be read ({exc.strerror})") from None
+        if not head.strip():
+            raise StitchplugError(f"{what} is empty")
+        if b"\0" in head:
+            raise StitchplugError(f"{what} is not text (it holds NUL bytes)")
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            if exc.start < len(head) - 4:  # not just a character cut at the sniff boundary
+                raise StitchplugError(f"{what} is not UTF-8 text (byte {exc.start})") from None

@@ -77,7 +77,7 @@ def register(cli: click.Group) -> None:
     @click.option("--cache", "cache_path", default=None, help="Paired activation cache (default: OUTPUT_DIR/cache.h5).")
     @click.option("--out", "out_path", default=None,
                   help="Stitch file to write (default: OUTPUT_DIR/stitch/stitch.safetensors).")
-    @click.option("--max-steps", type=int, default=None, help="Stop Adam after this many steps.")
+    @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop Adam after this many steps.")
     @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
     def train_cmd(cfg: RunConfig, cache_path, out_path, max_steps, as_json):
         """Fit the stitch on the cache's training split and report held-out reconstruction."""
@@ -115,9 +115,9 @@ def register(cli: click.Group) -> None:
     @click.option("--cache", "cache_path", default=None, help="Paired activation cache (default: OUTPUT_DIR/cache.h5).")
     @click.option("--stitch", "stitch_path", default=None,
                   help="Stitch file (default: OUTPUT_DIR/stitch/stitch.safetensors).")
-    @click.option("--ce-docs", type=int, default=0,
+    @click.option("--ce-docs", type=click.IntRange(min=0), default=0,
                   help="Also measure the stitched next-token loss (Table 1) on this many held-out documents.")
-    @click.option("--ce-doc-start", type=int, default=None,
+    @click.option("--ce-doc-start", type=click.IntRange(min=0), default=None,
                   help="First corpus document for the stitched loss (default: after the cache's documents).")
     @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
     def eval_cmd(cfg: RunConfig, cache_path, stitch_path, ce_docs, ce_doc_start, as_json):

@@ -192,8 +192,8 @@ def train_adam(stitch: Stitch, source: BatchSource, cfg: StitchConfig, steps_per
     history, recent, step, tokens = [], [], 0, 0
     bar = None
     if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=total, desc="adam", unit="step")
+        from ..progress import progress as progress_bar
+        bar = progress_bar(total=total, desc="stitch adam", unit="step")
     stitch.train()
     while step < total:
         for hA, hB in tf32_loop(source(), getattr(cfg, "allow_tf32", False), device):

@@ -14,9 +14,10 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
+from ..atomic import save_safetensors, write_text_atomic
 from ..errors import StageError
 
 FORMAT_VERSION = 1
@@ -95,11 +96,11 @@ class Stitch(nn.Module):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {k: getattr(self, k).detach().float().contiguous().cpu() for k in TENSORS}
-        save_file(tensors, str(path))
+        save_safetensors(tensors, path)  # through path.tmp: a full disk is one line, no half file
         info = dict(self.meta)
         info.update(meta or {})
         info.update({"format_version": FORMAT_VERSION, "d_source": self.d_source, "d_target": self.d_target})
-        sidecar_path(path).write_text(json.dumps(info, indent=2, sort_keys=True))
+        write_text_atomic(sidecar_path(path), json.dumps(info, indent=2, sort_keys=True))
         self.meta = info
         return path
 
