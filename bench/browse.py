@@ -47,8 +47,8 @@ def _widen(run: Path, width: int, seed: int = 0) -> None:
     from sae_lens import SAE
 
     from stitchplug.api import RunFolder
-    from stitchplug_sae.io import save_sae
-    from stitchplug_sae.transfer import transfer_sae
+    from stitchplug.sae.io import save_sae
+    from stitchplug.sae.transfer import transfer_sae
 
     rf = RunFolder(run)
     src = rf.load_artifact("sae", "source")

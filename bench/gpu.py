@@ -18,7 +18,7 @@ Measures, through the project's code (no toy re-implementations):
    reported separately, as ``gpu-h200.json`` measured it); ``vs_forward`` is end-to-end tokens/s over
    the ``forward`` section's pair rate at the same batch, ``batch_64_shards_identical`` compares the two
    batch-64 caches byte for byte. ``bench/gpu_overlap.sh`` runs the sections issue 24 needs.
-3. ``sae``: the one TopK trainer, ``stitchplug_sae.trainer.train_topk_sae``, d_in 2304, k 64, widths
+3. ``sae``: the one TopK trainer, ``stitchplug.sae.trainer.train_topk_sae``, d_in 2304, k 64, widths
    16,384 and 65,536, on synthetic activations handed over as CPU batches (as the pipeline does: each
    step copies its batch to the GPU), steady-state tokens/s from the per-step callback; plus
    ``TopKTrainer.step`` on GPU-resident batches (the ceiling without the copy); one run again with TF32
@@ -150,10 +150,10 @@ def sec_forward(a, state) -> dict:
 
 def sec_sae(a, state) -> dict:
     have_saelens = ensure_sae_lens()
-    import stitchplug_sae.trainer as trainer_mod
+    import stitchplug.sae.trainer as trainer_mod
 
     from stitchplug import precision
-    from stitchplug_sae.trainer import TopKSAE, TopKTrainer, train_topk_sae
+    from stitchplug.sae.trainer import TopKSAE, TopKTrainer, train_topk_sae
 
     if not have_saelens:  # skip the final sae-lens conversion (after the timed steps)
         trainer_mod.to_saelens = lambda sae, scale=1.0, model_name=None, hook_name=None: types.SimpleNamespace(
@@ -295,7 +295,7 @@ def dist_worker(a) -> None:
 
     from stitchplug import dist
     ensure_sae_lens()
-    from stitchplug_sae.trainer import TopKSAE, TopKTrainer
+    from stitchplug.sae.trainer import TopKSAE, TopKTrainer
 
     res = {"env_world_size": dist.env_world_size()}
     rank, world = dist.init_from_env(a.device)

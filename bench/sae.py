@@ -69,7 +69,7 @@ def load_pair_data(run: Path, steps: int, batch: int, seed: int = 0, layer: int 
 def decode_bench(args) -> dict:
     """Time the dense and the sparse step at each width on the same batches; compare held-out FVU."""
     from stitchplug.metrics import massive_dims
-    from stitchplug_sae.trainer import TopKSAE, TopKTrainer
+    from stitchplug.sae.trainer import TopKSAE, TopKTrainer
 
     torch.set_num_threads(args.threads)
     steps, batch = args.steps, args.batch_size
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     sys.path.insert(0, str(ROOT / "tests"))
     from sae_reference import reference_codes, reference_forward, train_reference
-    from stitchplug_sae.trainer import train_topk_sae
+    from stitchplug.sae.trainer import train_topk_sae
 
     args.run = args.run or "runs/quick"
     train, x_eval, massive, lA = load_pair_data(Path(args.run), args.steps, args.batch_size, layer=args.layer)

@@ -63,6 +63,10 @@ class ArtifactContext:
     model at its stitch layer, so a kind can move an artifact in both directions), ``folder`` (the
     :class:`~stitchplug.runfolder.RunFolder`), ``config`` (the kind's validated config section).
 
+    ``inputs`` holds the artifacts of the kinds this kind builds on (:attr:`ArtifactKind.requires`),
+    by kind and role: ``inputs["sae"]["source"]`` (on A), ``["transferred"]``, ``["random"]`` and
+    ``["native"]`` (on B, when asked for); the pipeline fills it on both contexts before ``obtain``.
+
     ``memo`` is scratch space evaluators share within one run (e.g. one activation pass per artifact);
     it is not configuration.
     """
@@ -84,6 +88,7 @@ class ArtifactContext:
     seed: int = 0
     loss_batch_size: int = 4
     progress: bool = True
+    inputs: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
     memo: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -140,8 +145,9 @@ class ArtifactKind(ABC):
 
     Required: :meth:`obtain`, :meth:`transfer`, :meth:`save`, :meth:`load`. Declared with defaults:
     ``config_class`` (None: the kind takes no config section), ``presets`` (per ``--preset`` name, the
-    values of the kind's section), ``supports_baseline`` with :meth:`baseline`, :meth:`check`,
-    :meth:`extra_arms`, :meth:`diagnose`, :meth:`report_markdown`, :meth:`summary`.
+    values of the kind's section), ``requires`` with :meth:`required_roles` (kinds this one builds
+    on), ``supports_baseline`` with :meth:`baseline`, ``supports_native`` with :meth:`native`,
+    :meth:`check`, :meth:`extra_arms`, :meth:`diagnose`, :meth:`report_markdown`, :meth:`summary`.
     """
 
     name: ClassVar[str] = ""
@@ -151,6 +157,14 @@ class ArtifactKind(ABC):
     """``{preset name: {field: value}}`` merged into the kind's section by ``--preset``."""
     supports_baseline: ClassVar[bool] = False
     """Whether :meth:`baseline` builds a random artifact on B (then the ``random`` arm is evaluated)."""
+    requires: ClassVar[tuple[str, ...]] = ()
+    """Kinds this kind builds on (e.g. ``("sae",)``): before this kind's ``obtain`` the pipeline runs
+    their ``source``, ``transfer`` and ``baseline`` stages (and ``native`` when asked for, see
+    :meth:`required_roles`) under their own names and config sections, once per run folder, and puts
+    their artifacts in ``context.inputs[kind][role]``. A plugin never imports another plugin."""
+    supports_native: ClassVar[bool] = False
+    """Whether :meth:`native` builds the kind's artifact on B at a given artifact's budget (the
+    ``native`` role a dependent kind may ask for)."""
     data_parallel: ClassVar[bool] = False
     """Whether :meth:`obtain` runs on every rank under torchrun (``stitchplug run`` launched with
     ``torchrun --nproc-per-node N``). Then, during ``obtain`` only, ``context.train_activations(batch_size)``
@@ -192,6 +206,17 @@ class ArtifactKind(ABC):
         """A random artifact shaped like ``like`` on ``context``'s model; only called when
         ``supports_baseline`` is true."""
         raise StageError(f"artifact kind {self.name!r} has no random baseline")
+
+    def required_roles(self, cfg: Any) -> tuple[str, ...]:
+        """Roles of each required kind's artifacts this kind reads, from ``source``, ``transferred``,
+        ``random`` (kinds with a baseline) and ``native`` (kinds with ``supports_native``; trained on B,
+        so ask only when needed). ``cfg`` is this kind's config section. Default: the first three."""
+        return ("source", "transferred", "random")
+
+    def native(self, like: Any, context: ArtifactContext, cfg: Any) -> Any:
+        """The kind's artifact obtained on ``context``'s model (B) at the budget of ``like`` (the
+        source artifact), as the native reference; only called when ``supports_native`` is true."""
+        raise StageError(f"artifact kind {self.name!r} has no native artifact")
 
     def extra_arms(self, source: Any, transferred: Any, source_context: ArtifactContext,
                    target_context: ArtifactContext) -> dict[str, Arm]:

@@ -394,16 +394,16 @@ def leaf_fields(cls: type[BaseModel], prefix: str = ""):
             yield f"{prefix}{name}", info
 
 
-def run_config_dict(cfg: RunConfig) -> dict:
-    """The resolved run config as plain data: the core sections and the section of ``cfg.artifact``
-    (other kinds' sections, all defaults, are left out)."""
+def run_config_dict(cfg: RunConfig, sections: tuple[str, ...] = ()) -> dict:
+    """The resolved run config as plain data: the core sections, the section of ``cfg.artifact`` and
+    ``sections`` (the kinds it requires); other kinds' sections, all defaults, are left out."""
     data = cfg.model_dump(mode="json")
-    return {k: v for k, v in data.items() if k in CORE_SECTIONS or k == cfg.artifact}
+    return {k: v for k, v in data.items() if k in CORE_SECTIONS or k == cfg.artifact or k in sections}
 
 
-def snapshot(cfg: BaseModel, path: str | Path) -> None:
+def snapshot(cfg: BaseModel, path: str | Path, sections: tuple[str, ...] = ()) -> None:
     """Write the resolved config next to a run's outputs (YAML, atomically)."""
     from .atomic import write_text_atomic
 
-    data = run_config_dict(cfg) if isinstance(cfg, RunConfig) else cfg.model_dump(mode="json")
+    data = run_config_dict(cfg, sections) if isinstance(cfg, RunConfig) else cfg.model_dump(mode="json")
     write_text_atomic(path, yaml.safe_dump(data, sort_keys=False))

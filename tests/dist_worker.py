@@ -25,7 +25,7 @@ with open_cache(cache_path) as c:
     full = src.n_tokens // batch  # full global batches only: every rank's share has the same size
     run = train_adam(st, src, cfg, steps_per_epoch=math.ceil(src.n_tokens / batch), seed=0, max_steps=full)
 # the one SAE trainer under DDP: rank r takes rows r::world of every global batch of 256
-from stitchplug_sae.trainer import train_topk_sae  # noqa: E402
+from stitchplug.sae.trainer import train_topk_sae  # noqa: E402
 
 g = torch.Generator().manual_seed(7)
 atoms = torch.randn(48, 16, generator=g)

@@ -2,7 +2,7 @@
 
 Adam at a constant lr, loss sum_d (x_hat - x)^2 averaged over rows, decoder rows unit-norm after every
 step, W_enc = W_dec^T at init, b_enc = 0, b_dec = the training mean, no auxiliary loss, the encoder
-reading x - b_dec. Deliberately independent of stitchplug_sae.trainer: it is what that trainer is
+reading x - b_dec. Deliberately independent of stitchplug.sae.trainer: it is what that trainer is
 measured against.
 """
 

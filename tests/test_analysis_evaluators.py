@@ -11,7 +11,7 @@ from stitchplug.plugins import registry
 from stitchplug.stitch.model import Stitch
 from stitchplug.stitch.stitched_ce import windows_for_texts
 from stitchplug_models.tiny import TRAIN_TEXT, load
-from stitchplug_sae.transfer import transfer_sae
+from stitchplug.sae.transfer import transfer_sae
 
 TEXTS = [t for t in TRAIN_TEXT.split("\n") if len(t) > 30][:4]
 NAMES = ("feature_transferability", "semantic_structural", "entropy_features", "attention_deactivation")

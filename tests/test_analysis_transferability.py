@@ -10,7 +10,7 @@ from stitchplug.stitch.stitched_ce import windows_for_texts
 from stitchplug_analysis.common import paired_captures, unembed_path
 from stitchplug_analysis.transferability import transferability, usable_positions
 from stitchplug_models.tiny import TRAIN_TEXT, load
-from stitchplug_sae.transfer import random_sae_like, transfer_sae
+from stitchplug.sae.transfer import random_sae_like, transfer_sae
 
 TEXTS = [t for t in TRAIN_TEXT.split("\n") if len(t) > 30]
 

@@ -59,6 +59,45 @@ def test_first_party_plugins_import_the_core_only_through_the_public_api():
     assert not bad, "plugins must import the core only through stitchplug.api:\n" + "\n".join(bad)
 
 
+def _plugin_packages() -> set[str]:
+    return {p.parent.name for root in PLUGIN_ROOTS for p in root.glob("*/__init__.py")}
+
+
+def _cross_plugin_imports(modules: dict[str, Path]) -> list[str]:
+    packages = _plugin_packages()
+    bad = []
+    for module, path in modules.items():
+        own = module.split(".")[0]
+        for line, target, names in _imports(module, path):
+            top = target.split(".")[0]
+            if top in packages and top != own:
+                bad.append(f"{path.relative_to(ROOT)}:{line} ({own}) imports {target}")
+    return bad
+
+
+def test_no_plugin_imports_another_plugin():
+    """Plugins meet only at the registry (and ``requires``): never ``import stitchplug_sae`` from another plugin."""
+    modules = _modules(ROOT, PLUGIN_ROOTS)
+    assert {"stitchplug_sae", "stitchplug_probe", "stitchplug_example"} <= _plugin_packages()
+    bad = _cross_plugin_imports(modules)
+    assert not bad, "a plugin imports another plugin's modules:\n" + "\n".join(bad)
+
+
+def test_cross_plugin_guard_catches_an_import(tmp_path):
+    """The guard above fails on a module-level or function-local import of another plugin."""
+    bad = tmp_path / "stitchplug_probe" / "x.py"
+    bad.parent.mkdir()
+    bad.write_text("def f():\n    from stitchplug_sae.artifact import SAEArtifact\n    import stitchplug_corpora\n")
+    global ROOT
+    old = ROOT
+    try:
+        ROOT = tmp_path
+        found = _cross_plugin_imports({"stitchplug_probe.x": bad})
+    finally:
+        ROOT = old
+    assert len(found) == 2 and "stitchplug_sae.artifact" in found[0] and "stitchplug_corpora" in found[1]
+
+
 def test_public_api_exports_resolve():
     import stitchplug.api as api
 

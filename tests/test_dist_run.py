@@ -92,7 +92,7 @@ def test_rank_shares_of_across_epoch_batches_are_the_one_process_batches(runs):
     """What rank r's ``train_activations`` read (rows r::N of batches re-cut across epochs) is, together,
     what the SAE trainer's ``rebatch`` makes of one process's batches: the same rows in every step."""
     from stitchplug.cache.reader import open_cache
-    from stitchplug_sae.trainer import rebatch
+    from stitchplug.sae.trainer import rebatch
 
     one, _, _ = runs
     with open_cache(one / "cache.h5") as c:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from stitchplug.api import StageError, stitch_step_flops
-from stitchplug_sae.step_flops import analytic_step_flops, measure_step_flops
+from stitchplug.sae.step_flops import analytic_step_flops, measure_step_flops
 from stitchplug_sae_init.ledger import ArmLedger, read_stitch_flops
 
 
@@ -70,7 +70,7 @@ def test_read_stitch_flops_errors(tmp_path):
 def test_training_does_not_leak_flops_outside_matmuls():
     """The optimizer step and decoder renormalisation add no counted FLOPs (elementwise only)."""
     from stitchplug.flops import count_step_flops
-    from stitchplug_sae.trainer import TopKSAE
+    from stitchplug.sae.trainer import TopKSAE
 
     sae = TopKSAE.random(32, 128, 4, generator=torch.Generator().manual_seed(0))
     opt = torch.optim.Adam(sae.parameters(), lr=1e-3)

@@ -233,9 +233,9 @@ def run_folder(tmp_path_factory):
     from stitchplug.config import StitchConfig
     from stitchplug.stitch import api
     from stitchplug.stitch.model import Stitch
-    from stitchplug_sae.io import save_sae
-    from stitchplug_sae.train import train_topk_sae
-    from stitchplug_sae.transfer import transfer_sae
+    from stitchplug.sae.io import save_sae
+    from stitchplug.sae.trainer import train_topk_sae
+    from stitchplug.sae.transfer import transfer_sae
 
     run = tmp_path_factory.mktemp("initrun")
     a, b = load_model("tiny-llama-a"), load_model("tiny-gemma3")  # widths 32 and 40, different tokenizers
@@ -274,7 +274,7 @@ def test_experiment_command_on_run_folder(run_folder, capsys):
     # theta' as loaded by the experiment is the saved SAELens SAE: same EV on the same held-out rows
     from stitchplug.cache.reader import open_cache
     from stitchplug.metrics import recon_metrics
-    from stitchplug_sae.io import load_sae_folder
+    from stitchplug.sae.io import load_sae_folder
 
     with open_cache(run_folder / "cache.h5") as cache:
         x = torch.from_numpy(cache.array("target", 1, split="eval")[:256]).float()

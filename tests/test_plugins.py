@@ -52,8 +52,8 @@ def test_third_party_plugin_is_discovered(example_site):
     ex = infos["example"]
     assert ex["version"] == "0.0.1" and ex["error"] is None
     assert ex["registered"] == {
-        "aligners": ["example-positional"], "artifacts": ["diffmean"], "corpora": ["example-corpus"],
-        "evaluators": ["diffmean-separation", "example-count"], "models": ["example-tiny"],
+        "aligners": ["example-positional"], "artifacts": ["diffmean", "saelatent"], "corpora": ["example-corpus"],
+        "evaluators": ["diffmean-separation", "example-count", "saelatent-agreement"], "models": ["example-tiny"],
     }
     # first-party plugins come through the same entry-point group
     assert {"models", "corpora", "sae", "sae_evals"} <= set(infos)
@@ -210,6 +210,43 @@ def test_third_party_artifact_kind_runs_end_to_end(example_site, tmp_path):
     # an unknown field of the kind's section is refused by its own config class, in one line
     bad = run_cli(args + ["--config", str(_yaml(tmp_path, {"diffmean": {"colour": "red"}}))], pythonpath=[example_site])
     assert bad.returncode == 2 and "diffmean.colour" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_kind_that_builds_on_sae_runs_end_to_end(example_site, tmp_path):
+    """`stitchplug run --artifact saelatent` (``requires = ("sae",)``): the pipeline runs the SAE kind's
+    stages first, once, with the run's ``sae`` section, and hands the SAEs over by role; a later
+    ``--artifact sae`` run in the same folder reuses them."""
+    out = tmp_path / "sl"
+    core = ["--models-source", "tiny-llama-a", "--models-target", "tiny-gemma3", "--output-dir", str(out),
+            "--cache-tokens", "4000", "--cache-context-size", "64", "--cache-eval-fraction", "0.3",
+            "--stitch-svcca-tokens", "500", "--eval-docs", "2", "--eval-max-windows", "2", "--no-progress",
+            "--sae-width", "64", "--sae-k", "4", "--sae-train-tokens", "2048", "--sae-batch-size", "256"]
+    res = run_cli(["run", "--artifact", "saelatent", *core], pythonpath=[example_site])
+    assert res.returncode == 0, res.stderr[-3000:]
+    for stage in ("sae.source", "sae.transfer", "sae.baseline", "sae.native", "saelatent.source",
+                  "saelatent.transfer", "saelatent.baseline", "saelatent.evaluate"):
+        assert (out / "stages" / f"{stage}.json").is_file(), stage
+    assert not (out / "stages" / "sae.evaluate.json").exists()  # only the stages that make artifacts
+    import yaml
+
+    snap = yaml.safe_load((out / "config.yaml").read_text())
+    assert snap["artifact"] == "saelatent" and snap["sae"]["width"] == 64
+    m = json.loads((out / "metrics.json").read_text())
+    sl = m["saelatent"]
+    assert set(sl) == {"source_on_A", "transferred_on_B", "random_on_B"}
+    # the source direction is the source SAE's row; Eq. 6 makes the transferred SAE's row its image
+    assert sl["source_on_A"]["saelatent-agreement"]["cosine_to_sae_row"] == pytest.approx(1.0, abs=1e-5)
+    assert sl["transferred_on_B"]["saelatent-agreement"]["cosine_to_sae_row"] == pytest.approx(1.0, abs=1e-4)
+    assert abs(sl["random_on_B"]["saelatent-agreement"]["cosine_to_sae_row"]) < 0.9
+    assert 0.0 <= sl["transferred_on_B"]["saelatent-agreement"]["best_cosine_to_native"] <= 1.0 + 1e-6
+    native = json.loads((out / "artifacts" / "sae" / "native" / "cfg.json").read_text())
+    assert native["d_in"] == 40 and native["d_sae"] == 64  # trained on B at the source SAE's budget
+    # an SAE run in the same folder reuses the SAE stages the dependent run made
+    res = run_cli(["run", "--artifact", "sae", *core], pythonpath=[example_site])
+    assert res.returncode == 0, res.stderr[-3000:]
+    for stage in ("sae.source", "sae.transfer", "sae.baseline"):
+        assert f"[{stage}] reused" in res.stdout and f"[{stage}] done" not in res.stdout, stage
+    assert "[sae.evaluate] done" in res.stdout
 
 
 def _yaml(tmp_path, data):

@@ -148,7 +148,7 @@ def _stitch(d_a, d_b, seed=0):
 
 def test_stale_transferred_sae_is_detected():
     from stitchplug_probe.saes import same_function
-    from stitchplug_sae.transfer import transfer_sae
+    from stitchplug.sae.transfer import transfer_sae
 
     st, _ = _stitch(12, 20)
     src, other = _sae(seed=0), _sae(seed=1)

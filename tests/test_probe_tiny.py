@@ -9,7 +9,7 @@ from sae_lens import TopKSAE, TopKSAEConfig
 from stitchplug.api import ModelAdapter, Stitch, load_model
 from stitchplug_probe import features
 from stitchplug_probe.experiment import ProbeSettings, run_probes
-from stitchplug_sae.transfer import random_sae_like, transfer_sae
+from stitchplug.sae.transfer import random_sae_like, transfer_sae
 
 LA = 1
 

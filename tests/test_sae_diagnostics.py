@@ -4,7 +4,7 @@ import torch
 
 from stitchplug.metrics import recon_metrics
 from stitchplug_sae.diagnostics import transfer_error_decomposition
-from stitchplug_sae.transfer import transfer_sae
+from stitchplug.sae.transfer import transfer_sae
 from test_sae_transfer import DA, make_sae, make_stitch
 
 

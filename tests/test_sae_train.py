@@ -8,7 +8,7 @@ from stitchplug_sae.config import SAEConfig
 from stitchplug.errors import StageError
 from stitchplug.metrics import recon_metrics
 from stitchplug.plugins import registry
-from stitchplug_sae.train import rebatch, train_topk_sae
+from stitchplug.sae.trainer import rebatch, train_topk_sae
 
 D, NF = 32, 64
 

@@ -1,4 +1,4 @@
-"""The one TopK SAE trainer (stitchplug_sae.trainer) against a known dictionary and the plain reference."""
+"""The one TopK SAE trainer (stitchplug.sae.trainer) against a known dictionary and the plain reference."""
 
 import math
 
@@ -9,9 +9,9 @@ from sae_lens import SAE
 from sae_reference import reference_forward, train_reference
 from stitchplug.errors import StageError
 from stitchplug.metrics import recon_metrics
-from stitchplug_sae.step_flops import analytic_step_flops
-from stitchplug_sae.io import save_sae
-from stitchplug_sae.trainer import TopKSAE, TopKTrainer, TrainerConfig, train_topk_sae
+from stitchplug.sae.step_flops import analytic_step_flops
+from stitchplug.sae.io import save_sae
+from stitchplug.sae.trainer import TopKSAE, TopKTrainer, TrainerConfig, train_topk_sae
 
 D, NF, K = 32, 48, 3
 

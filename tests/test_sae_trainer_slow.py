@@ -16,7 +16,7 @@ from sae_reference import reference_codes, reference_forward, train_reference
 from stitchplug.cache.reader import open_cache
 from stitchplug.cache.writer import build_cache
 from stitchplug.metrics import ReconAccumulator, massive_dims
-from stitchplug_sae.trainer import train_topk_sae
+from stitchplug.sae.trainer import train_topk_sae
 
 pytestmark = pytest.mark.slow
 LAYER, WIDTH, K, STEPS, LR = 15, 1152, 32, 120, 4e-4

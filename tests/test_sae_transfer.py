@@ -10,8 +10,8 @@ from sae_lens import (SAE, JumpReLUSAE, JumpReLUSAEConfig, StandardSAE, Standard
 
 from stitchplug.errors import StageError, StitchplugError
 from stitchplug.stitch.model import Stitch
-from stitchplug_sae.io import load_sae, read_sidecar, save_sae
-from stitchplug_sae.transfer import check_compatible, random_sae_like, transfer_sae
+from stitchplug.sae.io import load_sae, read_sidecar, save_sae
+from stitchplug.sae.transfer import check_compatible, random_sae_like, transfer_sae
 
 DA, DB, M = 12, 20, 48
 

@@ -1,7 +1,7 @@
 """Shared pieces of the feature analysis: the unembedding path, SAE codes, held-out captures.
 
 Everything here works on a :class:`stitchplug.adapter.TLAdapter` (a TransformerLens model) and any
-``sae_lens.SAE`` that :func:`stitchplug_sae.transfer.canonical_weights` accepts.
+``sae_lens.SAE`` that :func:`stitchplug.api.canonical_weights` accepts.
 
 **Unembedding path (how the final norm is folded).** The logit of token ``y`` that a residual
 direction ``d`` writes is ``(d @ W_eff)[y] / s_t`` where ``W_eff = C diag(w) W_U``: ``w`` is the
@@ -48,7 +48,7 @@ def unembed_path(adapter: Any) -> torch.Tensor:
 @torch.no_grad()
 def decoder_rows(sae: Any) -> torch.Tensor:
     """Decoder rows ``[m, d]`` (float32) matching ``sae.encode``'s codes: ``x_hat = f @ rows + b``."""
-    from stitchplug_sae.transfer import canonical_weights
+    from stitchplug.api import canonical_weights
 
     return canonical_weights(sae)["W_dec"].float()
 

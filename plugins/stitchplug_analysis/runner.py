@@ -75,7 +75,7 @@ class RunInputs:
         if which not in self._saes:
             role = ROLES[which]
             if which == "baseline" and not self.rf.artifact("sae", role).exists():
-                from stitchplug_sae.transfer import random_sae_like
+                from stitchplug.api import random_sae_like
 
                 self.log("no random baseline SAE in the run; drawing one shaped like the transferred SAE")
                 self._saes[which] = random_sae_like(self.sae("transfer"), seed=self.seed)

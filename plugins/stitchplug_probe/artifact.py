@@ -6,7 +6,8 @@ its latent indices and weights and reads the *transferred SAE's* latents; a dens
 through ``T_down`` (``w' = P_down @ w``, ``b' = b_down @ w + b``), exactly A's probe applied to
 ``T_down(h_B)``.
 
-Stages: ``probe.source`` resolves the four SAEs (:mod:`~stitchplug_probe.saes`), runs every task
+Stages: the probe builds on the ``sae`` kind (``requires``): the pipeline runs the SAE stages first
+and hands over the four SAEs (:mod:`~stitchplug_probe.saes`); ``probe.source`` runs every task
 through both models once and fits and scores every arm (:func:`~stitchplug_probe.experiment.run_probes`;
 one pass over the texts serves all arms, so the B-side scoring happens here too), keeping the full
 results in ``artifacts/probe/results/results.json``; it returns A's probes. ``probe.transfer`` moves
@@ -55,6 +56,10 @@ class ProbeArtifact(ArtifactKind):
     config_class = config.ProbeConfig
     presets = config.PRESETS
     supports_baseline = False
+    requires = ("sae",)
+
+    def required_roles(self, cfg: Any) -> tuple[str, ...]:
+        return ("source", "transferred", "random") + (("native",) if cfg.native_sae else ())
 
     def preflight(self, cfg: Any) -> None:
         """Every ``file:`` task reads as a task (text and label columns, two classes with enough
@@ -72,7 +77,7 @@ class ProbeArtifact(ArtifactKind):
         context.need("other", "stitch", "folder", "adapter", who="the probe kind")
         other = context.other
         log = print
-        saes, origin = saes_mod.resolve(context, other, context.stitch, cfg, log=log)
+        saes, origin = saes_mod.resolve(context, other, cfg, log=log)
         s = settings_from(cfg, context)
         res = run_probes(context.adapter, context.layer, other.adapter, other.layer, context.stitch, saes, s,
                          log=log, progress=context.progress)

@@ -44,20 +44,8 @@ class ProbeConfig(ConfigSection):
     """Inverse L2 strength of the logistic regression (SAEBench: 1.0)."""
     batch_size: int = Field(8, ge=1)
     """Examples per forward pass."""
-    reuse_sae_run: bool = True
-    """Reuse the source/transferred/random SAEs of an SAE run in the same folder (off: train the source SAE here with the sae_* budget)."""
     native_sae: bool = True
-    """Train a native SAE on B (same trainer, width, k and token budget as the source SAE) for the native arm."""
-    sae_width: int = Field(4608, ge=1)
-    """Width of SAEs this kind trains itself (when no SAE run's SAEs are in the run folder)."""
-    sae_k: int = Field(32, ge=1)
-    """TopK of SAEs this kind trains itself."""
-    sae_train_tokens: int = Field(2_000_000, ge=1)
-    """Token budget of each SAE this kind trains (source on A when needed, native on B)."""
-    sae_lr: float = Field(1e-4, gt=0.0)
-    """Learning rate of SAEs this kind trains."""
-    sae_batch_size: int = Field(1024, ge=1)
-    """Tokens per SAE training step."""
+    """Ask the ``sae`` kind for a native SAE on B (same trainer and budget as the source SAE) for the native arm."""
     n_boot: int = Field(2000, ge=100)
     """Bootstrap resamples for the intervals of means and gaps."""
 
@@ -96,7 +84,6 @@ class ProbeConfig(ConfigSection):
 PRESETS = {
     "quick": {"tasks": ["wiki-topic:People", "wiki-topic:Mathematics", "sae-probes:113_movie_sent",
                         "sae-probes:87_glue_cola"],
-              "max_examples": 300, "ks": [1, 2, 5, 10, 20, 50],
-              "sae_width": 2304, "sae_k": 32, "sae_train_tokens": 240_000, "sae_lr": 4e-4},
+              "max_examples": 300, "ks": [1, 2, 5, 10, 20, 50]},
     "default": {},
 }

@@ -1,54 +1,26 @@
 """The SAEs the probe arms read: source (A), transferred (B), random (B), native (B) and the two
 controls of :mod:`~stitchplug_probe.controls` (``random_unit`` and ``shuffled``, on B).
 
-An SAE run in the same folder (``stitchplug run --artifact sae``, e.g. ``make demo``) is reused
-(unless ``reuse_sae_run`` is off):
-its source, transferred and random SAEs (``artifacts/sae/<role>/``, or the older
-``artifact_source``/``artifact_target``/``artifact_random`` folders). Otherwise the source SAE is
-trained on A with the project's TopK trainer and carried to B by Eq. 6. The native SAE on B is
-trained with the same trainer and the source SAE's budget (width, k, lr, tokens, batch size, from
-its training summary when it has one) and kept under ``artifacts/probe/native_sae``.
+The probe kind builds on the ``sae`` kind (``requires = ("sae",)``): the pipeline runs (or reuses,
+e.g. after ``make demo`` in the same folder) the SAE kind's ``sae.source``, ``sae.transfer``,
+``sae.baseline`` and, with ``native_sae`` on, ``sae.native`` stages (a native SAE trained on B with
+the same trainer and the source SAE's budget), with the run's ``sae:`` section, and hands their SAEs
+over in ``context.inputs["sae"]`` by role; their folders are ``artifacts/sae/<role>/``.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable
 
 from stitchplug.api import StageError
 
-LEGACY = {"source": "artifact_source", "transferred": "artifact_target", "random": "artifact_random"}
-
-
-def _find(folder, role: str) -> Path | None:
-    for p in (folder.artifact("sae", role), folder.root / LEGACY[role]):
-        if (p / "cfg.json").is_file():
-            return p
-    return None
-
-
-def budget(sae, cfg) -> dict:
-    """Training config for the native SAE: the source SAE's own (every trainer field its training
-    summary records) when it has one, else the probe config's ``sae_*`` fields."""
-    from stitchplug_sae.trainer import TrainerConfig
-
-    base = {"width": cfg.sae_width, "k": cfg.sae_k, "lr": cfg.sae_lr, "train_tokens": cfg.sae_train_tokens,
-            "batch_size": cfg.sae_batch_size}
-    if sae is None:
-        return base
-    t = dict(sae.cfg.metadata.get("stitchplug_training") or {})
-    out = {f: t[f] for f in TrainerConfig.model_fields if t.get(f) is not None}
-    out.setdefault("train_tokens", t.get("tokens") or cfg.sae_train_tokens)
-    out.setdefault("lr", cfg.sae_lr)
-    out.setdefault("batch_size", cfg.sae_batch_size)
-    out.update(width=int(sae.cfg.d_sae), k=int(getattr(sae.cfg, "k", t.get("k") or cfg.sae_k)))
-    return out
+ROLES = ("source", "transferred", "random", "native")
 
 
 def same_function(sae, other, rtol: float = 1e-3) -> bool:
     """Whether two SAEs of one shape encode alike: canonical encoder weights and biases equal to
     ``rtol`` of their scale (a transferred SAE saved by another run or from another source fails)."""
-    from stitchplug_sae.transfer import canonical_weights
+    from stitchplug.api import canonical_weights
 
     if (int(sae.cfg.d_in), int(sae.cfg.d_sae)) != (int(other.cfg.d_in), int(other.cfg.d_sae)):
         return False
@@ -60,69 +32,32 @@ def same_function(sae, other, rtol: float = 1e-3) -> bool:
     return getattr(sae.cfg, "k", None) == getattr(other.cfg, "k", None)
 
 
-def train_sae(ctx, b: dict):
-    """Train with the project's one TopK trainer (:func:`stitchplug_sae.trainer.train_topk_sae`)."""
-    from stitchplug_sae.trainer import train_topk_sae
+def resolve(ctx_a, ctx_b, cfg, log: Callable[[str], None] = print) -> tuple[dict[str, Any], dict]:
+    """``({role: SAE}, {role: where it came from})`` for source, transferred, random, native and
+    (``control_arms``) the two controls."""
+    from stitchplug.api import transfer_sae
 
-    ctx.need("train_activations", "adapter", who="SAE training for the probe arms")
-    batches = ctx.train_activations(batch_size=int(b["batch_size"]), seed=ctx.seed)
-    sae, _ = train_topk_sae(batches, int(ctx.adapter.d_model), dict(b), seed=ctx.seed, device=ctx.device,
-                            progress=ctx.progress, model_name=ctx.model_name or None, hook_name=ctx.hook_name)
-    return sae
-
-
-def resolve(ctx_a, ctx_b, stitch, cfg, log: Callable[[str], None] = print) -> tuple[dict[str, Any], dict]:
-    """``({role: SAE}, {role: where it came from})`` for source, transferred, random and native."""
-    from stitchplug_sae.artifact import SAEArtifact
-    from stitchplug_sae.io import load_sae_folder, save_sae
-    from stitchplug_sae.transfer import check_compatible, transfer_sae
-
+    ctx_a.need("folder", "stitch", who="the probe kind")
+    given = ctx_a.inputs.get("sae") or {}
+    want = ROLES if cfg.native_sae else ROLES[:3]
+    missing = [r for r in want if given.get(r) is None]
+    if missing:
+        raise StageError(f"the probe kind needs the {', '.join(missing)} SAE(s) from the 'sae' kind, "
+                         "but the run did not hand them over")
     folder = ctx_a.folder
-    ctx_a.need("folder", who="the probe kind")
-    kind = SAEArtifact()
-    saes, origin = {}, {}
-    src = _find(folder, "source") if cfg.reuse_sae_run else None
-    own = folder.artifact("probe", "sae_source")
-    if src is not None:
-        saes["source"], origin["source"] = load_sae_folder(src), str(src.relative_to(folder.root))
-    elif (own / "cfg.json").is_file():
-        saes["source"], origin["source"] = load_sae_folder(own), str(own.relative_to(folder.root))
-    else:
-        log("  training the source SAE on A" + ("" if cfg.reuse_sae_run else " (reuse_sae_run is off)"))
-        saes["source"] = train_sae(ctx_a, budget(None, cfg))
-        save_sae(saes["source"], own, {"stage": "probe source SAE"})
-        origin["source"] = str(own.relative_to(folder.root))
-    check_compatible(saes["source"], stitch, "up", check_model=False)
-    tr = _find(folder, "transferred") if src is not None else None
-    if tr is not None:
-        saes["transferred"], origin["transferred"] = load_sae_folder(tr), str(tr.relative_to(folder.root))
-        fresh = transfer_sae(saes["source"], stitch, "up", check_model=False)
-        if not same_function(saes["transferred"], fresh):
-            origin["transferred_stale"] = (f"{origin['transferred']} is not Eq. 6 of the source SAE through this "
-                                           "stitch; the probe uses Eq. 6 of the source SAE")
-            log(f"  warning: {origin['transferred_stale']}")
-            saes["transferred"], origin["transferred"] = fresh, "Eq. 6 now"
-    else:
-        saes["transferred"], origin["transferred"] = transfer_sae(saes["source"], stitch, "up", check_model=False), "Eq. 6 now"
-    rnd = _find(folder, "random") if src is not None else None
-    if rnd is not None:
-        saes["random"], origin["random"] = load_sae_folder(rnd), str(rnd.relative_to(folder.root))
-    else:
-        saes["random"], origin["random"] = kind.baseline(saes["transferred"], ctx_b), "random_sae_like now"
-    for role in ("transferred", "random"):
-        if int(saes[role].cfg.d_in) != int(ctx_b.adapter.d_model):
+    saes = {r: given[r] for r in want}
+    origin = {r: str(folder.artifact("sae", r).relative_to(folder.root)) for r in want}
+    fresh = transfer_sae(saes["source"], ctx_a.stitch, "up", check_model=False)
+    if not same_function(saes["transferred"], fresh):
+        origin["transferred_stale"] = (f"{origin['transferred']} is not Eq. 6 of the source SAE through this "
+                                       "stitch; the probe uses Eq. 6 of the source SAE")
+        log(f"  warning: {origin['transferred_stale']}")
+        saes["transferred"], origin["transferred"] = fresh, "Eq. 6 now"
+    for role in ("transferred", "random", "native"):
+        if role in saes and int(saes[role].cfg.d_in) != int(ctx_b.adapter.d_model):
             raise StageError(f"the {role} SAE in the run folder reads d_in={saes[role].cfg.d_in}, "
                              f"but model B has d_model={ctx_b.adapter.d_model}")
-    if cfg.native_sae:
-        nat = folder.artifact("probe", "native_sae")
-        if (nat / "cfg.json").is_file():
-            saes["native"] = load_sae_folder(nat)
-        else:
-            b = budget(saes["source"], cfg)
-            log(f"  training the native SAE on B (width {b['width']}, k {b['k']}, {b['train_tokens']} tokens)")
-            saes["native"] = train_sae(ctx_b, b)
-            save_sae(saes["native"], nat, {"stage": "probe native SAE on B", "budget": b})
-        origin["native"] = str(nat.relative_to(folder.root))
+    if "native" in saes:
         trainers = {r: (saes[r].cfg.metadata.get("stitchplug_training") or {}).get("trainer") for r in ("source", "native")}
         if trainers["source"] != trainers["native"]:
             origin["warning"] = (f"the source SAE was trained by {trainers['source'] or 'an older trainer'}, the native "

@@ -89,11 +89,11 @@ def _resolve_topic(topic: str) -> str:
 def wiki_topic_task(topic: str, max_examples: int | None = None, seed: int = 0,
                     min_per_class: int = MIN_PER_CLASS) -> Task:
     """One-vs-rest on ``wiki-en``'s topic; negatives round-robin over the other topics."""
-    from stitchplug_corpora import wiki_corpus
+    from stitchplug.api import open_corpus
 
     topic = _resolve_topic(topic)
     by_topic: dict[str, list[str]] = {t: [] for t in WIKI_TOPICS}
-    for doc in wiki_corpus("en"):
+    for doc in open_corpus("wiki-en"):  # the registered corpus, through the registry
         if doc["topic"] in by_topic:
             by_topic[doc["topic"]].append(doc["text"])
     rng = np.random.default_rng(seed)

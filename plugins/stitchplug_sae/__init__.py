@@ -3,11 +3,11 @@
 Public API (for the run pipeline and other plugins):
 
 - :class:`stitchplug_sae.artifact.SAEArtifact` (registered as artifact ``sae``)
-- :func:`stitchplug_sae.trainer.train_topk_sae` (the one TopK trainer), :mod:`stitchplug_sae.step_flops`
-- :func:`stitchplug_sae.transfer.transfer_sae`, :func:`~stitchplug_sae.transfer.check_compatible`,
-  :func:`~stitchplug_sae.transfer.random_sae_like`, :func:`~stitchplug_sae.transfer.canonical_weights`
-- :func:`stitchplug_sae.io.save_sae`, :func:`~stitchplug_sae.io.load_sae`,
-  :func:`~stitchplug_sae.io.load_sae_folder`, :func:`~stitchplug_sae.io.read_sidecar`
+- :func:`stitchplug.api.train_topk_sae` (the one TopK trainer), :mod:`stitchplug.sae.step_flops`
+- :func:`stitchplug.sae.transfer.transfer_sae`, :func:`~stitchplug.sae.transfer.check_compatible`,
+  :func:`~stitchplug.sae.transfer.random_sae_like`, :func:`~stitchplug.sae.transfer.canonical_weights`
+- :func:`stitchplug.sae.io.save_sae`, :func:`~stitchplug.sae.io.load_sae`,
+  :func:`~stitchplug.sae.io.load_sae_folder`, :func:`~stitchplug.sae.io.read_sidecar`
 """
 
 from stitchplug.api import hookimpl

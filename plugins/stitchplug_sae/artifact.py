@@ -36,6 +36,21 @@ def mean_activation(batches, max_tokens: int = 16_384) -> torch.Tensor:
     return (total / n).float()
 
 
+def native_budget(sae: SAE, cfg: Any) -> dict:
+    """Training config of a native SAE at ``sae``'s budget: every trainer field its training summary
+    records, width and k of the SAE itself, ``train_tokens``/``lr``/``batch_size`` from ``cfg`` (the
+    ``sae`` section) when the summary lacks them (a loaded SAE)."""
+    from stitchplug.api import TrainerConfig
+
+    t = dict(sae.cfg.metadata.get("stitchplug_training") or {})
+    out = {f: t[f] for f in TrainerConfig.model_fields if t.get(f) is not None}
+    out.setdefault("train_tokens", t.get("tokens") or cfg.train_tokens)
+    out.setdefault("lr", cfg.lr)
+    out.setdefault("batch_size", cfg.batch_size)
+    out.update(width=int(sae.cfg.d_sae), k=int(getattr(sae.cfg, "k", t.get("k") or cfg.k)))
+    return out
+
+
 class SAEArtifact(ArtifactKind):
     """SAEs in SAELens format. The artifact object is a ``sae_lens.SAE`` (inference class)."""
 
@@ -43,6 +58,7 @@ class SAEArtifact(ArtifactKind):
     config_class = config.SAEConfig
     presets = config.PRESETS
     supports_baseline = True
+    supports_native = True
     data_parallel = True  # under torchrun every rank trains on its share of each batch (the trainer's DDP)
 
     def obtain(self, context: ArtifactContext, cfg: Any) -> SAE:
@@ -52,8 +68,7 @@ class SAEArtifact(ArtifactKind):
         A trained SAE carries its training summary (incl. a subsampled loss curve) in
         ``sae.cfg.metadata.stitchplug_training``.
         """
-        from .io import load_sae
-        from .trainer import train_topk_sae
+        from stitchplug.api import load_sae, train_topk_sae
 
         if cfg.source == "train":
             context.need("train_activations", who="SAE training")
@@ -83,34 +98,34 @@ class SAEArtifact(ArtifactKind):
             raise StageError(f"the SAE reads hook {hook!r} but the run uses {context.hook_name!r}")
 
     def transfer(self, artifact: SAE, stitch: Any, direction: str = "up", **target: Any) -> SAE:
-        """Eq. 6 (see :func:`stitchplug_sae.transfer.transfer_sae`); ``target`` may hold
+        """Eq. 6 (see :func:`stitchplug.sae.transfer.transfer_sae`); ``target`` may hold
         ``target_model``, ``target_hook``, ``check_model``."""
-        from .transfer import transfer_sae
+        from stitchplug.api import transfer_sae
 
         return transfer_sae(artifact, stitch, direction, **target)
 
     def check(self, artifact: SAE, stitch: Any, direction: str = "up", check_model: bool = True) -> None:
         """Validate before transferring (width, models, layer): one-line StageError."""
-        from .transfer import check_compatible
+        from stitchplug.api import check_compatible
 
         check_compatible(artifact, stitch, direction, check_model=check_model)
 
     def save(self, artifact: SAE, folder: str | Path, sidecar: dict | None = None) -> Path:
         """SAELens folder plus sidecar (a trained SAE's training FLOPs go in as ``source_sae_flops``)."""
-        from .io import save_sae
+        from stitchplug.api import save_sae
 
         return save_sae(artifact, folder, sidecar)
 
     def load(self, folder: str | Path) -> SAE:
-        from .io import load_sae_folder
+        from stitchplug.api import load_sae_folder
 
         return load_sae_folder(folder)
 
     def baseline(self, like: SAE, context: ArtifactContext) -> SAE:
         """Random SAE shaped like ``like`` with ``b_dec`` = mean of the target's training
         activations (first 16k tokens) when ``context.train_activations`` is given, else ``like``'s
-        own ``b_dec``. See :func:`stitchplug_sae.transfer.random_sae_like`."""
-        from .transfer import random_sae_like
+        own ``b_dec``. See :func:`stitchplug.sae.transfer.random_sae_like`."""
+        from stitchplug.api import random_sae_like
 
         b_dec = None
         if context.train_activations is not None:
@@ -119,6 +134,19 @@ class SAEArtifact(ArtifactKind):
         sae = random_sae_like(like, b_dec=b_dec, seed=context.seed)
         sae.cfg.metadata.model_name = like.cfg.metadata.get("model_name")
         sae.cfg.metadata.hook_name = like.cfg.metadata.get("hook_name")
+        return sae
+
+    def native(self, like: SAE, context: ArtifactContext, cfg: Any) -> SAE:
+        """A TopK SAE trained on ``context``'s model (B) with ``like``'s budget: every trainer field
+        its training summary records (width and k from the SAE itself), the rest from ``cfg``."""
+        from stitchplug.api import train_topk_sae
+
+        context.need("train_activations", "adapter", who="the native SAE")
+        b = native_budget(like, cfg)
+        batches = context.train_activations(batch_size=int(b["batch_size"]), seed=context.seed)
+        sae, _ = train_topk_sae(batches, int(context.adapter.d_model), dict(b), seed=context.seed,
+                                device=context.device, progress=context.progress,
+                                model_name=context.model_name or None, hook_name=context.hook_name)
         return sae
 
     def diagnose(self, source: SAE, transferred: SAE, stitch: Any, target: ArtifactContext,

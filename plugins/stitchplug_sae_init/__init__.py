@@ -2,7 +2,7 @@
 
 Its own plugin (entry point ``sae_init``), separate from the SAE artifact kind it builds on: it reads a
 run folder that ``stitchplug run --artifact sae`` wrote, trains two arms with the SAE plugin's one
-trainer (:mod:`stitchplug_sae.trainer`) and reports FLOPs savings.
+trainer (:mod:`stitchplug.sae.trainer`) and reports FLOPs savings.
 
 - :mod:`.command`: the CLI command and :func:`~.command.run_on_folder` (run folder in, sections out)
 - :mod:`.experiment`: :class:`~.experiment.InitExperimentConfig`, the two arms, :func:`~.experiment.run_init_experiment`

@@ -6,12 +6,12 @@ fitting FLOPs; ``scratch`` starts from random init (encoder = decoder transpose)
 on held-out activations is logged every ``eval_every`` steps; the FLOPs at which its moving average
 first crosses each threshold give the savings ``(scratch - stitched) / scratch``.
 
-Both arms are trained by the project's one TopK trainer (:mod:`stitchplug_sae.trainer`): constant lr
+Both arms are trained by the project's one TopK trainer (:mod:`stitchplug.sae.trainer`): constant lr
 Adam, unnormalised activations, decoder rows renormalised to unit norm after every step, dense decode
 (the paper's SAELens accounting), optional AuxK loss. theta''s decoder rows are not unit norm; the
 ``warm_start`` option says how the stitched arm starts from them (``fold``: folded into the encoder at
 step 0; ``preserve``: kept at their step-0 norms, so step 0 is exactly theta'; see
-:func:`stitchplug_sae.topk.warm_start` and docs/flops.md).
+:func:`stitchplug.sae.topk.warm_start` and docs/flops.md).
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ from typing import Callable, Iterable, Iterator, Literal, Sequence
 import torch
 from pydantic import ConfigDict, Field, field_validator
 
-from stitchplug.api import ConfigError, ConfigSection, ReconAccumulator, StageError, massive_dims
-from stitchplug_sae.step_flops import analytic_step_flops, measure_step_flops
-from stitchplug_sae.trainer import (WARM_STARTS, TopKSAE, TopKTrainer, fold_decoder_norms, sae_step,  # noqa: F401
-                                   warm_start)  # (the one trainer)
+from stitchplug.api import (WARM_STARTS, ConfigError, ConfigSection, ReconAccumulator, StageError,  # noqa: F401
+                            TopKSAE, TopKTrainer, analytic_step_flops, fold_decoder_norms, massive_dims,
+                            measure_step_flops, sae_step, warm_start)
 
 from . import scaling
 from .ledger import ArmLedger

@@ -1,6 +1,6 @@
 """FLOPs ledger of the init experiment's two arms (paper §3.1, App. D): what each arm has paid.
 
-The per-step SAE cost comes from :mod:`stitchplug_sae.step_flops` (the core FLOP counter on one step
+The per-step SAE cost comes from :mod:`stitchplug.sae.step_flops` (the core FLOP counter on one step
 of the one trainer); the stitch arm's offset is what fitting the stitch cost, read from the stitch's
 metadata through :meth:`stitchplug.api.Stitch.load` (the core counts it when it fits the stitch).
 """

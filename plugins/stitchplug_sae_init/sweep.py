@@ -2,7 +2,7 @@
 
 Per width: the source SAE is trained on A on the run folder's cache (single epoch by default; its
 FLOPs reported, not charged, as in the paper), transferred through the run's stitch (Eq. 6), then the
-scratch arm and one arm per warm start (:data:`stitchplug_sae.topk.WARM_STARTS`) train on B with the
+scratch arm and one arm per warm start (:data:`stitchplug.api.WARM_STARTS`) train on B with the
 same data order. Every finished piece is written atomically under ``RUN/init_sweep/w<width>/`` (the
 source and transferred SAE folders + ``source.json``, one ``<arm>.json`` per arm), so a killed sweep
 resumes without redoing finished pieces; a piece written with other settings is refused, naming the
@@ -61,7 +61,7 @@ class SweepConfig(BaseModel):
     @field_validator("warm_starts")
     @classmethod
     def _known(cls, v: list[str]) -> list[str]:
-        from stitchplug_sae.topk import WARM_STARTS
+        from stitchplug.api import WARM_STARTS
 
         bad = [w for w in v if w not in WARM_STARTS]
         if not v or bad:
@@ -97,9 +97,7 @@ def run_sweep(run: Path, sweep: SweepConfig, cfg: InitExperimentConfig, *, cache
               eval_tokens: int = 8192, sweep_dir: Path | None = None, log: Callable[[str], None] = print) -> dict:
     """Run (or resume) the sweep; returns the ``init_experiment`` result (also written to the run folder)."""
     from stitchplug.api import Stitch, hook_layer, open_cache, resid_hook
-    from stitchplug_sae.io import load_sae_folder, save_sae
-    from stitchplug_sae.trainer import train_topk_sae
-    from stitchplug_sae.transfer import transfer_sae
+    from stitchplug.api import load_sae_folder, save_sae, train_topk_sae, transfer_sae
 
     from .weights import load_transferred_weights
     from .ledger import read_stitch_flops

@@ -10,8 +10,7 @@ from stitchplug.api import StageError
 def load_transferred_weights(folder: str | Path) -> tuple[dict, dict]:
     """``({W_enc, b_enc, W_dec, b_dec, k}, sidecar)`` of a SAELens-format TopK SAE folder, with the
     encoder bias made input-bias-free (so ``apply_b_dec_to_input`` is already folded in)."""
-    from stitchplug_sae.io import load_sae_folder, read_sidecar
-    from stitchplug_sae.transfer import canonical_weights
+    from stitchplug.api import canonical_weights, load_sae_folder, read_sidecar
 
     sae = load_sae_folder(folder)
     k = getattr(sae.cfg, "k", None)

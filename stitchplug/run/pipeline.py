@@ -11,6 +11,10 @@ Stages (each reused when finished with the same config, see :mod:`stitchplug.run
 ``<kind>.evaluate`` every registered evaluator that applies, on every arm, and the kind's diagnostics
 then ``metrics.json`` sections and ``report.md`` sections through :class:`~stitchplug.runfolder.RunFolder`.
 
+A kind that builds on other kinds (``requires = ("sae",)``) gets their ``source``, ``transfer``,
+``baseline`` (and, when it asks, ``native``) stages first, under their own names and config sections
+(:mod:`stitchplug.run.kinds`), and their artifacts in ``context.inputs[kind][role]``.
+
 Stages of different artifact kinds have different names and folders (``artifacts/<kind>/<role>``),
 so ``--artifact sae`` and ``--artifact probe`` runs can share one run folder (cache and stitch).
 
@@ -44,6 +48,7 @@ from ..config import RunConfig, check_values, run_config_class, run_config_dict,
 from ..errors import PluginError, StageError
 from ..plugins import registry
 from ..runfolder import CACHE_FILE, ORDER_ARTIFACT, ORDER_CORE, ORDER_LAST, STITCH_FILE, RunFolder
+from .kinds import KindStages
 
 LABELS = {"source": "source_on_A", "transferred": "transferred_on_B", "random": "random_on_B"}
 
@@ -71,10 +76,42 @@ class Pipeline:
         self._eval_windows = None
         self._contexts = None
         self.kind = artifact_kind(cfg.artifact)
-        cls = self.kind.config_class
-        if cls is not None and cfg.artifact not in type(cfg).model_fields:  # built without the kind's section
-            self.cfg = run_config_class({cfg.artifact: cls}).model_validate(cfg.model_dump() | {cfg.artifact: {}})
-        self.art_cfg = getattr(self.cfg, cfg.artifact) if cls is not None else None
+        self.required = {}
+        for req in self.kind.requires:
+            if req == cfg.artifact or req in self.required:
+                raise PluginError(f"artifact kind {cfg.artifact!r} requires {req!r} twice or itself")
+            rkind = self.required[req] = artifact_kind(req)
+            if rkind.requires:
+                raise PluginError(f"artifact kind {cfg.artifact!r} requires {req!r}, which requires "
+                                  f"{', '.join(rkind.requires)}: kinds build on one level of kinds")
+        if self.required and self.kind.data_parallel:
+            raise PluginError(f"artifact kind {cfg.artifact!r} is data_parallel and requires other kinds; "
+                              "only a kind without requirements may train on every rank")
+        missing = {n: k.config_class for n, k in [(cfg.artifact, self.kind), *self.required.items()]
+                   if k.config_class is not None and n not in type(cfg).model_fields}
+        if missing:  # built without the kinds' sections
+            self.cfg = run_config_class(missing).model_validate(cfg.model_dump() | {n: {} for n in missing})
+        self.art_cfg = self.section(cfg.artifact, self.kind)
+        self.stitch_meta: dict = {}
+        self._layers: tuple[int, int] | None = None
+
+    def section(self, name: str, kind: ArtifactKind):
+        """The validated config section of kind ``name`` (None for a kind without one)."""
+        return getattr(self.cfg, name) if kind.config_class is not None else None
+
+    def kind_stages(self) -> list[KindStages]:
+        """The artifact stages of the required kinds (in order), then of the run's own kind."""
+        name, own = self.cfg.artifact, tuple(self.required)
+        out = [KindStages(self, req, k, self.section(req, k), self.kind.required_roles(self.art_cfg))
+               for req, k in self.required.items()]
+        roles = ("source", "transferred", "random")
+        return out + [KindStages(self, name, self.kind, self.art_cfg, roles, needs=own)]
+
+    def layers(self) -> tuple[int, int]:
+        """``(A's layer, B's layer)`` of the stitch (known once the stitch stage is done)."""
+        if self._layers is None:
+            raise StageError("the stitch layers are not known before the stitch stage")
+        return self._layers
 
     # -- shared resources ------------------------------------------------------------------
     def model(self, side: str):
@@ -96,7 +133,7 @@ class Pipeline:
         return self._cache
 
     def deps(self, *sections: str) -> dict:
-        data = run_config_dict(self.cfg)
+        data = self.cfg.model_dump(mode="json")
         data["cache"].pop("queue_depth", None)  # how the cache is written, not what: never part of a stage's identity
         keep = {"seed", "device", "dtype", "models", "cache"} | set(sections)
         return {k: v for k, v in data.items() if k in keep}
@@ -196,22 +233,18 @@ class Pipeline:
     # -- the whole run ---------------------------------------------------------------------
     def stage_deps(self) -> dict[str, dict]:
         """Every stage of this run and the config it depends on (checked before anything runs)."""
-        name = self.cfg.artifact
-        art = self.deps("stitch", "eval", name) | {"artifact": name}
         stages = {"cache": self.deps(), "stitch": self.deps("stitch"), "stitch_ce": self.deps("stitch", "eval")}
-        for stage in ("source", "transfer", "baseline", "evaluate"):
-            if stage != "baseline" or self.kind.supports_baseline:
-                stages[f"{name}.{stage}"] = art
+        kinds = self.kind_stages()
+        for ks in kinds:
+            stages |= ks.stage_deps()
+        stages[f"{self.cfg.artifact}.evaluate"] = kinds[-1].deps
         return stages
 
     def stage_outputs(self) -> dict[str, dict]:
         """What each stage writes (fingerprinted in its marker)."""
-        rf, name = self.rf, self.cfg.artifact
-        outs = {"cache": {"cache": rf.cache}, "stitch": {"stitch": rf.stitch},
-                f"{name}.source": {"source": rf.artifact(name, "source")},
-                f"{name}.transfer": {"transferred": rf.artifact(name, "transferred")}}
-        if self.kind.supports_baseline:
-            outs[f"{name}.baseline"] = {"random": rf.artifact(name, "random")}
+        outs = {"cache": {"cache": self.rf.cache}, "stitch": {"stitch": self.rf.stitch}}
+        for ks in self.kind_stages():
+            outs |= ks.stage_outputs()
         return outs
 
     def run(self) -> dict:
@@ -229,7 +262,7 @@ class Pipeline:
                 for stage, outputs in self.stage_outputs().items():
                     self.rf.stale(stage, outputs=outputs)
                 (self.rf.root / "stages").mkdir(parents=True, exist_ok=True)
-                snapshot(self.cfg, self.rf.config_file)
+                snapshot(self.cfg, self.rf.config_file, tuple(self.required))
 
             def preflight() -> None:  # before the run folder exists or any stage writes
                 from .preflight import check_input_files, check_lengths
@@ -261,7 +294,7 @@ class Pipeline:
                                               time.perf_counter() - t0, self.log, inputs, outputs))
 
     def _run(self) -> dict:
-        cfg, rf, kind, name = self.cfg, self.rf, self.kind, self.cfg.artifact
+        cfg, rf = self.cfg, self.rf
         from ..cache.corpus import corpus_files
 
         corpus = corpus_files(cfg.cache.corpus)  # a file: corpus, or a mix:'s file components
@@ -270,11 +303,9 @@ class Pipeline:
         dist.on_main(lambda: rf.require("cache", CACHE_FILE))
         stitch_res = self.stage("stitch", self.deps("stitch"), self.stage_stitch, inputs={"cache": rf.cache},
                                 outputs=outputs["stitch"])
-        meta = stitch_res["meta"]
-        lA, lB = int(meta["source_layer"]), int(meta["target_layer"])
+        meta = self.stitch_meta = stitch_res["meta"]
+        lA, lB = self._layers = int(meta["source_layer"]), int(meta["target_layer"])
         massive = stitch_res["recon"]["massive_dims"]
-        art_deps = self.deps("stitch", "eval", name) | {"artifact": name}
-        paths = {role: rf.artifact(name, role) for role in LABELS}
 
         def contexts():  # built when first needed (a reused source stage needs none on ranks other than 0)
             if self._contexts is None:
@@ -285,65 +316,42 @@ class Pipeline:
                 self._contexts = stitch, ctx_a, ctx_b
             return self._contexts
 
-        def save_source(art) -> dict:
-            kind.save(art, paths["source"], {"stage": "source", "model": cfg.models.source, "layer": lA})
-            return {"folder": str(paths["source"])}
-
-        def source_stage() -> None:
+        def source_stage(ks: KindStages) -> None:
             # every rank builds its contexts before any trains: a failure there ends all ranks, not one
-            self.stage(f"{name}.source", art_deps, lambda: kind.obtain(dist.on_all(contexts)[1], self.art_cfg),
-                       inputs={"cache": rf.cache}, outputs=outputs[f"{name}.source"], commit=save_source)
+            def obtain():
+                ctx_a = ks.contexts(*dist.on_all(contexts)[1:])[0]
+                return ks.kind.obtain(ctx_a, ks.cfg)
 
-        if kind.data_parallel:
-            source_stage()
+            self.stage(ks.stage("source"), ks.deps, obtain, inputs={"cache": rf.cache},
+                       outputs=outputs[ks.stage("source")], commit=ks.save_source)
+
+        kinds = self.kind_stages()
+        # data-parallel sources on every rank (a kind with requirements is never data-parallel)
+        for ks in kinds:
+            if ks.kind.data_parallel:
+                source_stage(ks)
         if not dist.is_main():
             self.log("distributed stages done; rank 0 finishes the run")
             return {}
         with dist.solo():  # the other ranks have left: rank 0 is a world of one
-            if not kind.data_parallel:
-                source_stage()
-            return self._finish(cache_res, stitch_res, contexts, paths, art_deps)
+            for ks in kinds[:-1]:  # the required kinds' artifacts, handed to the run's kind by role
+                if not ks.kind.data_parallel:
+                    source_stage(ks)
+                stitch, ctx_a, ctx_b = contexts()
+                ctx_a.inputs[ks.name] = ctx_b.inputs[ks.name] = ks.after_source(stitch, ctx_a, ctx_b)
+            if not kinds[-1].kind.data_parallel:
+                source_stage(kinds[-1])
+            return self._finish(cache_res, stitch_res, contexts, kinds[-1])
 
-    def _finish(self, cache_res: dict, stitch_res: dict, contexts, paths: dict, art_deps: dict) -> dict:
+    def _finish(self, cache_res: dict, stitch_res: dict, contexts, ks: KindStages) -> dict:
         """Rank 0 alone: the stages after the artifact's source, metrics.json and report.md."""
         cfg, rf, kind, name = self.cfg, self.rf, self.kind, self.cfg.artifact
-        outputs = self.stage_outputs()
-        meta = stitch_res["meta"]
-        lB = int(meta["target_layer"])
         stitch, ctx_a, ctx_b = contexts()
-
-        def rel(role: str) -> str:
-            return str(paths[role].relative_to(rf.root))
-
         ce_res = rf.run("stitch_ce", self.deps("stitch", "eval"), lambda: self.stage_stitch_ce(stitch), self.log,
                         inputs={"stitch": rf.stitch})
-        rf.require(f"{name}.source", rel("source"))
-        src_art = kind.load(paths["source"])
-
-        def transfer():
-            kind.check(src_art, stitch, "up")
-            art = kind.transfer(src_art, stitch, "up", target_model=cfg.models.target,
-                                target_hook=self.model("target").hook_name(lB))
-            kind.save(art, paths["transferred"], {"stage": "transfer", "source_folder": str(paths["source"]),
-                                                  "stitch": str(rf.stitch), "stitch_meta": meta})
-            return {"folder": str(paths["transferred"])}
-
-        rf.run(f"{name}.transfer", art_deps, transfer, self.log,
-               inputs={"source": paths["source"], "stitch": rf.stitch}, outputs=outputs[f"{name}.transfer"])
-        rf.require(f"{name}.transfer", rel("transferred"))
-        tgt_art = kind.load(paths["transferred"])
-        arms = {LABELS["source"]: Arm(src_art, ctx_a), LABELS["transferred"]: Arm(tgt_art, ctx_b)}
-
-        if kind.supports_baseline:
-            def baseline():
-                art = kind.baseline(tgt_art, ctx_b)
-                kind.save(art, paths["random"], {"stage": "baseline", "like": str(paths["transferred"])})
-                return {"folder": str(paths["random"])}
-
-            rf.run(f"{name}.baseline", art_deps, baseline, self.log, inputs={"transferred": paths["transferred"]},
-                   outputs=outputs[f"{name}.baseline"])
-            rf.require(f"{name}.baseline", rel("random"))
-            arms[LABELS["random"]] = Arm(kind.load(paths["random"]), ctx_b)
+        arts = ks.after_source(stitch, ctx_a, ctx_b)
+        arms = {LABELS[role]: Arm(arts[role], ctx_a if role == "source" else ctx_b) for role in ks.roles}
+        src_art, tgt_art = arts["source"], arts["transferred"]
 
         def evaluate():
             all_arms = dict(arms)
@@ -363,12 +371,13 @@ class Pipeline:
                 out["diagnostics"] = diag
             return out
 
-        arm_inputs = {role: paths[role] for role in LABELS if role != "random" or kind.supports_baseline}
-        eval_res = rf.run(f"{name}.evaluate", art_deps, evaluate, self.log,
+        arm_inputs = {role: ks.paths[role] for role in ks.roles}
+        eval_res = rf.run(f"{name}.evaluate", ks.deps, evaluate, self.log,
                           inputs=arm_inputs | {"stitch": rf.stitch, "cache": rf.cache})
         rf.drop_stale_results(self.log)  # analyze / experiment init results built on what this run redid
-        for section, data in (("config", run_config_dict(cfg)), ("cache", cache_res), ("stitch", stitch_res),
-                              ("stitched_ce", ce_res), (name, eval_res), ("stage_seconds", rf.stage_seconds())):
+        for section, data in (("config", run_config_dict(cfg, tuple(self.required))), ("cache", cache_res),
+                              ("stitch", stitch_res), ("stitched_ce", ce_res), (name, eval_res),
+                              ("stage_seconds", rf.stage_seconds())):
             rf.add_metrics(section, data)
         metrics = rf.metrics()
         from .report import core_markdown, stage_times_markdown

@@ -1,6 +1,6 @@
 """A third-party plugin: a model alias, a corpus, an aligner, a command, and a real artifact kind
 (a difference-of-means direction, :mod:`stitchplug_example.diffmean`) with its own config section and
-evaluator. It imports stitchplug only through ``stitchplug.api``."""
+evaluator, and a kind that builds on the ``sae`` kind (:mod:`stitchplug_example.saelatent`). It imports stitchplug only through ``stitchplug.api``."""
 
 import click
 
@@ -32,6 +32,13 @@ def register_evaluators(register):
         return Separation()
 
     register("diffmean-separation", separation, description="AUROC of the direction on held-out documents")
+
+    def agreement():
+        from .saelatent import Agreement
+
+        return Agreement()
+
+    register("saelatent-agreement", agreement, description="cosine of a latent direction to its SAE's decoder row")
 
 
 @hookimpl
@@ -72,3 +79,11 @@ def register_artifacts(register):
         return DiffMean()
 
     register("diffmean", diffmean, description="difference-of-means direction between labelled documents")
+
+    def saelatent():
+        from .saelatent import SaeLatent
+
+        return SaeLatent()
+
+    register("saelatent", saelatent, description="decoder direction of the source SAE's most frequent latent "
+             "(builds on the sae kind)")

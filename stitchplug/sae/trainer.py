@@ -35,24 +35,28 @@ from sae_lens import SAE, TopKSAE as SaeLensTopK, TopKSAEConfig
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from stitchplug.api import StageError, dist, tf32_loop
+from .. import dist
+from ..errors import StageError
+from ..precision import tf32_loop
 
 from .topk import WARM_STARTS, TopKSAE, analytic_step_flops, fold_decoder_norms, warm_start  # noqa: F401  (re-exported: the module the trainer trains)
 
 
 class TrainerConfig(BaseModel):
-    """Hyperparameters of one TopK SAE training run (``stitchplug.config.SAEConfig`` carries the same
-    names, so a run's ``sae`` section can be passed as is)."""
+    """The project's one SAE config: hyperparameters of one TopK SAE training run, with the default
+    preset's budget as defaults (the paper's; ``--preset quick`` gives 2304 latents, lr 4e-4, 240k
+    tokens). The ``sae`` kind's section extends it (``stitchplug_sae.config.SAEConfig``); the probe
+    and analysis read that section, the init experiment composes it."""
 
     model_config = ConfigDict(extra="ignore", use_attribute_docstrings=True)
 
-    width: int = Field(2304, ge=1)
+    width: int = Field(4608, ge=1)
     """Number of latents."""
     k: int = Field(32, ge=1)
     """Active latents per token (TopK)."""
-    lr: float = Field(4e-4, gt=0)
+    lr: float = Field(1e-4, gt=0)
     """Constant Adam learning rate (at ``lr_width_ref`` latents when that is set)."""
-    train_tokens: int = Field(240_000, ge=1)
+    train_tokens: int = Field(2_000_000, ge=1)
     """Training tokens (a re-iterable stream is cycled until this many were seen)."""
     batch_size: int = Field(1024, ge=1)
     """Tokens per step."""
@@ -78,7 +82,7 @@ class TrainerConfig(BaseModel):
     warm_start: Literal["fold", "preserve"] = "fold"
     """How training starts from given weights (``init``): fold the decoder norms into the encoder, or
     keep the rows at their step-0 norms (step 0 = exactly the given SAE); see docs/flops.md."""
-    allow_tf32: bool = False
+    allow_tf32: bool = Field(False, json_schema_extra={"added_later": True})
     """On CUDA, TF32 matmuls while the steps run (``stitchplug.api.tf32_loop``); a no-op on the CPU."""
 
     def effective_lr(self) -> float:
@@ -296,7 +300,7 @@ def train_topk_sae(batches: Iterable[torch.Tensor], d_in: int, cfg: Any = None, 
     ``cfg`` is a :class:`TrainerConfig`, a dict, or any object with the same field names (the run's
     ``SAEConfig``); keyword ``overrides`` (``width=``, ``k=``, ``lr=``, ...) replace its fields.
     ``init`` starts from given weights instead of the random init (its width and k win), prepared by
-    the ``warm_start`` option (:func:`stitchplug_sae.topk.warm_start`).
+    the ``warm_start`` option (:func:`stitchplug.sae.topk.warm_start`).
     ``on_step(step, info)`` is called after every step (``info``: mse, ev, aux_active, flops).
 
     Under torchrun each rank passes its own share of the activations; ``batch_size`` and
@@ -306,7 +310,7 @@ def train_topk_sae(batches: Iterable[torch.Tensor], d_in: int, cfg: Any = None, 
     union of their batches; the summary's losses and FLOPs are the global batch's and all ranks'.
 
     Returns ``(sae, summary)``: a sae-lens inference ``TopKSAE`` (save it with
-    :func:`stitchplug_sae.io.save_sae`; ``SAE.load_from_disk`` reads it back) carrying the summary in
+    :func:`stitchplug.sae.io.save_sae`; ``SAE.load_from_disk`` reads it back) carrying the summary in
     ``sae.cfg.metadata.stitchplug_training``, and the JSON-ready summary (steps, tokens, seconds,
     ``train_flops``, first/final MSE and explained variance, a subsampled curve, dead latents).
     """

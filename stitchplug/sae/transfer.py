@@ -24,7 +24,8 @@ from typing import Any
 import torch
 from sae_lens import SAE
 
-from stitchplug.api import StageError, hook_layer, resid_hook
+from ..errors import StageError
+from ..hooks import hook_layer, resid_hook
 
 SUPPORTED = ("standard", "topk", "jumprelu")
 

@@ -4,7 +4,7 @@ Activations are cached, so the cost of training is one optimisation step on a du
 with the core counter (:func:`stitchplug.api.count_step_flops`, FlopCounterMode: matrix products
 only; elementwise work, TopK, the Adam update and the decoder renormalisation are free), times the
 number of steps. The derivation of :func:`analytic_step_flops` is in ``docs/flops.md``: for the dense
-TopK step of :mod:`stitchplug_sae.trainer` it is exactly ``10 * B * d * M`` (``12 * B * d * M`` when
+TopK step of :mod:`stitchplug.sae.trainer` it is exactly ``10 * B * d * M`` (``12 * B * d * M`` when
 the encoder reads ``x - b_dec``, the SAELens default; plus ``6 * B * d * M`` on AuxK steps).
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from stitchplug.api import count_step_flops
+from ..flops import count_step_flops
 
 from .topk import TopKSAE, analytic_step_flops  # noqa: F401  (re-exported)
 from .trainer import sae_step

@@ -1,4 +1,4 @@
-"""The TopK SAE module the project trains (:mod:`stitchplug_sae.trainer`), its sparse decode, and the
+"""The TopK SAE module the project trains (:mod:`stitchplug.sae.trainer`), its sparse decode, and the
 warm starts from given (e.g. transferred) weights: ``fold`` and ``preserve`` (docs/flops.md)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ WARM_STARTS = ("fold", "preserve")
 can select other latents); ``preserve``: rows kept at their step-0 norms and renormalised to those
 norms after every step (step 0 computes exactly the given SAE)."""
 
-from stitchplug.api import StageError
+from ..errors import StageError
 
 
 class TopKSAE(nn.Module):

@@ -13,7 +13,7 @@ from typing import Any
 
 from sae_lens import SAE
 
-from stitchplug.api import StageError, StitchplugError
+from ..errors import StageError, StitchplugError
 
 SIDECAR = "stitchplug.json"
 CFG_FILE = "cfg.json"
@@ -38,7 +38,7 @@ def _jsonable(obj: Any) -> Any:
 def save_sae(sae: SAE, folder: str | Path, sidecar: dict | None = None) -> Path:
     """Write ``sae`` in SAELens format into ``folder`` and the sidecar (with versions) next to it.
 
-    An SAE trained by :mod:`stitchplug_sae.trainer` (or transferred from one: Eq. 6 keeps the
+    An SAE trained by :mod:`stitchplug.sae.trainer` (or transferred from one: Eq. 6 keeps the
     metadata) gets its training FLOPs as ``source_sae_flops`` in the sidecar, which
     ``stitchplug experiment init`` reads for its "total including the source SAE" line."""
     folder = Path(folder)
