@@ -1,5 +1,6 @@
 """`stitchplug run --artifact probe` end to end on tiny models, in a folder that already holds a tiny
-SAE run (its cache, stitch and SAEs are reused; the native SAE on B is trained)."""
+SAE run (its cache, stitch and SAEs are reused through ``requires = ("sae",)``; the native SAE on B
+is trained as the SAE kind's ``sae.native`` stage)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import yaml
 CORE = {"cache": {"tokens": 3000, "context_size": 64}, "stitch": {"svcca_tokens": 500},
         "eval": {"docs": 4, "max_windows": 4}}
 MODELS = {"source": "tiny-llama-a", "target": "tiny-gemma3"}
+SAE = {"width": 64, "k": 4, "train_tokens": 4000, "batch_size": 256}
 
 
 def stitchplug(*args, timeout=900):
@@ -44,12 +46,12 @@ def probe_run(tmp_path_factory):
     out = base / "run"
     sae_cfg = base / "sae.yaml"
     sae_cfg.write_text(yaml.safe_dump({"artifact": "sae", "output_dir": str(out), "models": MODELS, **CORE,
-                                       "sae": {"width": 64, "k": 4, "train_tokens": 4000, "batch_size": 256}}))
+                                       "sae": SAE}))
     res = stitchplug("run", "--config", str(sae_cfg), "--no-progress")
     assert res.returncode == 0, res.stderr[-3000:]
     task = _task_file(base / "river.csv")
     probe_cfg = base / "probe.yaml"
-    probe_cfg.write_text(yaml.safe_dump({"artifact": "probe", "output_dir": str(out), "models": MODELS, **CORE,
+    probe_cfg.write_text(yaml.safe_dump({"artifact": "probe", "output_dir": str(out), "models": MODELS, **CORE, "sae": SAE,
                                          "probe": {"tasks": [f"file:{task}", "wiki-topic:Mathematics"],
                                                    "max_examples": 80, "ks": [1, 5, 20], "n_boot": 200}}))
     res = stitchplug("run", "--config", str(probe_cfg), "--no-progress")
@@ -60,14 +62,15 @@ def probe_run(tmp_path_factory):
 def test_probe_run_outputs(probe_run):
     out, _, _ = probe_run
     for f in ("artifacts/probe/source/probes.json", "artifacts/probe/transferred/probes.json",
-              "artifacts/probe/native_sae/cfg.json", "artifacts/probe/results/results.json",
+              "artifacts/sae/native/cfg.json", "artifacts/probe/results/results.json",
               "probe_transfer.png", "report.md", "metrics.json"):
         assert (out / f).exists(), f
     m = json.loads((out / "metrics.json").read_text())
     res = m["probe"]["diagnostics"]
     assert set(res["tasks"]) == {f"file:{out.parent / 'river.csv'}", "wiki-topic:Mathematics"}
     assert res["saes"]["source"].startswith("artifacts/sae/source")  # the SAE run's SAE was reused
-    assert res["saes"]["native"] == "artifacts/probe/native_sae"
+    assert res["saes"]["native"] == "artifacts/sae/native" and "warning" not in res["saes"]
+    assert m["config"]["sae"] == json.loads(json.dumps(m["config"]["sae"])) and m["config"]["sae"]["width"] == 64
     for arm in ("source_A", "transfer_noretrain", "transfer_retrain", "transfer_reselect", "native_B", "random_B"):
         assert set(res["aggregate"]["sparse"][arm]) == {"1", "5", "20"}, arm
     for r in res["tasks"].values():
@@ -107,26 +110,33 @@ def test_rerun_reuses_and_bad_task_is_one_line(probe_run, tmp_path):
     assert "unknown wiki topic 'Astrology'" in res.stderr.strip().splitlines()[-1]
 
 
-def test_own_source_sae_when_not_reusing(probe_run, tmp_path):
+def test_probe_alone_trains_the_sae_stages_and_a_changed_sae_section_is_refused(probe_run, tmp_path):
     import shutil
 
     out, probe_cfg, _ = probe_run
     copy = tmp_path / "copy"
-    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("probe*"))
-    for marker in (copy / "stages").glob("probe.*"):
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("probe*", "sae"))
+    for marker in [*(copy / "stages").glob("probe.*"), *(copy / "stages").glob("sae.*")]:
         marker.unlink()
     cfg = yaml.safe_load(probe_cfg.read_text())
     cfg["output_dir"] = str(copy)
-    cfg["probe"].update(reuse_sae_run=False, tasks=cfg["probe"]["tasks"][:1], sae_width=32, sae_k=4,
-                        sae_train_tokens=2048, sae_batch_size=256)
+    cfg["probe"].update(tasks=cfg["probe"]["tasks"][:1])
+    cfg["sae"] = {"width": 32, "k": 4, "train_tokens": 2048, "batch_size": 256}
     path = tmp_path / "own.yaml"
     path.write_text(yaml.safe_dump(cfg))
     res = stitchplug("run", "--config", str(path), "--no-progress")
     assert res.returncode == 0, res.stderr[-2000:]
+    assert "[sae.source] done" in res.stdout and "[sae.native] done" in res.stdout
     r = json.loads((copy / "metrics.json").read_text())["probe"]["diagnostics"]
-    assert r["saes"]["source"] == "artifacts/probe/sae_source" and "warning" not in r["saes"]
-    native = json.loads((copy / "artifacts/probe/native_sae/cfg.json").read_text())
+    assert r["saes"]["source"] == "artifacts/sae/source" and "warning" not in r["saes"]
+    native = json.loads((copy / "artifacts/sae/native/cfg.json").read_text())
     assert native["d_sae"] == 32  # the native SAE on B gets the source SAE's budget
+    # the SAE stages belong to the sae section: a probe run with another one is refused, in one line
+    cfg["sae"]["width"] = 48
+    path.write_text(yaml.safe_dump(cfg))
+    res = stitchplug("run", "--config", str(path), "--no-progress")
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert "sae.source" in res.stderr and "sae.width (32 -> 48)" in res.stderr
 
 
 def test_sparse_arms_agree_with_the_plain_reference(probe_run):

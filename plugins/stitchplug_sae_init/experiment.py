@@ -24,7 +24,7 @@ import torch
 from pydantic import ConfigDict, Field, field_validator
 
 from stitchplug.api import (WARM_STARTS, ConfigError, ConfigSection, ReconAccumulator, StageError,  # noqa: F401
-                            TopKSAE, TopKTrainer, analytic_step_flops, fold_decoder_norms, massive_dims,
+                            TopKSAE, TopKTrainer, TrainerConfig, analytic_step_flops, fold_decoder_norms, massive_dims,
                             measure_step_flops, sae_step, warm_start)
 
 from . import scaling
@@ -43,18 +43,20 @@ unnormalised activations, SAELens's zero decoder bias for scratch, dense-decode 
 charge the dense step's FLOPs. ``k`` applies where an SAE is trained from scratch on A (the sweep);
 the init experiment takes ``k`` from the transferred SAE."""
 
+_SAE = TrainerConfig.model_fields  # the one SAE config: the trainer's fields, defaults and help
+
 
 class InitExperimentConfig(ConfigSection):
-    """Settings of the init experiment (both arms share all of them)."""
+    """Settings of the init experiment (both arms share all of them). The SAE training fields (``lr``,
+    ``batch_size``, ``aux_k_coef``, ``dead_window``, ``apply_b_dec_to_input``) are the trainer's own
+    (:class:`stitchplug.api.TrainerConfig`): same names, defaults and help."""
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=False)
 
     steps: int = Field(2000, ge=1)
     """Training steps per arm (fewer if the data iterator runs out; both arms then stop together)."""
-    batch_size: int = Field(1024, ge=1)
-    """Tokens per step (the data iterator's batch size; used for the FLOPs ledger)."""
-    lr: float = Field(1e-4, gt=0)
-    """Constant Adam learning rate (paper: 1e-4)."""
+    batch_size: int = _SAE["batch_size"]
+    lr: float = _SAE["lr"]
     eval_every: int = Field(50, ge=1)
     """Evaluate explained variance on the held-out activations every this many steps."""
     eval_batch: int = Field(4096, ge=1)
@@ -63,14 +65,9 @@ class InitExperimentConfig(ConfigSection):
     """Moving-average window (in evaluation points) for the threshold crossings."""
     thresholds: list[float] = list(scaling.DEFAULT_THRESHOLDS)
     """Explained-variance thresholds at which savings are reported."""
-    aux_k_coef: float = Field(0.0, ge=0)
-    """AuxK loss coefficient on dead latents (the trainer's ``aux_k_coef``; 0 = off, the paper; Gao et
-    al. use 1/32); its FLOPs are counted on the steps it runs."""
-    dead_window: int = Field(200, ge=1)
-    """A latent that has not fired for this many steps is dead (AuxK and the dead-latent share)."""
-    apply_b_dec_to_input: bool = True
-    """Encode ``x - b_dec`` (SAELens default) in both arms; theta' is re-expressed exactly. Costs 12BdM
-    FLOPs per step instead of 10BdM."""
+    aux_k_coef: float = _SAE["aux_k_coef"]
+    dead_window: int = _SAE["dead_window"]
+    apply_b_dec_to_input: bool = _SAE["apply_b_dec_to_input"]
     scratch_b_dec: Literal["zeros", "mean"] = "zeros"
     """Scratch arm decoder bias: zeros (SAELens default, the paper) or the training-data mean of the first batch."""
     seed: int = Field(0, ge=0)
