@@ -7,8 +7,7 @@ from stitchplug.api import (  # noqa: F401
     RunFolder,
     StageError,
     StitchplugError,
-    align_by_end_offsets,
-    align_identity,
+    first_window,
+    heldout_documents,
     lock_run_folder,
-    open_corpus,
 )

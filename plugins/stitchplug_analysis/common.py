@@ -114,24 +114,13 @@ def paired_captures(adapter_a: Any, adapter_b: Any, windows: Sequence[tuple], la
     return out
 
 
-def paired_windows(texts: Sequence[str], adapter_a: Any, adapter_b: Any, context_size: int) -> list[tuple]:
-    """One aligned window ``(enc_a, enc_b, idx_a, idx_b)`` per text: A's first ``context_size`` tokens,
-    B cut at the same character; positions paired by equal character end offsets (by rank when the
-    two tokenizers are the same)."""
-    from ._core import Encoded, align_by_end_offsets, align_identity
+def paired_windows(texts: Sequence[str], adapter_a: Any, adapter_b: Any, context_size: int) -> list:
+    """The first aligned window of each text (:func:`stitchplug.api.first_window`, the run's 'auto'
+    aligner), those with at least one aligned pair; each unpacks as ``(enc_a, enc_b, idx_a, idx_b)``."""
+    from ._core import first_window
 
-    same = adapter_a.tokenizer_fingerprint() == adapter_b.tokenizer_fingerprint()
-    out = []
-    for text in texts:
-        ea, eb = adapter_a.encode(text), adapter_b.encode(text)
-        ea = Encoded(ea.ids[:context_size], ea.ends[:context_size], ea.special[:context_size])
-        last = int(ea.ends.max()) if len(ea) else -1
-        keep = int((eb.ends <= last).nonzero().max()) + 1 if last >= 0 and bool((eb.ends <= last).any()) else 0
-        eb = Encoded(eb.ids[:keep], eb.ends[:keep], eb.special[:keep])
-        ia, ib = (align_identity if same else align_by_end_offsets)(ea.ends.tolist(), eb.ends.tolist())
-        if len(ia):
-            out.append((ea, eb, np.asarray(ia, dtype=np.int64), np.asarray(ib, dtype=np.int64)))
-    return out
+    wins = (first_window(text, adapter_a, adapter_b, context_size) for text in texts)
+    return [w for w in wins if len(w.idx_source)]
 
 
 def live_codes(sae: Any, cap: Capture) -> torch.Tensor:

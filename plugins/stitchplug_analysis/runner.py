@@ -85,17 +85,10 @@ class RunInputs:
 
     def heldout_docs(self, n: int, skip: int = 0) -> list[dict]:
         """Documents after the cached slice (``skip`` more first), as dicts with text and topic."""
-        from ._core import open_corpus
+        from ._core import heldout_documents
 
-        cache_cfg = self.cfg.get("cache", {})
         with self.rf.open_cache() as cache:
-            attrs = getattr(cache, "attrs", {}) or {}
-            end = attrs.get("doc_end")
-            if end is None and attrs.get("n_docs") is not None:
-                end = int(attrs.get("doc_start", cache_cfg.get("doc_start", 0))) + int(attrs["n_docs"])
-            corpus = attrs.get("corpus") or cache_cfg.get("corpus")
-        start = int(end) if end is not None else 9000
-        return list(open_corpus(corpus, start=start + skip, limit=n))
+            return heldout_documents(cache, n, skip=skip, cache_config=self.cfg.get("cache", {}))
 
 
 def analyze(run: str | Path, what: str | None = None, budget: str = "quick", log: Callable[[str], None] = print,

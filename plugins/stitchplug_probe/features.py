@@ -23,18 +23,12 @@ POOLINGS = ("mean", "last")
 
 
 def paired_encodings(adapter_a, adapter_b, text: str, context_size: int):
-    """``(Encoded A, Encoded B)`` of ``text``: A cut to ``context_size`` tokens, B to the same characters."""
-    from stitchplug.api import Encoded
+    """``(Encoded A, Encoded B)`` of ``text``: A cut to ``context_size`` tokens, B to the same
+    characters (the core's :func:`~stitchplug.api.first_window`)."""
+    from stitchplug.api import first_window
 
-    ea, eb = adapter_a.encode(text), adapter_b.encode(text)
-    n_a = min(len(ea), context_size)
-    ends_a = ea.ends[:n_a]
-    cut = int(ends_a.max()) if n_a else -1
-    inside = (eb.ends <= cut) | eb.special
-    n_b = int(inside.long().cumprod(0).sum())  # the prefix of B's tokens that ends within A's text
-    n_b = min(max(n_b, 1), context_size)
-    return (Encoded(ea.ids[:n_a], ea.ends[:n_a], ea.special[:n_a]),
-            Encoded(eb.ids[:n_b], eb.ends[:n_b], eb.special[:n_b]))
+    w = first_window(text, adapter_a, adapter_b, context_size)
+    return w.source, w.target
 
 
 def paired_ids(adapter_a, adapter_b, text: str, context_size: int) -> tuple[torch.Tensor, torch.Tensor]:

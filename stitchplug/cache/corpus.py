@@ -12,13 +12,15 @@ import itertools
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
-from ..errors import ConfigError, StitchplugError
+from ..errors import CacheError, ConfigError, StitchplugError
 
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".txt": "text", ".parquet": "parquet"}
 OFFLINE_CORPORA = "wiki-en, wiki-fr, wiki-es, file:PATH or mix:wiki-en=0.6,wiki-fr=0.2,wiki-es=0.2"
 MIX_PREFIX = "mix:"
+HELDOUT_FALLBACK_START = 9000
+"""Where held-out documents start when a cache records neither its slice's end nor its size (old caches)."""
 
 
 def _default_cache_dir() -> str:
@@ -201,3 +203,32 @@ def open_corpus(name: str, start: int = 0, limit: int | None = None, cache_dir: 
         return iter(())
     stop = None if limit is None else start + limit
     return itertools.islice(itertools.chain([first], docs), start, stop)
+
+
+def heldout_documents(cache, n_docs: int, skip: int = 0, doc_start: int | None = None,
+                      cache_config: Any = None) -> list[dict]:
+    """``n_docs`` documents (all fields) of the cache's corpus after the documents the cache used
+    (``skip`` more first): the held-out text of stitched losses, the feature analysis and evaluators.
+
+    Where the slice ends comes from the cache's attributes (``doc_end``, else ``doc_start + n_docs``),
+    else from ``doc_start``; the corpus from the cache, else ``cache_config.corpus``.
+    """
+    attrs = getattr(cache, "attrs", {}) or {}
+
+    def attr(name: str, default=None):
+        return attrs[name] if attrs.get(name) is not None else default
+
+    def configured(name: str, default=None):  # the run's cache section, a model or a dict
+        if isinstance(cache_config, dict):
+            return cache_config.get(name, default)
+        return getattr(cache_config, name, default)
+
+    if doc_start is None:
+        end = attr("doc_end")
+        if end is None and attr("n_docs") is not None:
+            end = int(attr("doc_start", configured("doc_start", 0))) + int(attr("n_docs"))
+        doc_start = int(end) if end is not None else HELDOUT_FALLBACK_START
+    corpus = attr("corpus", configured("corpus"))
+    if corpus is None:
+        raise CacheError("the cache names no corpus to draw held-out documents from")
+    return list(open_corpus(corpus, start=doc_start + skip, limit=n_docs))

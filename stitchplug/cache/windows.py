@@ -1,5 +1,9 @@
 """Split a document into context windows consistently for two models, and align each window.
 
+:func:`paired_windows` covers a whole document (the cache, held-out losses); :func:`first_window`
+is one window per text (its first ``context_size`` tokens of A; the probe's examples, the feature
+analysis). Both return :class:`Window`, the one window type.
+
 Windows are cut on the *source* tokenisation (before whitespace where possible, so no word is split):
 every window holds at most ``context_size`` source tokens (special tokens included), covers a character span of the document, and both models
 tokenise exactly that span (each adds its own BOS as its adapter decides). The target side is
@@ -32,6 +36,12 @@ class Window:
 
     def __iter__(self):  # unpacks as (enc_a, enc_b, idx_a, idx_b)
         return iter((self.source, self.target, self.idx_source, self.idx_target))
+
+    def __getitem__(self, i: int):  # and indexes like that tuple
+        return (self.source, self.target, self.idx_source, self.idx_target)[i]
+
+    def __len__(self) -> int:
+        return 4
 
 
 def max_context(adapter: ModelAdapter) -> int | None:
@@ -93,3 +103,22 @@ def paired_windows(text: str, source: ModelAdapter, target: ModelAdapter, contex
                               start, end))
         k = j + 1
     return windows
+
+
+def first_window(text: str, source: ModelAdapter, target: ModelAdapter, context_size: int,
+                 aligner: Aligner | None = None) -> Window:
+    """The first window of ``text``: A's first ``context_size`` tokens (special tokens included) and
+    B's longest prefix of tokens (specials included) that ends within the same characters, at least
+    one token and at most ``context_size``; positions aligned with ``aligner`` (default ``"auto"``).
+    The window covers ``text[0:end]``; ``idx_source`` is empty for text without tokens."""
+    if aligner is None:
+        aligner = get_aligner("auto", source, target)[1]
+    ea, eb = source.encode(text), target.encode(text)
+    n_a = min(len(ea), context_size)
+    enc_a = Encoded(ea.ids[:n_a], ea.ends[:n_a], ea.special[:n_a])
+    cut = int(enc_a.ends.max()) if n_a else -1
+    inside = (eb.ends <= cut) | eb.special
+    n_b = min(max(int(inside.long().cumprod(0).sum()), 1), context_size)  # the prefix within A's text
+    enc_b = Encoded(eb.ids[:n_b], eb.ends[:n_b], eb.special[:n_b])
+    ia, ib = aligner(enc_a.ends.numpy(), enc_b.ends.numpy())
+    return Window(enc_a, enc_b, np.asarray(ia, dtype=np.int64), np.asarray(ib, dtype=np.int64), 0, max(cut, 0))

@@ -131,16 +131,10 @@ def evaluate(cache, stitch_path: str | Path, cfg: StitchConfig) -> dict[str, Any
 
 
 def heldout_texts(cfg_cache, cache, n_docs: int, doc_start: int | None = None) -> list[str]:
-    """``n_docs`` documents of the cache's corpus that come after the documents the cache used."""
-    from ..cache.corpus import open_corpus
+    """The texts of :func:`~stitchplug.cache.corpus.heldout_documents`."""
+    from ..cache.corpus import heldout_documents
 
-    if doc_start is None:
-        end = _attr(cache, "doc_end")
-        if end is None and _attr(cache, "n_docs") is not None:
-            end = int(_attr(cache, "doc_start", default=cfg_cache.doc_start)) + int(_attr(cache, "n_docs"))
-        doc_start = int(end) if end is not None else 9000
-    corpus = _attr(cache, "corpus", default=cfg_cache.corpus)
-    return [d["text"] for d in open_corpus(corpus, start=doc_start, limit=n_docs)]
+    return [d["text"] for d in heldout_documents(cache, n_docs, doc_start=doc_start, cache_config=cfg_cache)]
 
 
 def stitched_ce_eval(stitch: Stitch, source_model, target_model, texts: list[str], context_size: int) -> dict[str, Any]:

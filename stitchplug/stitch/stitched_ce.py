@@ -17,47 +17,23 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Sequence
 
-import numpy as np
 import torch
 
-from ..adapter import Encoded, ModelAdapter
+from ..adapter import ModelAdapter
+from ..cache.windows import Window, paired_windows
 from .model import Stitch
 
-Window = tuple[Encoded, Encoded, np.ndarray, np.ndarray]
 KEYS = ("ce_a", "ce_b", "a_to_b", "b_to_a", "a_to_b_to_a", "b_to_a_to_b")
 
 
 def windows_for_texts(texts: Iterable[str], source: ModelAdapter, target: ModelAdapter,
                       context_size: int = 128) -> list[Window]:
-    """Aligned windows ``(enc_a, enc_b, idx_a, idx_b)`` of each text.
-
-    Uses the cache helper's ``paired_windows`` when available, else one window per text truncated to
-    ``context_size`` tokens of A (B cut at the same character offset).
-    """
-    try:
-        from ..cache.windows import paired_windows  # type: ignore
-    except ImportError:
-        paired_windows = None
+    """Aligned windows of each text (:func:`~stitchplug.cache.windows.paired_windows`; each unpacks
+    as ``(enc_a, enc_b, idx_a, idx_b)``), those with at least one aligned pair."""
     out: list[Window] = []
     for text in texts:
-        if paired_windows is not None:
-            out.extend(tuple(w) for w in paired_windows(text, source, target, context_size))
-            continue
-        out.append(_truncated_window(text, source, target, context_size))
-    return [w for w in out if len(w[2]) > 0]
-
-
-def _truncated_window(text: str, source: ModelAdapter, target: ModelAdapter, context_size: int) -> Window:
-    from ..cache.align import get_aligner
-
-    ea, eb = source.encode(text), target.encode(text)
-    ea = Encoded(ea.ids[:context_size], ea.ends[:context_size], ea.special[:context_size])
-    last = int(ea.ends.max())
-    keep = int(((eb.ends <= last)).nonzero().max()) + 1 if len(eb) else 0
-    eb = Encoded(eb.ids[:keep], eb.ends[:keep], eb.special[:keep])
-    _, align = get_aligner("auto", source, target)
-    ia, ib = align(ea.ends.tolist(), eb.ends.tolist())
-    return ea, eb, np.asarray(ia, dtype=np.int64), np.asarray(ib, dtype=np.int64)
+        out.extend(paired_windows(text, source, target, context_size))
+    return [w for w in out if len(w.idx_source) > 0]
 
 
 def _replace(idx: torch.Tensor, values: torch.Tensor):
