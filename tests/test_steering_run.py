@@ -96,21 +96,23 @@ def test_exclude_massive_zeroes_those_dims(tiny_pair, tmp_path, one_thread):
 
 def test_steer_command_prints_columns_and_refuses_bad_input(tiny_pair, tmp_path, capsys, one_thread):
     from stitchplug.cli import main
-    from stitchplug_steering.runfolder import steering_dir
+    from stitchplug.api import RunFolder
 
     a, b = tiny_pair
     run = tmp_path / "run"
+    (run / "stages").mkdir(parents=True)
     stitch = Stitch(a.d_model, b.d_model, seed=0)
     stitch.save(run / "stitch" / "stitch.safetensors", {"source_model": a.name, "target_model": b.name,
                                                         "source_layer": 1, "target_layer": 2})
     cfg = SteeringConfig(languages=["fr"], vector_docs=3, vector_tokens=16, n_prompts=1, max_new_tokens=1,
                          agreement_detector="none", fluency=False)
-    run_steering({"A": (a, 1, []), "B": (b, 2, [])}, stitch, cfg, steering_dir(run), log=lambda m: None)
+    run_steering({"A": (a, 1, []), "B": (b, 2, [])}, stitch, cfg, RunFolder(run).artifact("steering", "stats"),
+                 log=lambda m: None)
     main(["steer", "--run", str(run), "--model", "B", "--prompt", "The river", "--max-new-tokens", "3"])
     out = capsys.readouterr().out
     assert "tiny-llama-b: unsteered" in out and "native (clamp z=" in out and "transferred-up (clamp" in out
     for argv, msg in ((["--model", "C"], "--model 'C' is neither"), (["--model", "A", "--lang", "de"], "language 'de'"),
-                      (["--model", "A", "--run", str(tmp_path)], "has no stitch")):
+                      (["--model", "A", "--run", str(tmp_path)], "is not a stitchplug run folder")):
         full = ["steer", "--run", str(run), "--prompt", "x"] + argv
         with pytest.raises(SystemExit) as exc:
             main(full)

@@ -5,4 +5,5 @@
 
 from stitchplug.api import (Arm, ArtifactContext, ArtifactKind, ConfigError, Evaluator,  # noqa: F401
                             ReconAccumulator, RunFolder, StageError, Stitch, StitchplugError, fit_run_folder,
-                            load_model, open_corpus, parse_mix, windows_for_texts, write_json_atomic)
+                            load_model, open_corpus, parse_mix, windows_for_texts, write_json_atomic,
+                            write_text_atomic)

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ._core import Arm, ArtifactContext, ArtifactKind, StageError
+from ._core import Arm, ArtifactContext, ArtifactKind, StageError, write_json_atomic
 from .config import PRESETS, SteeringConfig
 from .vector import random_unit, transfer_vector
 
@@ -85,7 +85,7 @@ class SteeringKind(ArtifactKind):
         save_file(tensors, str(folder / "vectors.safetensors"))
         meta = {"model": artifact.model, "layer": artifact.layer, "role": artifact.role, **artifact.meta,
                 **(sidecar or {})}
-        (folder / "steering.json").write_text(json.dumps(meta, indent=2, default=str))
+        write_json_atomic(folder / "steering.json", meta)
         return folder
 
     def load(self, folder: str | Path) -> SteeringVectors:

@@ -21,6 +21,30 @@ def _columns(cols: list[tuple[str, str]], width: int) -> str:
     return "\n".join(lines)
 
 
+STATS_ROLE = "stats"
+"""``artifacts/steering/stats`` of a run folder: the language statistics of both models."""
+
+
+def run_folder_parts(run: str | Path):
+    """``(stats folder, stitch file, SteeringConfig)`` of a steering run folder, all through
+    :class:`RunFolder` (one-line StageError when something is missing)."""
+    from ._core import RunFolder, StageError
+    from .config import SteeringConfig
+
+    rf = RunFolder.existing(run)
+    stats = rf.artifact("steering", STATS_ROLE)
+    if not ((stats / "stats_A.json").exists() and (stats / "stats_B.json").exists()):
+        raise StageError(f"run folder {rf.root} has no steering statistics; run "
+                         f"`stitchplug run --artifact steering --output-dir {rf.root}` first")
+    rf.require("stitch", rf.stitch.relative_to(rf.root))
+    section = (rf.config() if rf.config_file.exists() else {}).get("steering") or {}
+    try:
+        cfg = SteeringConfig.model_validate(section)
+    except ValueError:
+        raise StageError(f"the steering section of {rf.config_file} is invalid; re-run the steering stage") from None
+    return stats, rf.stitch, cfg
+
+
 def steer(run: str, model: str, prompt: str, lang: str, arms: list[str], max_new_tokens: int,
           z_mode: str | None, z_scale: float | None, intervention: str | None, exclude_massive: bool | None,
           seed: int, stitch_path: Path, cfg) -> list[tuple[str, str]]:
@@ -28,10 +52,9 @@ def steer(run: str, model: str, prompt: str, lang: str, arms: list[str], max_new
 
     from .arms import Side, build_arms
     from .intervene import make_patch
-    from .runfolder import stats_dir
     from .vector import LanguageStats
 
-    folder = stats_dir(run)
+    folder = run_folder_parts(run)[0]
     stats = {k: LanguageStats.load(folder, f"stats_{k}") for k in ("A", "B")}
     key = {"A": "A", "B": "B", stats["A"].model: "A", stats["B"].model: "B"}.get(model)
     if key is None:
@@ -72,13 +95,11 @@ def steer(run: str, model: str, prompt: str, lang: str, arms: list[str], max_new
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 def steer_cmd(run, model, prompt, lang, arms, max_new_tokens, z_mode, z_scale, intervention, exclude_massive, seed):
     """Print unsteered and steered continuations of PROMPT side by side."""
-    from .runfolder import steering_config, stitch_file
-
     from stitchplug.api import lock_run_folder
 
     with lock_run_folder(run, "stitchplug steer"):  # reads a consistent folder: no run writes it meanwhile
-        cfg = steering_config(run)
+        _, stitch_file, cfg = run_folder_parts(run)
         cols = steer(run, model, prompt, lang, list(arms) or ["native", "transferred"], max_new_tokens, z_mode,
-                     z_scale, intervention, exclude_massive, seed, stitch_file(run), cfg)
+                     z_scale, intervention, exclude_massive, seed, stitch_file, cfg)
     click.echo(f"prompt: {prompt}")
     click.echo(_columns(cols, shutil.get_terminal_size((160, 20)).columns))

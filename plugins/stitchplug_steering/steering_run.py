@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
+from ._core import write_json_atomic, write_text_atomic
 from .arms import Side, build_arms
 from .config import SteeringConfig
 from .data import build_prompts, parallel_pairs
@@ -67,24 +68,20 @@ def run_steering(sides_in: dict[str, tuple], stitch, cfg: SteeringConfig, folder
                       cfg.exclude_massive, seed)
     arms = [a for a in arms if a.kind in cfg.arms]
     save_file({a.label: a.v.float().contiguous() for a in arms if a.v is not None}, str(folder / "vectors.safetensors"))
-    (folder / "vectors.json").write_text(json.dumps(
-        {a.label: {"z": a.z, "z_en": a.z_en, **a.info} for a in arms if a.v is not None}, indent=2))
+    write_json_atomic(folder / "vectors.json", {a.label: {"z": a.z, "z_en": a.z_en, **a.info} for a in arms if a.v is not None})
     prompts = build_prompts(cfg.prompts, cfg.n_prompts, cfg.prompt_words, titles, seed)
     res = evaluate_arms(sides, arms, prompts, cfg.languages, intervention=cfg.intervention,
                         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed,
                         detector=cfg.detector, agreement_detector=cfg.agreement_detector,
                         fluency=cfg.fluency, log=log)
     gens = res.pop("generations")
-    with open(folder / "generations.jsonl", "w", encoding="utf-8") as fh:
-        for label, rows in gens.items():
-            for r in rows:
-                fh.write(json.dumps({"arm": label, **r}, ensure_ascii=False) + "\n")
+    write_text_atomic(folder / "generations.jsonl", _jsonl((label, r) for label, rows in gens.items() for r in rows))
     res["config"] = cfg.model_dump(mode="json")
     res["vector_tokens"] = {k: s.stats.n_tokens for k, s in sides.items()}
     res["models"] = {k: {"name": s.adapter.name, "layer": s.layer, "massive_dims": s.massive_dims}
                      for k, s in sides.items()}
     res["n_prompts"] = {src: sum(p["source"] == src for p in prompts) for src in dict.fromkeys(p["source"] for p in prompts)}
-    (folder / "steering.json").write_text(json.dumps(res, indent=2))
+    write_json_atomic(folder / "steering.json", res)
     return res
 
 
@@ -119,14 +116,16 @@ def prompts_for(cfg: SteeringConfig, seed: int) -> list[dict]:
     return _PROMPTS[key]
 
 
+def _jsonl(rows) -> str:
+    return "".join(json.dumps({"arm": label, **r}, ensure_ascii=False) + "\n" for label, r in rows)
+
+
 def write_generations(folder: str | Path, gens: dict[str, list[dict]]) -> None:
     """One ``<arm label>.jsonl`` per arm (``/`` in labels becomes ``_``)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for label, rows in gens.items():
-        with open(folder / (label.replace("/", "_") + ".jsonl"), "w", encoding="utf-8") as fh:
-            for r in rows:
-                fh.write(json.dumps({"arm": label, **r}, ensure_ascii=False) + "\n")
+        write_text_atomic(folder / (label.replace("/", "_") + ".jsonl"), _jsonl((label, r) for r in rows))
 
 
 def read_generations(folder: str | Path) -> dict[str, list[dict]]:

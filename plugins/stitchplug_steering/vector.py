@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from ._core import StageError
+from ._core import StageError, write_json_atomic
 
 
 def normalise(v: torch.Tensor, what: str = "vector") -> torch.Tensor:
@@ -84,7 +84,7 @@ class LanguageStats:
         save_file(tensors, str(folder / f"{name}.safetensors"))
         meta = {"model": self.model, "layer": self.layer, "n_tokens": self.n_tokens,
                 "massive_dims": list(self.massive_dims), "texts_key": self.texts_key}
-        (folder / f"{name}.json").write_text(json.dumps(meta, indent=2))
+        write_json_atomic(folder / f"{name}.json", meta)
 
     @classmethod
     def load(cls, folder: str | Path, name: str) -> "LanguageStats":
