@@ -58,6 +58,7 @@ _EXPORTS = {
     "stitch_step_flops": "stitchplug.stitch.fit",
     "RunFolder": "stitchplug.runfolder",
     "fit_run_folder": "stitchplug.run.pipeline",
+    "config_options": "stitchplug.cli",
     "write_text_atomic": "stitchplug.atomic",
     "write_json_atomic": "stitchplug.atomic",
     "save_safetensors": "stitchplug.atomic",
@@ -70,7 +71,7 @@ _EXPORTS = {
     "progress": "stitchplug.progress",
     "progress_quiet_loaders": "stitchplug.progress",
     # SAEs: the one TopK trainer, its config, SAELens folders, Eq. 6
-    "TrainerConfig": "stitchplug.sae.trainer",
+    "TrainerConfig": "stitchplug.sae.config",
     "TopKSAE": "stitchplug.sae.topk",
     "TopKTrainer": "stitchplug.sae.trainer",
     "train_topk_sae": "stitchplug.sae.trainer",

@@ -27,10 +27,9 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from typing import Any, Callable, Iterable, Iterator, Literal
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from sae_lens import SAE, TopKSAE as SaeLensTopK, TopKSAEConfig
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -38,55 +37,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from .. import dist
 from ..errors import StageError
 from ..precision import tf32_loop
-
+from .config import TrainerConfig  # noqa: F401  (re-exported: the one SAE config)
 from .topk import WARM_STARTS, TopKSAE, analytic_step_flops, fold_decoder_norms, warm_start  # noqa: F401  (re-exported: the module the trainer trains)
-
-
-class TrainerConfig(BaseModel):
-    """The project's one SAE config: hyperparameters of one TopK SAE training run, with the default
-    preset's budget as defaults (the paper's; ``--preset quick`` gives 2304 latents, lr 4e-4, 240k
-    tokens). The ``sae`` kind's section extends it (``stitchplug_sae.config.SAEConfig``); the probe
-    and analysis read that section, the init experiment composes it."""
-
-    model_config = ConfigDict(extra="ignore", use_attribute_docstrings=True)
-
-    width: int = Field(4608, ge=1)
-    """Number of latents."""
-    k: int = Field(32, ge=1)
-    """Active latents per token (TopK)."""
-    lr: float = Field(1e-4, gt=0)
-    """Constant Adam learning rate (at ``lr_width_ref`` latents when that is set)."""
-    train_tokens: int = Field(2_000_000, ge=1)
-    """Training tokens (a re-iterable stream is cycled until this many were seen)."""
-    batch_size: int = Field(1024, ge=1)
-    """Tokens per step."""
-    b_dec_init: Literal["mean", "zeros"] = "mean"
-    """Decoder bias at step 0: the mean of the first ``b_dec_init_batches`` batches, or zeros."""
-    b_dec_init_batches: int = Field(8, ge=1)
-    """Batches averaged for ``b_dec_init="mean"`` (and for the ``expected_norm`` scale)."""
-    apply_b_dec_to_input: bool = True
-    """The encoder reads ``x - b_dec`` (SAELens default)."""
-    aux_k_coef: float = Field(0.0, ge=0)
-    """AuxK loss coefficient on dead latents (0 = off, the paper's setting; Gao et al. use 1/32)."""
-    dead_window: int = Field(200, ge=1)
-    """A latent that has not fired for this many steps is dead (AuxK and the dead count)."""
-    lr_width_ref: int | None = Field(None, ge=1)
-    """If set, the lr used is ``lr * sqrt(lr_width_ref / width)`` (Gao et al.'s 1/sqrt(width) scaling)."""
-    normalize: Literal["none", "expected_norm"] = "none"
-    """``expected_norm``: train on ``x * s`` with ``s = sqrt(d_in) / mean ||x||``; undone on save."""
-    clip_grad_norm: float | None = Field(None, gt=0)
-    """Clip the gradient norm to this value (off by default)."""
-    decode: Literal["dense", "sparse"] = "dense"
-    """``sparse``: steps touch only the k selected latents (:meth:`TopKSAE.forward_sparse`; the same
-    loss and gradients, faster at large widths); FLOPs are still charged as the dense step's."""
-    warm_start: Literal["fold", "preserve"] = "fold"
-    """How training starts from given weights (``init``): fold the decoder norms into the encoder, or
-    keep the rows at their step-0 norms (step 0 = exactly the given SAE); see docs/flops.md."""
-    allow_tf32: bool = Field(False, json_schema_extra={"added_later": True})
-    """On CUDA, TF32 matmuls while the steps run (``stitchplug.api.tf32_loop``); a no-op on the CPU."""
-
-    def effective_lr(self) -> float:
-        return self.lr * math.sqrt(self.lr_width_ref / self.width) if self.lr_width_ref else self.lr
 
 
 # --------------------------------------------------------------------------- one step
@@ -280,8 +232,9 @@ def _as_config(cfg: Any, overrides: dict) -> TrainerConfig:
         base = cfg.model_dump()
     elif isinstance(cfg, dict):
         base = dict(cfg)
-    else:  # a SAEConfig-like object (stitchplug.config.SAEConfig): read the fields we know
-        base = {f: getattr(cfg, f) for f in TrainerConfig.model_fields if getattr(cfg, f, None) is not None}
+    else:
+        raise StageError(f"SAE training takes a TrainerConfig (or the sae section, which extends it) or a dict, "
+                         f"not a {type(cfg).__name__}")
     base.update({k_: v for k_, v in overrides.items() if v is not None})
     try:
         return TrainerConfig(**base)
