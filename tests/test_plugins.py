@@ -220,9 +220,14 @@ def test_kind_that_builds_on_sae_runs_end_to_end(example_site, tmp_path):
     core = ["--models-source", "tiny-llama-a", "--models-target", "tiny-gemma3", "--output-dir", str(out),
             "--cache-tokens", "4000", "--cache-context-size", "64", "--cache-eval-fraction", "0.3",
             "--stitch-svcca-tokens", "500", "--eval-docs", "2", "--eval-max-windows", "2", "--no-progress",
-            "--sae-width", "64", "--sae-k", "4", "--sae-train-tokens", "2048", "--sae-batch-size", "256"]
+            "--sae-width", "64", "--sae-k", "4", "--sae-train-tokens", "2048", "--sae-batch-size", "256",
+            "--cache-aligner", "example-positional"]  # a registered aligner works from `run`
     res = run_cli(["run", "--artifact", "saelatent", *core], pythonpath=[example_site])
     assert res.returncode == 0, res.stderr[-3000:]
+    from stitchplug.api import open_cache
+
+    with open_cache(out / "cache.h5") as cache:
+        assert cache.attrs["alignment_method"] == "example-positional"
     for stage in ("sae.source", "sae.transfer", "sae.baseline", "sae.native", "saelatent.source",
                   "saelatent.transfer", "saelatent.baseline", "saelatent.evaluate"):
         assert (out / "stages" / f"{stage}.json").is_file(), stage

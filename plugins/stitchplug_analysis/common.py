@@ -114,12 +114,13 @@ def paired_captures(adapter_a: Any, adapter_b: Any, windows: Sequence[tuple], la
     return out
 
 
-def paired_windows(texts: Sequence[str], adapter_a: Any, adapter_b: Any, context_size: int) -> list:
-    """The first aligned window of each text (:func:`stitchplug.api.first_window`, the run's 'auto'
-    aligner), those with at least one aligned pair; each unpacks as ``(enc_a, enc_b, idx_a, idx_b)``."""
+def paired_windows(texts: Sequence[str], adapter_a: Any, adapter_b: Any, context_size: int,
+                   aligner: str = "auto") -> list:
+    """The first aligned window of each text (:func:`stitchplug.api.first_window` with the run's
+    ``cache.aligner``), those with at least one aligned pair; each unpacks as ``(enc_a, enc_b, idx_a, idx_b)``."""
     from ._core import first_window
 
-    wins = (first_window(text, adapter_a, adapter_b, context_size) for text in texts)
+    wins = (first_window(text, adapter_a, adapter_b, context_size, aligner=aligner) for text in texts)
     return [w for w in wins if len(w.idx_source)]
 
 

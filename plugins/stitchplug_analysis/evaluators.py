@@ -71,7 +71,8 @@ class TransferabilityEvaluator(_Analysis):
         if wins is None:
             context.need("documents", who="feature transferability")
             texts = [d["text"] for _, d in zip(range(int(opts.get("max_windows", 24))), context.documents("eval"))]
-            wins = paired_windows(texts, ctx_a.adapter, context.adapter, int(opts.get("context_size", 128)))
+            wins = paired_windows(texts, ctx_a.adapter, context.adapter, int(opts.get("context_size", 128)),
+                                  aligner=opts.get("aligner", "auto"))
         pc = paired_captures(ctx_a.adapter, context.adapter, wins, ctx_a.layer, context.layer)
         return transferability(src, artifact, pc, unembed_path(ctx_a.adapter), unembed_path(context.adapter),
                                opts.get("random_artifact"))

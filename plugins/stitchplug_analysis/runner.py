@@ -120,7 +120,8 @@ def _analyze(run, parts: list[str], budget: str, log, progress: bool) -> dict:
     if not docs:
         raise StageError("no held-out documents after the cached slice to analyse")
     t0 = time.perf_counter()
-    wins = paired_windows([d["text"] for d in docs[: b["windows"]]], A, B, inp.context_size)
+    wins = paired_windows([d["text"] for d in docs[: b["windows"]]], A, B, inp.context_size,
+                          aligner=inp.cfg.get("cache", {}).get("aligner") or "auto")
     pc = paired_captures(A, B, wins, inp.layer_a, inp.layer_b, progress=progress)
     W_a, W_b = unembed_path(A), unembed_path(B)
     log(f"captured {len(wins)} held-out windows in {time.perf_counter() - t0:.0f}s")

@@ -283,7 +283,7 @@ def cache_stage(cfg, path: str | Path, model: Callable[[str], ModelAdapter], pro
                                     svcca_tokens=cfg.stitch.svcca_tokens, source_layers=source_layers,
                                     corpus=c.corpus, doc_start=c.doc_start, max_docs=c.max_docs, tokens=c.tokens,
                                     context_size=c.context_size, dtype=c.dtype, batch_size=c.batch_size,
-                                    aligner="auto", eval_fraction=c.eval_fraction, split_seed=cfg.seed,
+                                    aligner=c.aligner, eval_fraction=c.eval_fraction, split_seed=cfg.seed,
                                     queue_depth=c.queue_depth, progress=progress, log=log)
     with open_cache(out) as cache:
         ra, rb = cache.alignment_rate

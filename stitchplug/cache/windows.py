@@ -61,16 +61,22 @@ def _cut(enc: Encoded, n: int | None, offset: int) -> Encoded:
     return Encoded(ids, ends, special)
 
 
+def _aligner(aligner: Aligner | str | None, source: ModelAdapter, target: ModelAdapter) -> Aligner:
+    if aligner is None or isinstance(aligner, str):
+        return get_aligner(aligner or "auto", source, target)[1]
+    return aligner
+
+
 def paired_windows(text: str, source: ModelAdapter, target: ModelAdapter, context_size: int,
-                   aligner: Aligner | None = None) -> list[Window]:
+                   aligner: Aligner | str | None = None) -> list[Window]:
     """``text`` as context windows for both models, with aligned index pairs per window.
 
-    ``aligner`` defaults to :func:`~stitchplug.cache.align.get_aligner` ``("auto")`` for the pair
-    (identity for the same tokenizer, end offsets otherwise). Returns ``[]`` for text without tokens.
+    ``aligner`` is an aligner function or a name for :func:`~stitchplug.cache.align.get_aligner`
+    (default ``"auto"``: identity for the same tokenizer, end offsets otherwise; the run's
+    ``cache.aligner``). Returns ``[]`` for text without tokens.
     Each window unpacks as ``(enc_source, enc_target, idx_source, idx_target)``.
     """
-    if aligner is None:
-        aligner = get_aligner("auto", source, target)[1]
+    aligner = _aligner(aligner, source, target)
     full = source.encode(text)
     ends = full.ends.numpy()
     real = np.flatnonzero(ends >= 0)
@@ -106,13 +112,13 @@ def paired_windows(text: str, source: ModelAdapter, target: ModelAdapter, contex
 
 
 def first_window(text: str, source: ModelAdapter, target: ModelAdapter, context_size: int,
-                 aligner: Aligner | None = None) -> Window:
+                 aligner: Aligner | str | None = None) -> Window:
     """The first window of ``text``: A's first ``context_size`` tokens (special tokens included) and
     B's longest prefix of tokens (specials included) that ends within the same characters, at least
-    one token and at most ``context_size``; positions aligned with ``aligner`` (default ``"auto"``).
+    one token and at most ``context_size``; positions aligned with ``aligner`` (a function or a name,
+    as in :func:`paired_windows`).
     The window covers ``text[0:end]``; ``idx_source`` is empty for text without tokens."""
-    if aligner is None:
-        aligner = get_aligner("auto", source, target)[1]
+    aligner = _aligner(aligner, source, target)
     ea, eb = source.encode(text), target.encode(text)
     n_a = min(len(ea), context_size)
     enc_a = Encoded(ea.ids[:n_a], ea.ends[:n_a], ea.special[:n_a])

@@ -133,8 +133,16 @@ class Pipeline:
         return self._cache
 
     def deps(self, *sections: str) -> dict:
+        """The config ``sections`` (and the core's) a stage depends on; a field marked ``added_later``
+        is left out while at its default, so folders written before it existed resume."""
         data = self.cfg.model_dump(mode="json")
         data["cache"].pop("queue_depth", None)  # how the cache is written, not what: never part of a stage's identity
+        for name, value in data.items():
+            section = getattr(self.cfg, name, None)
+            if isinstance(value, dict) and hasattr(type(section), "model_fields"):
+                for field, info in type(section).model_fields.items():
+                    if (info.json_schema_extra or {}).get("added_later") and value.get(field) == info.default:
+                        value.pop(field, None)
         keep = {"seed", "device", "dtype", "models", "cache"} | set(sections)
         return {k: v for k, v in data.items() if k in keep}
 
@@ -164,7 +172,8 @@ class Pipeline:
             from ..stitch.stitched_ce import windows_for_texts
 
             texts = heldout_texts(self.cfg.cache, self.cache(), self.cfg.eval.docs)
-            wins = windows_for_texts(texts, self.model("source"), self.model("target"), self.cfg.cache.context_size)
+            wins = windows_for_texts(texts, self.model("source"), self.model("target"), self.cfg.cache.context_size,
+                                     aligner=self.cfg.cache.aligner)
             self._eval_windows = wins[: self.cfg.eval.max_windows]
             if not self._eval_windows:
                 raise StageError("no held-out documents left after the cached slice to evaluate losses on")

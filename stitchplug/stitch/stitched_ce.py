@@ -27,12 +27,16 @@ KEYS = ("ce_a", "ce_b", "a_to_b", "b_to_a", "a_to_b_to_a", "b_to_a_to_b")
 
 
 def windows_for_texts(texts: Iterable[str], source: ModelAdapter, target: ModelAdapter,
-                      context_size: int = 128) -> list[Window]:
-    """Aligned windows of each text (:func:`~stitchplug.cache.windows.paired_windows`; each unpacks
-    as ``(enc_a, enc_b, idx_a, idx_b)``), those with at least one aligned pair."""
+                      context_size: int = 128, aligner: str = "auto") -> list[Window]:
+    """Aligned windows of each text (:func:`~stitchplug.cache.windows.paired_windows` with the
+    aligner named ``aligner``; each unpacks as ``(enc_a, enc_b, idx_a, idx_b)``), those with at least
+    one aligned pair."""
+    from ..cache.align import get_aligner
+
+    align = get_aligner(aligner, source, target)[1]
     out: list[Window] = []
     for text in texts:
-        out.extend(paired_windows(text, source, target, context_size))
+        out.extend(paired_windows(text, source, target, context_size, aligner=align))
     return [w for w in out if len(w.idx_source) > 0]
 
 
