@@ -1,6 +1,7 @@
 """Diff the numbers of two ``metrics.json`` files, ignoring wall times and throughputs.
 
     python bench/diff_metrics.py BASE/metrics.json NEW/metrics.json [--rtol 0] [--atol 0] [--section probe ...]
+                                 [--exclude config ...]
 
 Every leaf of both files is compared by its dotted path. Ignored: keys that measure time or speed
 (``*seconds*``, ``*_s``, ``*per_second*``, ``*per_s``, ``stage_seconds``, ``timing``, ``wall*``,
@@ -54,7 +55,10 @@ def same(a, b, rtol: float, atol: float, strings: bool) -> bool | None:
 
 
 def diff(base: dict, new: dict, rtol: float = 0.0, atol: float = 0.0, strings: bool = False,
-         sections: list[str] | None = None) -> tuple[list[str], dict]:
+         sections: list[str] | None = None, exclude: list[str] | None = None) -> tuple[list[str], dict]:
+    if exclude:
+        base = {k: v for k, v in base.items() if k not in exclude}
+        new = {k: v for k, v in new.items() if k not in exclude}
     if sections:
         base = {k: v for k, v in base.items() if k in sections}
         new = {k: v for k, v in new.items() if k in sections}
@@ -83,13 +87,14 @@ def main(argv=None) -> int:
     ap.add_argument("--atol", type=float, default=0.0)
     ap.add_argument("--strings", action="store_true", help="also compare path-like strings")
     ap.add_argument("--section", action="append", help="compare only these top-level sections (repeatable)")
+    ap.add_argument("--exclude", action="append", help="leave these top-level sections out (repeatable; e.g. config)")
     a = ap.parse_args(argv)
     try:
         base, new = (json.loads(p.read_text()) for p in (a.base, a.new))
     except (OSError, json.JSONDecodeError) as exc:
         print(f"error: cannot read metrics: {exc}", file=sys.stderr)
         return 2
-    lines, summary = diff(base, new, a.rtol, a.atol, a.strings, a.section)
+    lines, summary = diff(base, new, a.rtol, a.atol, a.strings, a.section, a.exclude)
     for line in lines:
         print(line)
     print(json.dumps(summary))

@@ -39,6 +39,7 @@ def test_a_changed_number_or_key_is_reported(tmp_path):
     assert s == {"compared": 4, "differ": 1, "only_base": 0, "only_new": 1, "identical": False}
     assert any("sae.source_on_A.reconstruction.fvu" in line for line in lines)
     assert dm.diff(BASE, new, rtol=1e-5, sections=["sae"])[1]["identical"]
+    assert dm.diff(BASE, new, rtol=1e-5, exclude=["probe"])[1]["identical"]
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     a.write_text(json.dumps(BASE))
     b.write_text(json.dumps(new))
