@@ -89,6 +89,9 @@ _EXPORTS = {
     "check_compatible": "stitchplug.sae.transfer",
     "canonical_weights": "stitchplug.sae.transfer",
     "random_sae_like": "stitchplug.sae.transfer",
+    # the step across arms
+    "bootstrap_mean": "stitchplug.arms",
+    "relative_transfer_gap": "stitchplug.arms",
     # measurement
     "count_step_flops": "stitchplug.flops",
     "ReconAccumulator": "stitchplug.metrics",

@@ -9,7 +9,8 @@ or evaluator does not need may stay ``None``; whoever needs a missing field call
 
 Every optional capability of a kind is declared here with a default, so the pipeline asks and never
 probes: ``check`` (no-op), ``supports_baseline``/``baseline`` (off), ``extra_arms`` (none),
-``diagnose`` (None: skipped), ``report_markdown`` (None: no section), ``summary`` (no lines).
+``diagnose`` (None: skipped), ``aggregate`` (None: no step across arms), ``report_markdown`` (None:
+no section), ``summary`` (no lines).
 """
 
 from __future__ import annotations
@@ -229,6 +230,13 @@ class ArtifactKind(ABC):
     def diagnose(self, source: Any, transferred: Any, stitch: Any, target: ArtifactContext,
                  source_context: ArtifactContext | None = None) -> dict | None:
         """Kind-specific diagnostics stored under ``diagnostics`` in the kind's metrics (None: none)."""
+        return None
+
+    def aggregate(self, results: dict, cfg: Any) -> dict | None:
+        """The step across arms: from ``results`` (``{arm label: {evaluator: metrics}}``, the
+        evaluate stage's), the means, intervals and gaps to the native and random arms the report
+        shows (:mod:`stitchplug.arms` has the statistics). Stored as ``aggregate`` in the kind's
+        metrics; None: no such entry."""
         return None
 
     def report_markdown(self, metrics: dict, folder: "RunFolder") -> str | None:

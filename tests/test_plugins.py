@@ -249,9 +249,10 @@ def test_kind_that_builds_on_sae_runs_end_to_end(example_site, tmp_path):
     # an SAE run in the same folder reuses the SAE stages the dependent run made
     res = run_cli(["run", "--artifact", "sae", *core], pythonpath=[example_site])
     assert res.returncode == 0, res.stderr[-3000:]
+    log = res.stdout + res.stderr  # stage lines go to stderr
     for stage in ("sae.source", "sae.transfer", "sae.baseline"):
-        assert f"[{stage}] reused" in res.stdout and f"[{stage}] done" not in res.stdout, stage
-    assert "[sae.evaluate] done" in res.stdout
+        assert f"[{stage}] reused" in log and f"[{stage}] done" not in log, stage
+    assert "[sae.evaluate] done" in log
 
 
 def _yaml(tmp_path, data):

@@ -126,7 +126,8 @@ def test_probe_alone_trains_the_sae_stages_and_a_changed_sae_section_is_refused(
     path.write_text(yaml.safe_dump(cfg))
     res = stitchplug("run", "--config", str(path), "--no-progress")
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "[sae.source] done" in res.stdout and "[sae.native] done" in res.stdout
+    log = res.stdout + res.stderr  # stage lines go to stderr
+    assert "[sae.source] done" in log and "[sae.native] done" in log
     r = json.loads((copy / "metrics.json").read_text())["probe"]["diagnostics"]
     assert r["saes"]["source"] == "artifacts/sae/source" and "warning" not in r["saes"]
     native = json.loads((copy / "artifacts/sae/native/cfg.json").read_text())

@@ -42,7 +42,16 @@ def test_every_arm_is_evaluated_and_reported(steering_run):
     ev = m["steering"]
     assert set(ev) >= {"source_on_A", "transferred_on_B", "random_on_B", "native_on_B", "transferred_down_on_A",
                        "random_on_A", "none_on_A", "none_on_B"}
-    labels = {k for arm in ev.values() for k in arm["steering_language"]["arms"]}
+    labels = {k for label, arm in ev.items() if label != "aggregate" for k in arm["steering_language"]["arms"]}
+    # the step across arms ran in the evaluate stage; the report renders it
+    from stitchplug_steering.evaluate import transfer_gaps
+    from stitchplug_steering.report import merge_pipeline_results
+
+    gaps = ev["aggregate"]["gaps"]
+    assert set(gaps) == {"B/fr/transferred-up", "A/fr/transferred-down"}
+    assert all(g is None or 0.0 <= g <= 1.0 for g in gaps.values())
+    without = {k: v for k, v in ev.items() if k != "aggregate"}
+    assert gaps == transfer_gaps(merge_pipeline_results(without)["arms"]) == merge_pipeline_results(ev)["gaps"]
     assert labels == {"A/none", "B/none", "A/fr/native", "B/fr/native", "B/fr/transferred-up",
                       "A/fr/transferred-down", "A/fr/random", "B/fr/random"}
     rnd = ev["random_on_B"]["steering_language"]["arms"]["B/fr/random"]["info"]

@@ -135,6 +135,14 @@ class SteeringKind(ArtifactKind):
             out["none_on_A"], out["none_on_B"] = Arm(empty, a), Arm(empty, b)
         return out
 
+    def aggregate(self, results: dict, cfg: Any) -> dict:
+        """The step across arms: the relative transfer gap of every transferred vector to its
+        model's native vector and to no steering (the report renders it)."""
+        from .evaluate import transfer_gaps
+        from .report import merge_pipeline_results
+
+        return {"gaps": transfer_gaps(merge_pipeline_results(results)["arms"])}
+
     def report_markdown(self, metrics: dict, folder: Any) -> str | None:
         from .report import pipeline_section
 

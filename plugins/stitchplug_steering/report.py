@@ -96,7 +96,10 @@ def merge_pipeline_results(results: dict) -> dict:
         nprompts = res.get("n_prompts", nprompts)
     arms = dict(sorted(arms.items(), key=lambda kv: (kv[0].split("/")[0], kv[1].get("lang") or "",
                                                      _ORDER.get(kv[1]["kind"], 9), kv[0])))
-    out = {"arms": arms, "gaps": transfer_gaps(arms), "config": cfg, "n_prompts": nprompts,
+    gaps = (results.get("aggregate") or {}).get("gaps")  # the evaluate stage's step across arms
+    if gaps is None:  # a run folder evaluated before the kind declared aggregate
+        gaps = transfer_gaps(arms)
+    out = {"arms": arms, "gaps": gaps, "config": cfg, "n_prompts": nprompts,
            "vector_tokens": dict(sorted(vtok.items()))}
     if n:
         out["agreement"] = {"detectors": dets, "n": n, "same_label": same / n}

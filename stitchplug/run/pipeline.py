@@ -365,7 +365,7 @@ class Pipeline:
         def evaluate():
             all_arms = dict(arms)
             for label, arm in kind.extra_arms(src_art, tgt_art, ctx_a, ctx_b).items():
-                if label in all_arms or label == "diagnostics":
+                if label in all_arms or label in ("diagnostics", "aggregate"):
                     raise StageError(f"artifact kind {name!r} adds an arm named {label!r}, which is taken")
                 all_arms[label] = arm
             out: dict[str, dict] = {}
@@ -375,6 +375,9 @@ class Pipeline:
                 for ev in evaluators:
                     self.log(f"  {ev.name} on {label}")
                     out[label][ev.name] = ev.evaluate(arm.artifact, arm.context)
+            agg = kind.aggregate(out, self.art_cfg)  # the step across arms
+            if agg is not None:
+                out["aggregate"] = agg
             diag = kind.diagnose(src_art, tgt_art, stitch, ctx_b, ctx_a)
             if diag is not None:
                 out["diagnostics"] = diag
