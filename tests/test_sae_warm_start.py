@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from stitchplug_sae.step_flops import analytic_step_flops
-from stitchplug_sae.topk import TopKSAE, warm_start
-from stitchplug_sae.trainer import TopKTrainer, train_topk_sae
+from stitchplug.sae.step_flops import analytic_step_flops
+from stitchplug.sae.topk import TopKSAE, warm_start
+from stitchplug.sae.trainer import TopKTrainer, train_topk_sae
 from stitchplug_sae_init.experiment import InitExperimentConfig, stitched_init, train_arm
 from stitchplug_sae_init.ledger import ArmLedger
 from stitchplug_sae_init.synthetic import make_synthetic, transferred_init
