@@ -200,11 +200,16 @@ def test_stale_transferred_sae_is_replaced_by_eq6(probe_run, tmp_path):
     path = tmp_path / "stale.yaml"
     path.write_text(yaml.safe_dump(cfg))
     res = stitchplug("run", "--config", str(path), "--no-progress")
+    # the transferred SAE is the sae kind's sae.transfer output: replaced behind its marker, the run
+    # refuses in one line and says how to redo it (the probe's own same-function check,
+    # transferred_stale, is the second line of defence for SAEs handed over otherwise)
+    err = res.stderr.strip().splitlines()
+    assert res.returncode != 0 and len(err) == 1 and "sae.transfer" in err[0] and "replaced" in err[0], err
+    (copy / "stages" / "sae.transfer.json").unlink()
+    res = stitchplug("run", "--config", str(path), "--no-progress")
     assert res.returncode == 0, res.stderr[-2000:]
     r = json.loads((copy / "artifacts/probe/results/results.json").read_text())
-    # the replaced file behind sae.transfer's marker makes the stage stale: the pipeline redoes Eq. 6
-    # (the probe's own same-function check, transferred_stale, is the second line of defence)
-    assert "[sae.transfer] stale" in res.stdout + res.stderr and "transferred_stale" not in r["saes"]
+    assert "[sae.transfer] done" in res.stdout + res.stderr and "transferred_stale" not in r["saes"]
     first = json.loads((out / "artifacts/probe/results/results.json").read_text())
     task = next(iter(r["tasks"]))
     for arm in ("transfer_noretrain", "transfer_retrain"):  # as with the consistent transferred SAE
