@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from stitchplug.api import CONTEXT_LENGTH, ConfigSection
 
@@ -55,12 +55,6 @@ class ProbeConfig(ConfigSection):
         if not v or any(k < 1 for k in v):
             raise ValueError("ks must be a non-empty list of positive integers")
         return sorted(set(v))
-
-    @model_validator(mode="after")
-    def _ks_fit(self):
-        if self.ks and max(self.ks) > self.sae_width:
-            raise ValueError(f"ks ({max(self.ks)}) must be at most sae_width ({self.sae_width})")
-        return self
 
     @field_validator("tasks")
     @classmethod

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
-from stitchplug.api import TrainerConfig
+from stitchplug.api import ConfigSection, TrainerConfig
 
 from . import scaling
 
@@ -24,12 +24,12 @@ the init experiment takes ``k`` from the transferred SAE."""
 _SAE = TrainerConfig.model_fields  # the one SAE config: the trainer's fields, defaults and help
 
 
-class InitExperimentConfig(BaseModel):
+class InitExperimentConfig(ConfigSection):
     """Settings of the init experiment (both arms share all of them). The SAE training fields (``lr``,
     ``batch_size``, ``aux_k_coef``, ``dead_window``, ``apply_b_dec_to_input``) are the trainer's own
     (:class:`stitchplug.api.TrainerConfig`): same names, defaults and help."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=False)
 
     steps: int = Field(2000, ge=1)
     """Training steps per arm (fewer if the data iterator runs out; both arms then stop together)."""
@@ -48,9 +48,9 @@ class InitExperimentConfig(BaseModel):
     apply_b_dec_to_input: bool = _SAE["apply_b_dec_to_input"]
     scratch_b_dec: Literal["zeros", "mean"] = "zeros"
     """Scratch arm decoder bias: zeros (SAELens default, the paper) or the training-data mean of the first batch."""
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     """Seed of the scratch arm's random init."""
-    source_sae_flops: int | None = None
+    source_sae_flops: int | None = Field(None, ge=0)
     """FLOPs already paid for the source SAE on A (reported in a total that includes it, if known)."""
     warm_start: Literal["fold", "preserve"] = "fold"
     """How the stitched arm starts from theta' (``fold``: decoder norms folded into the encoder;
@@ -60,7 +60,7 @@ class InitExperimentConfig(BaseModel):
     ledger still charges the dense step's FLOPs (the paper's accounting)."""
     recipe: str = "custom"
     """Name of the recipe these settings came from (``paper``, ``tuned`` or ``custom``); every table says it."""
-    epochs: int | None = None
+    epochs: int | None = Field(None, ge=1)
     """Passes over the cached training tokens the data iterator was allowed (1 = single-epoch); reported."""
 
     @field_validator("thresholds")
