@@ -279,6 +279,8 @@ class Pipeline:
                 check_values(self.cfg)  # a config built in Python, not through build_config
                 check_input_files(self.cfg)  # every file: input exists and is non-empty text
                 self.kind.preflight(self.art_cfg)  # the kind's own inputs (task files: columns, classes)
+                for req, rkind in self.required.items():  # and those of the kinds it builds on
+                    rkind.preflight(self.section(req, rkind))
                 check_lengths(self.cfg, [self.model("source"), self.model("target")])  # against n_ctx
 
             dist.on_main(preflight)
