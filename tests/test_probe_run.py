@@ -203,8 +203,8 @@ def test_stale_transferred_sae_is_replaced_by_eq6(probe_run, tmp_path):
     # the transferred SAE is the sae kind's sae.transfer output: replaced behind its marker, the run
     # refuses in one line and says how to redo it (the probe's own same-function check,
     # transferred_stale, is the second line of defence for SAEs handed over otherwise)
-    err = res.stderr.strip().splitlines()
-    assert res.returncode != 0 and len(err) == 1 and "sae.transfer" in err[0] and "replaced" in err[0], err
+    err = res.stderr.strip().splitlines()[-1]  # (after the preflight's model-loading lines)
+    assert res.returncode != 0 and "Traceback" not in res.stderr and "sae.transfer" in err and "replaced" in err, err
     (copy / "stages" / "sae.transfer.json").unlink()
     res = stitchplug("run", "--config", str(path), "--no-progress")
     assert res.returncode == 0, res.stderr[-2000:]
