@@ -200,6 +200,11 @@ class ArtifactKind(ABC):
         section, before the run folder is created or any stage runs; raise a one-line error. The core
         has already checked that every ``file:`` input exists and is non-empty text. Default: accept."""
 
+    def check_required(self, cfg: Any, required: dict[str, Any]) -> None:
+        """Cross-section rules between the kind's config section ``cfg`` and the sections of the kinds it
+        builds on (``required``: name -> validated section), checked with :meth:`preflight`; raise
+        ``ConfigError("invalid config: <section>: why")``. Default: accept."""
+
     def check(self, artifact: Any, stitch: Any, direction: str = "up") -> None:
         """Validate before transferring (widths, models, layers); raise a one-line StageError. Default: accept."""
 

@@ -44,7 +44,7 @@ BAD_VALUES = [
     (["--steering-z-scale", "-inf"], "steering.z_scale"),
     (["--probe-ks", ""], "probe.ks"),
     (["--steering-languages", ""], "steering.languages"),
-    (["--probe-ks", "1,5000", "--probe-sae-width", "64"], "probe"),
+    (["--artifact", "probe", "--probe-ks", "1,5000", "--sae-width", "64"], "probe"),
     (["--cache-source-layers", ""], "cache.source_layers"),
 ]
 

@@ -70,6 +70,14 @@ class ProbeArtifact(ArtifactKind):
             if spec.startswith("file:"):
                 load_task(spec, max_examples=cfg.max_examples, seed=0)
 
+    def check_required(self, cfg: Any, required: dict[str, Any]) -> None:
+        """Every probe k selects at most the SAE's width latents."""
+        from stitchplug.api import ConfigError
+
+        width = getattr(required.get("sae"), "width", None)
+        if width is not None and max(cfg.ks) > width:
+            raise ConfigError(f"invalid config: probe: ks ({max(cfg.ks)}) must be at most sae.width ({width})")
+
     def obtain(self, context: ArtifactContext, cfg: Any) -> dict:
         from . import saes as saes_mod
         from .experiment import run_probes

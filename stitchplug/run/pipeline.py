@@ -281,6 +281,7 @@ class Pipeline:
                 self.kind.preflight(self.art_cfg)  # the kind's own inputs (task files: columns, classes)
                 for req, rkind in self.required.items():  # and those of the kinds it builds on
                     rkind.preflight(self.section(req, rkind))
+                self.kind.check_required(self.art_cfg, {r: self.section(r, k) for r, k in self.required.items()})
                 check_lengths(self.cfg, [self.model("source"), self.model("target")])  # against n_ctx
 
             dist.on_main(preflight)
