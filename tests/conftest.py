@@ -92,3 +92,17 @@ def browsed_run(tiny_analysed_run, tmp_path_factory):
     args = [x for k, v in BROWSE_ARGS.items() for x in (f"--{k.replace('_', '-')}", str(v))]
     assert _cli("browse", "--run", str(out), "--no-progress", *args) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def quick_sae_run(tmp_path_factory):
+    """A finished ``stitchplug run --preset quick`` folder on the real pair (the README demo, ~3 min),
+    built once per session. Read it; to run more stages in it, copy it first (:func:`shutil.copytree`)."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("quick_sae") / "run"
+    res = subprocess.run([sys.executable, "-m", "stitchplug.cli", "run", "--preset", "quick",
+                          "--output-dir", str(out), "--no-progress"], capture_output=True, text=True, timeout=1800)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out

@@ -5,13 +5,15 @@
 ``stitchplug run --artifact probe --preset quick --probe-tasks sae-probes:draw:30:0 ...``);
 ``STITCHPLUG_PROBE_REF_TASKS=N`` checks its first N tasks only (the reference recomputes every
 feature one text at a time: about as long as the run's feature pass). Without the variable, the test
-builds a quick SAE run and a probe run on three drawn tasks in a temporary folder (long).
+copies the session's quick SAE run (conftest ``quick_sae_run``) and runs the probe on two drawn tasks
+(80 examples each) in the copy.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,14 +30,14 @@ def _cli(*args, timeout=7200):
 
 
 @pytest.fixture(scope="module")
-def probe_folder(tmp_path_factory):
+def probe_folder(tmp_path_factory, request):
     given = os.environ.get("STITCHPLUG_PROBE_RUN")
     if given:
         return Path(given)
     out = tmp_path_factory.mktemp("probe_slow") / "run"
-    _cli("run", "--artifact", "sae", "--preset", "quick", "--output-dir", str(out), "--no-progress")
+    shutil.copytree(request.getfixturevalue("quick_sae_run"), out)
     _cli("run", "--artifact", "probe", "--preset", "quick", "--output-dir", str(out), "--no-progress",
-         "--probe-tasks", "sae-probes:draw:3:0", "--probe-max-examples", "160")
+         "--probe-tasks", "sae-probes:draw:2:0", "--probe-max-examples", "80")
     return out
 
 

@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-
 import pytest
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("quick") / "run"
-    res = subprocess.run([sys.executable, "-m", "stitchplug.cli", "run", "--preset", "quick",
-                          "--output-dir", str(out), "--no-progress"], capture_output=True, text=True, timeout=1800)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return out, json.loads((out / "metrics.json").read_text())
+def quick_run(quick_sae_run):
+    return quick_sae_run, json.loads((quick_sae_run / "metrics.json").read_text())
 
 
 def test_quick_preset_layers_and_alignment(quick_run):
