@@ -1,9 +1,11 @@
 """Entropy features: a decoder row planted in the unembedding's null space is found first."""
 
 import numpy as np
+import pytest
 import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 
+from stitchplug.api import StageError
 from stitchplug.stitch.stitched_ce import windows_for_texts
 from stitchplug_analysis.common import paired_captures, unembed_path
 from stitchplug_analysis.entropy import entropy_features, null_basis, null_share
@@ -40,3 +42,15 @@ def test_planted_null_space_direction_is_the_top_entropy_feature(one_thread):
     assert max(s for i, s in enumerate(res["null_share"]) if i != 7) < 0.5
     assert top["frequency"] > 0 and top["n_positions"] > 0
     assert np.isfinite(top["delta_entropy"]) and top["entropy_clean"] > 0
+
+
+def test_unembed_path_refuses_an_adapter_without_a_transformerlens_model():
+    """``folded_unembed`` would fall back to ``unembed()``; the analysis keeps its own refusal."""
+    class NoTL:
+        name, model = "plain", None
+
+        def unembed(self):
+            return torch.zeros(2, 3)
+
+    with pytest.raises(StageError, match="needs a TransformerLens model adapter; 'plain'"):
+        unembed_path(NoTL())

@@ -8,6 +8,7 @@ from stitchplug.api import (  # noqa: F401
     StageError,
     StitchplugError,
     first_window,
+    folded_unembed,
     heldout_documents,
     lock_run_folder,
 )

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ._core import StageError
+from ._core import StageError, folded_unembed
 
 
 def _tl_model(adapter: Any):
@@ -30,19 +30,12 @@ def _tl_model(adapter: Any):
     return model
 
 
-@torch.no_grad()
 def unembed_path(adapter: Any) -> torch.Tensor:
     """``W_eff [d_model, d_vocab]`` (float32): the unembedding with the final norm's weight and
-    centring folded in (see the module docstring)."""
-    model = _tl_model(adapter)
-    W = model.W_U.detach().float().cpu()
-    ln = getattr(model, "ln_final", None)
-    w = getattr(ln, "w", None)
-    if w is not None:
-        W = w.detach().float().cpu()[:, None] * W
-    if ln is not None and "LayerNorm" in type(ln).__name__:
-        W = W - W.mean(0, keepdim=True)
-    return W
+    centring folded in (see the module docstring); :func:`stitchplug.api.folded_unembed` once the
+    adapter is known to wrap a TransformerLens model."""
+    _tl_model(adapter)
+    return folded_unembed(adapter)
 
 
 @torch.no_grad()

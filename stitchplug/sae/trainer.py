@@ -63,20 +63,12 @@ def sae_step(sae: TopKSAE, opt: torch.optim.Optimizer, x: torch.Tensor,
         x_hat, vals, idx = (forward or sae)(x, sparse=True)
         fired = torch.zeros(sae.width, dtype=torch.bool, device=x.device)
         fired[idx[vals.detach() > 0]] = True
-        recon = (x_hat - x).pow(2).sum(-1).mean()
-        opt.zero_grad(set_to_none=True)
-        recon.backward()
-        if clip_grad_norm is not None:
-            nn.utils.clip_grad_norm_(sae.parameters(), clip_grad_norm)
-        opt.step()
-        sae.normalise_decoder_()
-        return float(recon.detach()), False, fired
-    x_hat, z, pre = (forward or sae)(x)
+    else:
+        x_hat, z, pre = (forward or sae)(x)
+        fired = (z > 0).any(0)
     recon = (x_hat - x).pow(2).sum(-1).mean()
     loss = recon
-    aux_active = False
     if want_aux:
-        aux_active = True
         num_dead = int(dead_mask.sum())
         k_aux = max(1, x.shape[-1] // 2)
         scale = min(num_dead / k_aux, 1.0)
@@ -86,13 +78,19 @@ def sae_step(sae: TopKSAE, opt: torch.optim.Optimizer, x: torch.Tensor,
         vals, idx = masked.topk(k_aux, dim=-1, sorted=False)
         z_aux = torch.zeros_like(pre).scatter(-1, idx, vals.relu())
         loss = loss + aux_coef * scale * (z_aux @ sae.W_dec - residual).pow(2).sum(-1).mean()
+    _update(sae, opt, loss, clip_grad_norm)
+    return float(recon.detach()), want_aux, fired
+
+
+def _update(sae: TopKSAE, opt: torch.optim.Optimizer, loss: torch.Tensor, clip_grad_norm: float | None) -> None:
+    """The tail every step shares, whichever decode: backward, optional gradient clipping, the Adam
+    step, then the decoder rows renormalised."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if clip_grad_norm is not None:
         nn.utils.clip_grad_norm_(sae.parameters(), clip_grad_norm)
     opt.step()
     sae.normalise_decoder_()
-    return float(recon.detach()), aux_active, (z > 0).any(0)
 
 
 class TopKTrainer:
