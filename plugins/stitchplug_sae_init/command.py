@@ -246,7 +246,8 @@ def add_init_command(cli):
                   help="Transferred SAE folder(s), SAELens format; repeat for a width sweep [default: RUN/artifacts/sae/transferred].")
     @click.option("--recipe", type=click.Choice(["paper", "tuned"]), default="paper", show_default=True,
                   help="paper: lr 1e-4, no AuxK, scratch b_dec zeros; tuned: lr 4e-4, scratch b_dec mean (both "
-                       "unnormalised, dense-decode FLOPs). A flag or --config value overrides the recipe's, and the label says so.")
+                       "unnormalised, dense-decode FLOPs). A flag or --config value overrides the recipe's, "
+                       "and the label says so.")
     @click.option("--eval-tokens", type=click.IntRange(min=1), default=8192, show_default=True, help="Held-out tokens evaluated.")
     @click.option("--stitch-flops", type=click.IntRange(min=0), default=None, help="Override the stitch sidecar's 'flops'.")
     @click.option("--target-layer", type=click.IntRange(min=0), default=None, help="Target layer (default: from the stitch sidecar).")
