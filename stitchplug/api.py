@@ -59,6 +59,7 @@ _EXPORTS = {
     "RunFolder": "stitchplug.runfolder",
     "fit_run_folder": "stitchplug.run.pipeline",
     "config_options": "stitchplug.cli",
+    "command_group": "stitchplug.cli",
     "write_text_atomic": "stitchplug.atomic",
     "write_json_atomic": "stitchplug.atomic",
     "save_safetensors": "stitchplug.atomic",

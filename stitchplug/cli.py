@@ -127,26 +127,38 @@ class FieldType(click.ParamType):
         return " or ".join(words)
 
 
-def _option(dotted: str, info):
-    """One typed click option for config field ``dotted``; booleans become ``--flag/--no-flag``."""
-    default = info.default
+def _option(dotted: str, info, alias: str | None = None, default=None):
+    """One typed click option for config field ``dotted``; booleans become ``--flag/--no-flag``.
+    ``alias`` (``--name``) is a second spelling of the flag; ``default`` the command's own default."""
+    default = info.default if default is None else default
     shown = "none" if default is None else default
     help_text = f"{info.description or ''} [config: {dotted}; default: {shown}]"
     dest = "cfg__" + dotted.replace(".", "__")
+    names = [_flag(dotted)] + ([alias] if alias else [])
     if info.annotation is bool:
-        flag = _flag(dotted)
-        return click.option(f"{flag}/--no-{flag[2:]}", dest, default=None, help=help_text)
-    return click.option(_flag(dotted), dest, type=FieldType(info.annotation), default=None, help=help_text)
+        return click.option(*[f"{n}/--no-{n[2:]}" for n in names], dest, default=None, help=help_text)
+    return click.option(*names, dest, type=FieldType(info.annotation), default=None, help=help_text)
 
 
-def config_options(cls=RunConfig, with_preset: bool = True, section_presets: dict | None = None):
+def config_options(cls=RunConfig, with_preset: bool = True, section_presets: dict | None = None, *,
+                   aliases: dict[str, str] | None = None, exclude: tuple[str, ...] = (),
+                   defaults: dict | None = None):
     """Add ``--config``, ``--preset`` and one typed flag per config field (help from its docstring).
 
-    The wrapped command receives ``cfg`` (a validated ``cls``) instead of the raw flags.
-    ``section_presets`` (``{section: {preset: values}}``) are the artifact kinds' own presets.
+    The wrapped command receives ``cfg`` (a validated ``cls``) instead of the raw flags; a bad value is
+    one ``invalid config: field: why`` line (exit 2). ``section_presets`` (``{section: {preset:
+    values}}``) are the artifact kinds' own presets. ``aliases`` (``{field: "--name"}``) keeps an older
+    spelling of a field's flag working beside the generated one; ``exclude`` lists fields the command
+    sets itself (no flag); ``defaults`` (``{field: value}``) are the command's own defaults, below a
+    ``--config`` file and the flags (``cfg.model_fields_set`` then holds them, the file's and the flags').
     """
 
-    fields = list(leaf_fields(cls))
+    aliases = aliases or {}
+    defaults = defaults or {}
+    fields = [(d, info) for d, info in leaf_fields(cls) if d not in exclude]
+    unknown = (set(aliases) | set(defaults) | set(exclude)) - {d for d, _ in leaf_fields(cls)}
+    if unknown:
+        raise ValueError(f"config_options: {cls.__name__} has no field {', '.join(sorted(unknown))}")
 
     def decorator(fn):
         @functools.wraps(fn)
@@ -157,11 +169,11 @@ def config_options(cls=RunConfig, with_preset: bool = True, section_presets: dic
                 if value is not None:
                     overrides[key[len("cfg__"):].replace("__", ".")] = value
             cfg = build_config(preset=preset, file=config_file, overrides=overrides, cls=cls,
-                               section_presets=section_presets)
+                               section_presets=section_presets, base=defaults)
             return fn(*args, cfg=cfg, **kwargs)
 
         for dotted, info in reversed(fields):
-            wrapper = _option(dotted, info)(wrapper)
+            wrapper = _option(dotted, info, aliases.get(dotted), defaults.get(dotted))(wrapper)
         if with_preset:
             wrapper = click.option("--preset", default=None, help="Preset: quick (minutes on a laptop CPU) or default.")(wrapper)
         wrapper = click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
@@ -169,6 +181,20 @@ def config_options(cls=RunConfig, with_preset: bool = True, section_presets: dic
         return wrapper
 
     return decorator
+
+
+def command_group(cli: click.Group, name: str, help: str) -> click.Group:
+    """The command group ``stitchplug NAME``, made (with ``help``) by the first plugin that asks, so that
+    several plugins add commands under one group (``stitchplug experiment init``, ``... steering-fit``)."""
+    from .errors import PluginError
+
+    group = cli.commands.get(name)
+    if group is None:
+        group = click.Group(name, help=help)
+        cli.add_command(group)
+    elif not isinstance(group, click.Group):
+        raise PluginError(f"`stitchplug {name}` is already a command, not a group")
+    return group
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -254,6 +254,13 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def _set(data: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        data = data.setdefault(p, {})
+    data[leaf] = value
+
+
 def _field_path(cls: type[BaseModel] | None, loc: tuple) -> str:
     """The dotted field of an error's ``loc``, without the union members pydantic appends."""
     if cls is None:
@@ -356,12 +363,15 @@ def run_config_class(sections: dict[str, type[BaseModel]] | None = None) -> type
 
 def build_config(preset: str | None = None, file: str | Path | None = None,
                  overrides: dict[str, Any] | None = None, cls: type[BaseModel] = RunConfig,
-                 section_presets: dict[str, dict[str, dict]] | None = None) -> BaseModel:
-    """Layer defaults < preset < file < overrides (dotted keys such as ``stitch.solver``).
+                 section_presets: dict[str, dict[str, dict]] | None = None, base: dict | None = None) -> BaseModel:
+    """Layer defaults < ``base`` < preset < file < overrides (dotted keys such as ``stitch.solver``).
 
-    ``section_presets`` (``{section: {preset: values}}``) adds the artifact kinds' own presets.
+    ``section_presets`` (``{section: {preset: values}}``) adds the artifact kinds' own presets;
+    ``base`` (dotted keys) is a command's own defaults.
     """
     data: dict = {}
+    for dotted, value in (base or {}).items():
+        _set(data, dotted, value)
     if preset is not None:
         known = set(PRESETS) | {p for ps in (section_presets or {}).values() for p in ps}
         if preset not in known:
@@ -373,11 +383,7 @@ def build_config(preset: str | None = None, file: str | Path | None = None,
     if file is not None:
         data = _merge(data, read_file(file))
     for dotted, value in (overrides or {}).items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+        _set(data, dotted, value)
     try:
         cfg = cls.model_validate(data)
     except ValidationError as err:

@@ -209,19 +209,32 @@ def add_sweep_command(group: click.Group) -> None:
         click.echo(f"wrote the {section} sections of {run / 'report.md'} and {run / 'metrics.json'}")
 
 
-def _experiment_group(cli: click.Group) -> click.Group:
-    group = cli.commands.get("experiment")
-    if group is None:
-        @cli.group("experiment")
-        def group():
-            """Experiments that reuse a run folder (paper §3.1 and beyond)."""
-    return group
+def _with_recipe(cfg, recipe: str):
+    """``cfg`` with the arm settings of ``recipe`` where no flag or ``--config`` file gave them; the
+    label names any field given that differs from the recipe."""
+    from .config import RECIPES
+
+    base = {key: v for key, v in RECIPES[recipe].items() if key in type(cfg).model_fields}
+    given = cfg.model_fields_set
+    over = {key: getattr(cfg, key) for key in base if key in given and getattr(cfg, key) != base[key]}
+    label = recipe if not over else f"{recipe} + " + ", ".join(f"{key}={v}" for key, v in over.items())
+    return cfg.model_copy(update={**{key: v for key, v in base.items() if key not in given}, "recipe": label})
+
+
+EXPERIMENT_HELP = "Experiments that reuse a run folder (paper §3.1 and beyond)."
 
 
 def add_init_command(cli):
-    """Add ``stitchplug experiment init`` to the CLI (called by the plugin's ``register_commands``)."""
-    group = _experiment_group(cli)
-    if "init" in getattr(group, "commands", {}):
+    """Add ``stitchplug experiment init`` to the CLI (called by the plugin's ``register_commands``).
+
+    Its settings' flags are generated from :class:`~.config.InitExperimentConfig` (names, types, help,
+    defaults); the run-folder paths and ``--recipe`` are the command's own."""
+    from stitchplug.api import command_group, config_options
+
+    from .config import InitExperimentConfig
+
+    group = command_group(cli, "experiment", EXPERIMENT_HELP)
+    if "init" in group.commands:
         return
 
     @group.command("init")
@@ -231,32 +244,22 @@ def add_init_command(cli):
     @click.option("--stitch", "stitch_path", default=None, help="Stitch file [default: RUN/stitch/stitch.safetensors].")
     @click.option("--sae-target", "sae_dirs", multiple=True,
                   help="Transferred SAE folder(s), SAELens format; repeat for a width sweep [default: RUN/artifacts/sae/transferred].")
-    @click.option("--steps", type=int, default=2000, show_default=True, help="Training steps per arm.")
-    @click.option("--batch-size", type=int, default=1024, show_default=True, help="Tokens per step.")
-    @click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True,
-                  help="Max passes over the cached training tokens (1: each token read at most once; the report labels more).")
-    @_recipe_options
-    @click.option("--warm-start", type=click.Choice(["fold", "preserve"]), default="fold", show_default=True,
-                  help="How the stitched arm starts from theta': fold the decoder norms into the encoder, or keep them (step 0 = theta').")
-    @click.option("--eval-every", type=int, default=50, show_default=True, help="Steps between held-out evaluations.")
+    @click.option("--recipe", type=click.Choice(["paper", "tuned"]), default="paper", show_default=True,
+                  help="paper: lr 1e-4, no AuxK, scratch b_dec zeros; tuned: lr 4e-4, scratch b_dec mean (both "
+                       "unnormalised, dense-decode FLOPs). A flag or --config value overrides the recipe's, "
+                       "and the label says so.")
     @click.option("--eval-tokens", type=click.IntRange(min=1), default=8192, show_default=True, help="Held-out tokens evaluated.")
-    @click.option("--ma-window", type=int, default=5, show_default=True, help="Moving-average window (evaluations).")
-    @click.option("--thresholds", default="0.70,0.75,0.80,0.85,0.90", show_default=True,
-                  help="Comma-separated explained-variance thresholds.")
-    @click.option("--seed", type=int, default=0, show_default=True, help="Data order and scratch init seed.")
     @click.option("--stitch-flops", type=click.IntRange(min=0), default=None, help="Override the stitch sidecar's 'flops'.")
-    @click.option("--source-sae-flops", type=int, default=None, help="FLOPs of the source SAE on A, if known.")
     @click.option("--target-layer", type=click.IntRange(min=0), default=None, help="Target layer (default: from the stitch sidecar).")
-    def init_cmd(run_dir, cache_path, stitch_path, sae_dirs, steps, batch_size, epochs, recipe, lr, aux_k_coef,
-                 b_dec_in, scratch_b_dec, decode, warm_start, eval_every, eval_tokens, ma_window, thresholds, seed,
-                 stitch_flops, source_sae_flops, target_layer):
+    @config_options(InitExperimentConfig, with_preset=False, exclude=("recipe",), defaults={"epochs": 1},
+                    aliases={"apply_b_dec_to_input": "--b-dec-in"})
+    def init_cmd(cfg, run_dir, cache_path, stitch_path, sae_dirs, recipe, eval_tokens, stitch_flops, target_layer):
         """Train an SAE on model B from the transferred SAE and from scratch; report FLOPs savings."""
         run = Path(run_dir)
-        fields, _ = _recipe_fields(recipe, lr=lr, aux_k_coef=aux_k_coef, apply_b_dec_to_input=b_dec_in,
-                                   scratch_b_dec=scratch_b_dec)
-        cfg = _experiment_config(thresholds, steps=steps, batch_size=batch_size, eval_every=eval_every,
-                                 ma_window=ma_window, seed=seed, source_sae_flops=source_sae_flops, decode=decode,
-                                 warm_start=warm_start, epochs=epochs, **fields)
+        cfg = _with_recipe(cfg, recipe)
+        if cfg.epochs is None:  # `epochs: null` in a --config file: single-epoch, as the flag's default
+            cfg = cfg.model_copy(update={"epochs": 1})
+        epochs = cfg.epochs
         d_cache, d_stitch, d_sae = default_paths(run)
         with lock_run_folder(run, "stitchplug experiment init"):  # one writer per run folder
             RunFolder(run).check_readable()

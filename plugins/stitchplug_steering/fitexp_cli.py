@@ -5,15 +5,6 @@ from __future__ import annotations
 import click
 
 
-def _experiment_group(cli: click.Group) -> click.Group:
-    group = cli.commands.get("experiment")
-    if group is None:
-        @cli.group("experiment")
-        def group():
-            """Experiments that reuse a run folder (paper §3.1 and beyond)."""
-    return group
-
-
 def _overrides(items: tuple[str, ...]) -> dict:
     import yaml
 
@@ -29,8 +20,10 @@ def _overrides(items: tuple[str, ...]) -> dict:
 
 
 def add_command(cli: click.Group) -> None:
-    group = _experiment_group(cli)
-    if "steering-fit" in getattr(group, "commands", {}):
+    from stitchplug.api import command_group
+
+    group = command_group(cli, "experiment", "Experiments that reuse a run folder (paper §3.1 and beyond).")
+    if "steering-fit" in group.commands:
         return
 
     @group.command("steering-fit")
