@@ -111,3 +111,26 @@ def test_bad_host_workers_is_refused(tmp_path, pair):
     with pytest.raises(CacheError, match="host_workers must be at least 1"):
         build_cache(tmp_path / "c.h5", *pair, host_workers=0, **KW)
     assert not Path(f"{tmp_path / 'c.h5'}.shards").exists()
+
+
+def test_host_workers_is_not_in_any_stage_identity(tmp_path):
+    from stitchplug.config import build_config, run_config_class
+    from stitchplug.run.pipeline import Pipeline
+
+    cls = run_config_class()
+    base = Pipeline(build_config(cls=cls, overrides={"output_dir": str(tmp_path)}), log=lambda m: None)
+    other = Pipeline(build_config(cls=cls, overrides={"output_dir": str(tmp_path), "cache.host_workers": 5}),
+                     log=lambda m: None)
+    assert base.stage_deps() == other.stage_deps()
+    assert all("host_workers" not in deps.get("cache", {}) for deps in other.stage_deps().values())
+
+
+def test_cli_refuses_zero_host_workers_before_anything_runs(tmp_path, capsys):
+    from stitchplug.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["cache", "--models-source", SOURCE, "--models-target", TARGET, "--output", str(tmp_path / "c.h5"),
+              "--cache-host-workers", "0"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "cache.host_workers" in err and "Traceback" not in err
+    assert not (tmp_path / "c.h5.shards").exists()
