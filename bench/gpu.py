@@ -371,6 +371,7 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--out", default=os.environ.get("OUT"), help="folder for gpu.json (partial results)")
     ap.add_argument("--work-dir", default=None, help="where caches are written (default: the temp folder)")
     ap.add_argument("--queue-depth", type=int, default=2, help="cache.queue_depth of the overlapped cache rows")
+    ap.add_argument("--host-workers", type=int, default=2, help="cache.host_workers of the overlapped cache rows")
     ap.add_argument("--dist-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--dist-out", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()

@@ -25,7 +25,8 @@ class _Enc:
 
 def sec_cache(a, state) -> dict:
     """``build_cache`` end to end with the writer overlapped (``--queue-depth``, issue 24) at each batch
-    size, and at ``a.sync_batches`` also with queue depth 0 (the synchronous path, as ``gpu-h200.json``
+    size (``--host-workers`` threads for the host work), and at ``a.sync_batches`` also with queue depth 0
+    and one host worker (the synchronous path, all in one thread, as ``gpu-h200.json``
     measured it; the time inside ``capture`` is measured on that row only, since timing a forward needs
     a synchronize that would stop the overlap). ``vs_forward``: end-to-end tokens/s over the ``forward``
     section's pair rate at the same batch; ``shards_identical``: the two builds' shard files, byte for byte."""
@@ -38,7 +39,8 @@ def sec_cache(a, state) -> dict:
 
     register_corpus()
     out = {"corpus": CORPUS, "context_size": a.context_size, "storage_dtype": a.cache_dtype,
-           "source_layer": a.source_layer, "target_layer": a.target_layer, "queue_depth": a.queue_depth}
+           "source_layer": a.source_layer, "target_layer": a.target_layer, "queue_depth": a.queue_depth,
+           "host_workers": a.host_workers}
     src, tgt = state["source"], state["target"]
     inside = {"s": 0.0}
 
@@ -80,7 +82,7 @@ def sec_cache(a, state) -> dict:
                 src.capture, tgt.capture = timed(src), timed(tgt)
             kw = dict(corpus=CORPUS, context_size=a.context_size, source_layers=[a.source_layer],
                       target_layers=[a.target_layer], dtype=a.cache_dtype, batch_size=bs, progress=False,
-                      log=lambda m: None, queue_depth=depth)
+                      log=lambda m: None, queue_depth=depth, host_workers=a.host_workers if depth else 1)
             build_cache(work / f"warm{bs}.h5", src, tgt, tokens=max(256, a.cache_tokens // 8), **kw)
             shutil.rmtree(work / f"warm{bs}.h5.shards", ignore_errors=True)
             (work / f"warm{bs}.h5").unlink(missing_ok=True)
@@ -98,7 +100,7 @@ def sec_cache(a, state) -> dict:
             with h5py.File(path, "r") as f:
                 rows = int(f.attrs["n_tokens"])
             st = writer.FORWARD_STATS
-            row = {"tokens": rows, "queue_depth": depth, "seconds": round(s, 2), "tokens_per_s": round(rows / s),
+            row = {"tokens": rows, "queue_depth": depth, "host_workers": kw["host_workers"], "seconds": round(s, 2), "tokens_per_s": round(rows / s),
                    "bytes_on_disk": disk, "bytes_per_row": round(disk / max(rows, 1)),
                    "padding_ratio": round(st["positions"] / max(st["tokens"], 1), 3),
                    "disk_write_mb_per_s": round(disk / s / 1e6)}

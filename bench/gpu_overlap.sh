@@ -5,7 +5,9 @@
 #   with the writer overlapped (queue depth 2) at batch 8 and 64 plus the synchronous batch-64 row (queue
 #   depth 0, as bench/gpu-h200.json measured it), the ratio to the forwards ("vs_forward") and a byte
 #   comparison of the two batch-64 caches ("batch_64_shards_identical"), then the SAE trainer and the
-#   stitch's Adam with and without TF32 through the project's flags (sae.allow_tf32, stitch.allow_tf32).
+#   stitch's Adam with and without TF32 through the project's flags (sae.allow_tf32, stitch.allow_tf32);
+#   then bench/cache_host.py (the cache's host work alone, old single thread vs cache.host_workers) into
+#   $OUT/cache_host.json.
 # Needs: torch with CUDA, transformers, h5py on the machine (the H200 image had them); the other wheels
 # travel in .gpu-wheels/ (an ignored folder: pass it in the run's carry list) and are installed with
 # --no-deps into a private folder, as for bench/gpu-h200.json. No network, no model downloads.
@@ -30,6 +32,10 @@ PYTHONPATH="$SITE:.:plugins" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 timeout 330 \
     > "$OUT/gpu.stdout" 2> "$OUT/gpu.log"
 rc=$?
 tail -n 25 "$OUT/gpu.log"
+# the cache's host work alone (no models, no GPU): the single-thread code before cache.host_workers vs the pool
+PYTHONPATH="$SITE:.:plugins" timeout 120 python3 bench/cache_host.py --out "$OUT/cache_host.json" \
+    > "$OUT/cache_host.stdout" 2> "$OUT/cache_host.log" || echo "bench/cache_host.py failed (see cache_host.log)" >&2
+cat "$OUT/cache_host.json" 2>/dev/null
 python3 - "$OUT/gpu.json" <<'PY'
 import json, sys
 try:

@@ -171,6 +171,8 @@ class CacheConfig(_Section):
     """Context windows per forward pass while caching."""
     queue_depth: int = Field(2, ge=0)
     """Shards that may wait for the writer thread (and be windowed ahead) while the next shard's forwards run; 0: no overlap, all in one thread. Bounds host memory (about depth + 2 shards of activations); the bytes written do not depend on it, so it is not part of the cache's identity."""
+    host_workers: int = Field(2, ge=1, le=64)
+    """Threads that gather, pack (e.g. to bfloat16) and digest each shard's layers for the writer; 1: the writer thread alone. Only speed depends on it (the bytes written are the same), so it is not part of the cache's identity."""
     aligner: str = Field("auto", json_schema_extra={"added_later": True})
     """Token aligner between the two tokenizers: 'auto' (identity for one tokenizer, end-offsets otherwise) or a registered aligner name (`stitchplug plugins`); used for the cache and every held-out window."""
 

@@ -177,7 +177,7 @@ def test_cli_writer_thread_failure_is_one_line(tmp_path, capsys, monkeypatch):
     """A full disk while the writer thread stamps a shard: one line on stderr, exit 1, no entry file."""
     from stitchplug.cli import main
 
-    def full(path):
+    def full(path, *known):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
     monkeypatch.setattr(integrity, "stamp", full)

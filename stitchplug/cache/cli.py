@@ -65,6 +65,7 @@ def run_cache(cfg: CacheCommandConfig, log=None) -> Path:
                                    context_size=c.context_size, dtype=c.dtype, batch_size=c.batch_size,
                                    aligner=cfg.aligner, eval_fraction=c.eval_fraction, split_seed=cfg.seed,
                                    progress=cfg.progress, shard_rows=cfg.shard_rows, queue_depth=c.queue_depth,
+                                   host_workers=c.host_workers,
                                    log=log)
     return path
 

@@ -49,10 +49,14 @@ def _digest_and_finite(ds: h5py.Dataset) -> tuple[str, bool]:
     return h.hexdigest(), finite
 
 
-def stamp(path: str | Path) -> None:
-    """Store the digest of every dataset of the shard file ``path`` (call before renaming it final)."""
+def stamp(path: str | Path, known: dict[str, str] | None = None) -> None:
+    """Store the digest of every dataset of the shard file ``path`` (call before renaming it final).
+    ``known``: digests already computed from the bytes written (:func:`~stitchplug.cache.hostwork.digest`);
+    the other datasets are read back."""
+    known = known or {}
     with h5py.File(path, "r+") as f:
-        f.attrs[DIGEST_ATTR] = json.dumps({n: _digest_and_finite(f[n])[0] for n in _datasets(f)}, sort_keys=True)
+        f.attrs[DIGEST_ATTR] = json.dumps({n: known[n] if n in known else _digest_and_finite(f[n])[0]
+                                           for n in _datasets(f)}, sort_keys=True)
 
 
 def verify_shard(path: str | Path) -> str | None:

@@ -284,7 +284,8 @@ def cache_stage(cfg, path: str | Path, model: Callable[[str], ModelAdapter], pro
                                     corpus=c.corpus, doc_start=c.doc_start, max_docs=c.max_docs, tokens=c.tokens,
                                     context_size=c.context_size, dtype=c.dtype, batch_size=c.batch_size,
                                     aligner=c.aligner, eval_fraction=c.eval_fraction, split_seed=cfg.seed,
-                                    queue_depth=c.queue_depth, progress=progress, log=log)
+                                    queue_depth=c.queue_depth, host_workers=c.host_workers, progress=progress,
+                                    log=log)
     with open_cache(out) as cache:
         ra, rb = cache.alignment_rate
         return {"path": str(out), "n_tokens": int(cache.n_tokens), "alignment_rate": {"source": ra, "target": rb},

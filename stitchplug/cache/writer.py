@@ -35,7 +35,8 @@ from . import integrity
 from .align import fingerprint, get_aligner
 from .corpus import corpus_fingerprint
 from .format import (BF16_ATTR, FORMAT, FORMAT_VERSION, RESUME_FIELDS, SIDES, STORAGE_DTYPES,
-                     config_diff, layer_key, open_h5, refuse_mismatch, shard_dir, store, stored_config)
+                     config_diff, layer_key, open_h5, refuse_mismatch, shard_dir, stored_config)
+from .hostwork import HOST_WORKERS, HostPool, PackedLayer
 from .overlap import ShardWriter, read_ahead
 from .plan import FORWARD_STATS, Acts, Doc, Shard, forward, group_shards, plan_docs  # noqa: F401 (FORWARD_STATS)
 
@@ -66,6 +67,7 @@ class _Writer:
         self.dir = shard_dir(path)
         self.extra = dict(extra or {})  # further shard attributes (e.g. the layer selection: a resume needs no probe)
         self.after_write: Callable[[int, Path], None] | None = None
+        self.pool = HostPool(1)  # build_cache gives it cache.host_workers threads (and closes them)
 
     def shard_path(self, k: int) -> Path:
         return self.dir / f"shard_{k:05d}.h5"
@@ -98,19 +100,25 @@ class _Writer:
 
     def store_shard(self, k: int, shard: Shard, acts: dict) -> dict:
         """The host work of shard ``k`` (the writer thread's): gather the aligned rows, pack them to the
-        storage dtype, write ``shard_k.h5.tmp``, store its digests, fsync and rename it final."""
+        storage dtype, write ``shard_k.h5.tmp``, store its digests, fsync and rename it final. The gather,
+        packing and digests of the layers run on ``self.pool`` (:mod:`~stitchplug.cache.hostwork`)."""
         cfg, n = self.cfg, shard.rows
         wins = shard.windows()
-        cols = {side: {l: [] for l in cfg[f"{side}_layers"]} for side in SIDES}
+        pieces = {side: {l: [] for l in cfg[f"{side}_layers"]} for side in SIDES}
         meta = {k2: [] for k2 in ("source/token_ids", "target/token_ids", "source/ends", "target/ends", "doc_ids")}
         for wi, (doc, w, keep) in enumerate(wins):
             ia, ib = w.idx_source[:keep], w.idx_target[:keep]
             for side, idx, enc in (("source", ia, w.source), ("target", ib, w.target)):
                 for l in cfg[f"{side}_layers"]:
-                    cols[side][l].append(acts[side][wi][l][idx])
+                    pieces[side][l].append((acts[side][wi][l], idx))
                 meta[f"{side}/token_ids"].append(enc.ids.numpy()[idx].astype(np.int32))
                 meta[f"{side}/ends"].append(enc.ends.numpy()[idx].astype(np.int32))
             meta["doc_ids"].append(np.full(len(ia), doc.index, dtype=np.int64))
+        # every layer's gather and packing starts now on the pool (hostwork); the file is written in order
+        packed = {(side, l): PackedLayer(self.pool, parts, self.source.d_model if side == "source" else self.target.d_model,
+                                         cfg["dtype"], f"{side} layer {l} ({cfg[f'{side}_model']})")
+                  for side in SIDES for l, parts in pieces[side].items()}
+        digests: dict = {}
         final = self.shard_path(k)
         tmp = final.with_name(final.name + ".tmp")
         with removing(tmp), h5py.File(tmp, "w") as f:  # a full disk: one line, no .tmp left
@@ -121,14 +129,12 @@ class _Writer:
             f.attrs["rows"] = n
             for key, value in self.extra.items():
                 f.attrs[key] = value
-            for side in SIDES:
-                d = self.source.d_model if side == "source" else self.target.d_model
-                for l, parts in cols[side].items():
-                    x = np.concatenate(parts) if parts else np.zeros((0, d), np.float32)
-                    ds = f.create_dataset(f"{side}/{layer_key(l)}",
-                                          data=store(x, cfg["dtype"], f"{side} layer {l} ({cfg[f'{side}_model']})"))
-                    if cfg["dtype"] == "bfloat16":
-                        ds.attrs[BF16_ATTR] = "bfloat16"
+            for (side, l), layer in packed.items():
+                name = f"{side}/{layer_key(l)}"
+                ds = f.create_dataset(name, data=layer.array())  # its digest is computed meanwhile
+                if cfg["dtype"] == "bfloat16":
+                    ds.attrs[BF16_ATTR] = "bfloat16"
+                digests[name] = layer
             for key, parts in meta.items():
                 f.create_dataset(key, data=np.concatenate(parts) if parts else np.zeros(0, np.int64))
             f.create_dataset("docs/index", data=np.array([d.index for d in shard.docs], dtype=np.int64))
@@ -136,7 +142,8 @@ class _Writer:
             f.create_dataset("docs/n_rows", data=np.array([d.rows for d in shard.docs], dtype=np.int64))
             f.create_dataset("docs/stats", data=np.array([[d.real[0], d.real[1], d.aligned] for d in shard.docs],
                                                          dtype=np.int64).reshape(-1, 3))
-        integrity.stamp(tmp)
+            digests = {name: layer.digest() for name, layer in digests.items()}
+        integrity.stamp(tmp, digests)  # the layers' digests from memory; the small datasets' read back
         _fsync_replace(tmp, final)
         if self.after_write is not None:
             self.after_write(k, final)
@@ -252,7 +259,7 @@ def build_cache(path: str | Path, source: ModelAdapter, target: ModelAdapter, *,
                 log: Callable[[str], None] | None = None, corpus_cache_dir: str | None = None,
                 extra_attrs: dict | None = None, planned: Sequence[Doc] | None = None,
                 ready: dict[int, dict[str, dict[int, Acts]]] | None = None, queue_depth: int = QUEUE_DEPTH,
-                after_write: Callable[[int, Path], None] | None = None) -> Path:
+                after_write: Callable[[int, Path], None] | None = None, host_workers: int = HOST_WORKERS) -> Path:
     """Build the paired cache at ``path`` (an ``.h5`` entry file), resuming finished shards.
 
     Returns ``path``. An existing complete cache with the same content config is reused as is;
@@ -269,6 +276,8 @@ def build_cache(path: str | Path, source: ModelAdapter, target: ModelAdapter, *,
     ``queue_depth``: shards that may wait for the writer thread while the next shard's forwards run
     (and shards windowed ahead); 0 runs everything in this thread, in order (:mod:`~stitchplug.cache.overlap`).
     The bytes written are the same at every depth, so it is not part of the cache's identity.
+    ``host_workers``: threads that gather, pack and digest a shard's layers (1: the writer thread alone;
+    :mod:`~stitchplug.cache.hostwork`); the bytes are the same for any number, so it is not part of the identity either.
     ``after_write(k, path)`` is called by the writer (thread) after shard ``k`` is final on disk.
     """
     from ..progress import progress as progress_bar
@@ -281,6 +290,8 @@ def build_cache(path: str | Path, source: ModelAdapter, target: ModelAdapter, *,
                        context_size=context_size, source_layers=source_layers, target_layers=target_layers,
                        dtype=dtype, aligner=aligner, shard_rows=shard_rows)
     row_bytes = cfg.pop("_row_bytes")
+    if int(host_workers) < 1:
+        raise CacheError(f"cache host_workers must be at least 1, not {host_workers}")
     if check_existing(path, cfg) and integrity.first_bad_shard(path) is None:
         log(f"cache {path} is complete, matches and its shards verify; reusing it")
         return path
@@ -293,9 +304,11 @@ def build_cache(path: str | Path, source: ModelAdapter, target: ModelAdapter, *,
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         raise CacheError(f"another stitchplug process is writing {path}") from None
+    writer = None
     try:
         cfg["batch_size"] = int(batch_size)  # shards only: a finished cache is reused at any batch size
         writer = _Writer(path, source, target, cfg, batch_size, lambda t: None, extra_attrs)
+        writer.pool = HostPool(host_workers)
         if rank == 0:  # repairs touch every rank's shards: one rank does them while the others wait
             for stale in sdir.glob("*.tmp"):
                 stale.unlink()
@@ -378,6 +391,8 @@ def build_cache(path: str | Path, source: ModelAdapter, target: ModelAdapter, *,
                                        **(extra_attrs or {})})
         dist.barrier()  # the entry file exists on return, on every rank
     finally:
+        if writer is not None:
+            writer.pool.close()
         fcntl.flock(lock, fcntl.LOCK_UN)
         lock.close()
     return path

@@ -136,7 +136,8 @@ class Pipeline:
         """The config ``sections`` (and the core's) a stage depends on; a field marked ``added_later``
         is left out while at its default, so folders written before it existed resume."""
         data = self.cfg.model_dump(mode="json")
-        data["cache"].pop("queue_depth", None)  # how the cache is written, not what: never part of a stage's identity
+        for how in ("queue_depth", "host_workers"):  # how the cache is written, not what: never part of a stage's identity
+            data["cache"].pop(how, None)
         for name, value in data.items():
             section = getattr(self.cfg, name, None)
             if isinstance(value, dict) and hasattr(type(section), "model_fields"):
