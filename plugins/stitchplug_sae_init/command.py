@@ -85,54 +85,6 @@ def default_paths(run: Path) -> tuple[Path, Path, Path]:
     return rf.cache, rf.stitch, rf.artifact("sae", "transferred")
 
 
-def _recipe_options(f):
-    """``--recipe`` and the recipe fields it sets (an explicit flag overrides the recipe; the label then says so)."""
-    for opt in reversed([
-        click.option("--recipe", type=click.Choice(["paper", "tuned"]), default="paper", show_default=True,
-                     help="paper: k 64, lr 1e-4, no AuxK, scratch b_dec zeros; tuned: k 32, lr 4e-4, scratch b_dec mean "
-                          "(both unnormalised, dense-decode FLOPs; k applies where an SAE is trained from scratch)."),
-        click.option("--lr", type=float, default=None, help="Constant Adam learning rate [default: the recipe's]."),
-        click.option("--aux-k-coef", type=float, default=None,
-                     help="AuxK loss coefficient on dead latents, all arms [default: the recipe's, 0]."),
-        click.option("--b-dec-in/--no-b-dec-in", "b_dec_in", default=True, show_default=True,
-                     help="Encoder reads x - b_dec (SAELens default) in every arm; --no-b-dec-in: reads x, as theta' does."),
-        click.option("--scratch-b-dec", type=click.Choice(["zeros", "mean"]), default=None,
-                     help="Scratch arm decoder-bias init [default: the recipe's]."),
-        click.option("--decode", type=click.Choice(["dense", "sparse"]), default="dense", show_default=True,
-                     help="sparse: the k-row step (same loss/gradients, faster at large widths); dense FLOPs are charged."),
-    ]):
-        f = opt(f)
-    return f
-
-
-def _recipe_fields(recipe: str, **given) -> tuple[dict, int]:
-    """The arm settings of ``recipe`` with the flags given (not None); the label names any override."""
-    from .experiment import RECIPES
-
-    base = dict(RECIPES[recipe])
-    k = base.pop("k")
-    base.pop("normalize")
-    over = {key: v for key, v in given.items() if v is not None and base.get(key, v) != v}
-    fields = {**base, **{key: v for key, v in given.items() if v is not None}}
-    fields["recipe"] = recipe if not over else f"{recipe} + " + ", ".join(f"{key}={v}" for key, v in over.items())
-    return fields, k
-
-
-def _experiment_config(thresholds: str, **fields):
-    from pydantic import ValidationError
-
-    from .experiment import InitExperimentConfig
-
-    try:
-        ts = [float(t) for t in thresholds.split(",") if t.strip()]
-        return InitExperimentConfig(thresholds=ts, **fields)
-    except ValidationError as exc:
-        e = exc.errors()[0]
-        raise ConfigError(f"invalid option --{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}") from None
-    except ValueError as exc:
-        raise ConfigError(f"invalid --thresholds {thresholds!r}: {exc}") from None
-
-
 def _ints(name: str, text: str) -> list[int]:
     try:
         return [int(float(v)) for v in text.split(",") if v.strip()]
@@ -140,8 +92,20 @@ def _ints(name: str, text: str) -> list[int]:
         raise ConfigError(f"invalid --{name} {text!r}: expected comma-separated integers") from None
 
 
+SWEEP_EXCLUDE = ("recipe", "steps", "warm_start", "source_sae_flops")
+"""Config fields with no ``init-sweep`` flag: ``--recipe`` is the command's own, the budgets set the
+steps, ``--warm-starts`` the arms, and the sweep trains (and reports) its own source SAE."""
+
+
 def add_sweep_command(group: click.Group) -> None:
-    """``stitchplug experiment init-sweep``: widths x budgets x warm starts, resumable."""
+    """``stitchplug experiment init-sweep``: widths x budgets x warm starts, resumable.
+
+    Its settings' flags are generated from :class:`~.config.InitExperimentConfig` as ``init``'s are
+    (less :data:`SWEEP_EXCLUDE`); the sweep's own options (widths, budgets, warm starts, k, paths) are
+    the command's."""
+    from stitchplug.api import config_options
+
+    from .config import InitExperimentConfig
 
     @group.command("init-sweep")
     @click.option("--run", "run_dir", type=click.Path(file_okay=False), default="runs/default", show_default=True,
@@ -154,38 +118,38 @@ def add_sweep_command(group: click.Group) -> None:
                   help="Comma-separated token budgets per arm (smaller ones are read from the largest run's prefix).")
     @click.option("--warm-starts", default="fold,preserve", show_default=True, help="Comma-separated warm-start arms.")
     @click.option("--k", type=int, default=None, help="TopK k [default: the recipe's].")
-    @click.option("--batch-size", type=int, default=1024, show_default=True, help="Tokens per step.")
-    @click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True,
-                  help="Max passes over the cached training tokens (1: single-epoch; more is labelled in the report).")
-    @_recipe_options
-    @click.option("--eval-every", type=int, default=50, show_default=True, help="Steps between held-out evaluations.")
+    @click.option("--recipe", type=click.Choice(["paper", "tuned"]), default="paper", show_default=True,
+                  help="paper: k 64, lr 1e-4, no AuxK, scratch b_dec zeros; tuned: k 32, lr 4e-4, scratch b_dec mean "
+                       "(both unnormalised, dense-decode FLOPs; k applies where an SAE is trained from scratch). "
+                       "A flag or --config value overrides the recipe's, and the label says so.")
     @click.option("--eval-tokens", type=click.IntRange(min=1), default=8192, show_default=True, help="Held-out tokens evaluated.")
-    @click.option("--ma-window", type=int, default=5, show_default=True, help="Moving-average window (evaluations).")
-    @click.option("--thresholds", default="0.70,0.75,0.80,0.85,0.90", show_default=True,
-                  help="Comma-separated explained-variance thresholds.")
-    @click.option("--seed", type=int, default=0, show_default=True, help="Data order and scratch init seed.")
     @click.option("--section", default="init_experiment", show_default=True,
                   help="metrics.json / report section written (another name keeps a second sweep beside the first).")
-    def sweep_cmd(run_dir, cache_path, stitch_path, sweep_dir, widths, budgets, warm_starts, k, batch_size, epochs,
-                  recipe, lr, aux_k_coef, b_dec_in, scratch_b_dec, decode, eval_every, eval_tokens, ma_window,
-                  thresholds, seed, section):
+    @config_options(InitExperimentConfig, with_preset=False, exclude=SWEEP_EXCLUDE, defaults={"epochs": 1},
+                    aliases={"apply_b_dec_to_input": "--b-dec-in"})
+    def sweep_cmd(cfg, run_dir, cache_path, stitch_path, sweep_dir, widths, budgets, warm_starts, k, recipe,
+                  eval_tokens, section):
         """Source SAE on A, transfer, scratch and warm-start arms on B, per width; savings per budget."""
         from pydantic import ValidationError
 
+        from .config import RECIPES
         from .sweep import SweepConfig, run_sweep
         from .sweep_report import plot_sweep, sweep_markdown
 
         run = Path(run_dir)
-        fields, k_recipe = _recipe_fields(recipe, lr=lr, aux_k_coef=aux_k_coef, apply_b_dec_to_input=b_dec_in,
-                                          scratch_b_dec=scratch_b_dec)
+        for name, instead in (("warm_start", "--warm-starts"), ("source_sae_flops", "the sweep's own source SAE")):
+            if name in cfg.model_fields_set:  # only a --config file can set them: no flag
+                raise ConfigError(f"invalid config: {name}: not a setting of init-sweep (it uses {instead})")
+        cfg = _with_recipe(cfg, recipe)  # `steps` comes from the budgets (run_sweep sets it)
+        if cfg.epochs is None:  # `epochs: null` in a --config file: single-epoch, as the flag's default
+            cfg = cfg.model_copy(update={"epochs": 1})
+        k_recipe = RECIPES[recipe]["k"]
         if k is not None and k != k_recipe:
-            fields["recipe"] += (", " if " + " in fields["recipe"] else " + ") + f"k={k}"
-        cfg = _experiment_config(thresholds, batch_size=batch_size, eval_every=eval_every, ma_window=ma_window,
-                                 seed=seed, decode=decode, epochs=epochs, **fields)
+            cfg = cfg.model_copy(update={"recipe": cfg.recipe + (", " if " + " in cfg.recipe else " + ") + f"k={k}"})
         try:
             sweep = SweepConfig(widths=_ints("widths", widths), budgets=_ints("budgets", budgets),
                                 warm_starts=[w.strip() for w in warm_starts.split(",") if w.strip()],
-                                k=k or k_recipe, epochs=epochs)
+                                k=k_recipe if k is None else k, epochs=cfg.epochs)
         except ValidationError as exc:
             e = exc.errors()[0]
             raise ConfigError(f"invalid option --{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}") from None
