@@ -263,6 +263,18 @@ def test_atomic_writer_removes_its_tmp_on_failure(tmp_path, monkeypatch):
 
 
 # -- logs: plain progress lines when stderr is not a terminal ----------------------------------------
+def test_every_progress_bar_goes_through_the_one_helper():
+    """A bare tqdm bar writes carriage returns into a redirected log (found in `browse`): every module of
+    the core and the first-party plugins reports progress through stitchplug.progress instead."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    direct = re.compile(r"^\s*(from tqdm|import tqdm)", re.M)
+    offenders = [str(p.relative_to(root)) for base in ("stitchplug", "plugins") for p in (root / base).rglob("*.py")
+                 if p.name != "progress.py" and direct.search(p.read_text())]
+    assert offenders == []
+
+
 def test_a_cache_run_redirected_to_a_file_writes_plain_progress_lines(tmp_path):
     import os
     import subprocess

@@ -6,6 +6,7 @@ from stitchplug.api import (  # noqa: F401
     StitchplugError,
     folded_unembed,
     heldout_texts,
+    progress as progress_bar,
     resid_hook,
     write_json_atomic,
     write_text_atomic,

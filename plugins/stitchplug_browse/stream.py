@@ -25,7 +25,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ._core import StageError
+from ._core import StageError, progress_bar
 
 HIST_EDGES = np.logspace(-3, 4, 71)
 """Activation histogram bins (log-spaced, 10 per decade from 1e-3 to 1e4; values outside land in the end bins)."""
@@ -182,9 +182,8 @@ def run_pass(side: str, adapter: Any, sae: Any, layer: int, wins: list, state_pa
     ids_of = (lambda w: (w.ids_a, w.special_a)) if side == "a" else (lambda w: (w.ids_b, w.special_b))
     bar = None
     if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(wins), initial=st.next_doc, desc=f"browse pass {side.upper()}", unit="doc", leave=False)
+        bar = progress_bar(total=len(wins), initial=st.next_doc, desc=f"browse pass {side.upper()}", unit="doc",
+                           leave=False)
     since = 0
     while st.next_doc < len(wins):
         docs = list(range(st.next_doc, min(st.next_doc + chunk, len(wins))))
