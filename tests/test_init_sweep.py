@@ -125,3 +125,24 @@ def test_killed_sweep_resumes_without_retraining_finished_arms(tiny_run, tmp_pat
     trained = out.stdout.count(": training arm ")
     assert trained == 2 * 3 - len(arms_done)
     assert (sweep_dir / "w32" / "preserve.json").exists()
+
+
+def test_sweep_plot_points_keep_lower_bounds_and_drop_missing_crossings(tmp_path):
+    """The saving plots draw an exact saving as a point, a lower bound (scratch never crossed) as a
+    flagged point, and nothing where the warm start itself never crossed; every threshold gets a panel."""
+    from stitchplug_sae_init.sweep_report import plot_sweep, saving_points
+
+    def cell(s=None, at_least=None):
+        return {"savings": s, "savings_at_least": at_least}
+
+    def row(c70, c90):
+        return {"savings": {"fold": {"fvu": {"0.70": c70, "0.90": c90}}}}
+
+    result = {"recipe": "paper", "config": {"warm_starts": ["fold"]}, "widths": {"16": {}, "32": {}},
+              "budgets": {"640": {"widths": {"16": row(cell(0.25), cell()), "32": row(cell(None, 0.5), cell())}}}}
+    assert saving_points(result, "fold", "0.70", by="width", other="640") == [(16, 25.0, False), (32, 50.0, True)]
+    assert saving_points(result, "fold", "0.90", by="width", other="640") == []
+    assert saving_points(result, "fold", "0.70", by="budget", other="32") == [(640, 50.0, True)]
+    paths = plot_sweep(result, tmp_path)
+    assert [p.name for p in paths] == ["init_sweep_saving_vs_width.png", "init_sweep_saving_vs_budget.png"]
+    assert all(p.stat().st_size > 1000 for p in paths)

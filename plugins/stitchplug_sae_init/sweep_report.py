@@ -9,13 +9,31 @@ from .report import PAPER, _fmt, _pct
 KEY = "0.90"
 
 
-def _saving(row: dict, ws: str, t: str = KEY) -> float | None:
-    cell = row["savings"][ws]["fvu"].get(t) or {}
-    return cell.get("savings")
+def saving_points(result: dict, ws: str, t: str, *, by: str, other: str) -> list[tuple[int, float, bool]]:
+    """``(x, saving %, is_lower_bound)`` for warm start ``ws`` at threshold ``t`` along ``by`` ('width' or
+    'budget'), the other axis fixed at ``other``. A lower bound (scratch never crossed, the warm start
+    did) is kept and flagged; a cell where the warm start never crossed has no point."""
+    xs = sorted(result["widths"] if by == "width" else result["budgets"], key=int)
+    pts = []
+    for x in xs:
+        b, w = (other, x) if by == "width" else (x, other)
+        cell = result["budgets"][b]["widths"][w]["savings"][ws]["fvu"].get(t) or {}
+        if cell.get("savings") is not None:
+            pts.append((int(x), 100 * cell["savings"], False))
+        elif cell.get("savings_at_least") is not None:
+            pts.append((int(x), 100 * cell["savings_at_least"], True))
+    return pts
+
+
+def _thresholds(result: dict) -> list[str]:
+    row = next(iter(next(iter(result["budgets"].values()))["widths"].values()))
+    return list(next(iter(row["savings"].values()))["fvu"])
 
 
 def plot_sweep(result: dict, out_dir: str | Path) -> list[Path]:
-    """``init_sweep_saving_vs_width.png`` and ``init_sweep_saving_vs_budget.png`` (saving at EV 0.90)."""
+    """``init_sweep_saving_vs_width.png`` and ``init_sweep_saving_vs_budget.png``: one panel per EV
+    threshold (the last is the paper's 0.90), filled markers for savings, hollow ones for lower bounds
+    (scratch never crossed), and a panel that says so where no warm start crossed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -24,30 +42,48 @@ def plot_sweep(result: dict, out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ws_list = result["config"]["warm_starts"]
-    budgets = sorted(result["budgets"], key=int)
-    widths = sorted(result["widths"], key=int)
+    ts = _thresholds(result)
     paths = []
-    for name, xs, series, xlabel in (
-            ("init_sweep_saving_vs_width.png", widths, [(ws, b) for ws in ws_list for b in budgets], "SAE width"),
-            ("init_sweep_saving_vs_budget.png", budgets, [(ws, w) for ws in ws_list for w in widths], "token budget")):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for ws, other in series:
-            pts = []
-            for x in xs:
-                b, w = (other, x) if xlabel == "SAE width" else (x, other)
-                v = _saving(result["budgets"][b]["widths"][w], ws)
-                if v is not None:
-                    pts.append((int(x), 100 * v))
-            if pts:
-                ax.plot(*zip(*pts), marker="o", label=f"{ws}, {'budget' if xlabel == 'SAE width' else 'width'} {other}")
-        ax.axhline(0, color="grey", lw=0.8)
-        ax.axhspan(30, 50, color="tab:green", alpha=0.1, label="paper (Pythia)")
-        ax.set_xscale("log")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(f"FLOPs saved at EV {KEY} (%, stitch included)")
-        ax.set_title(f"recipe: {result['recipe']}")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
+    for name, by, others in (("init_sweep_saving_vs_width.png", "width", sorted(result["budgets"], key=int)),
+                             ("init_sweep_saving_vs_budget.png", "budget", sorted(result["widths"], key=int))):
+        xs = [int(x) for x in sorted(result["widths"] if by == "width" else result["budgets"], key=int)]
+        fig, axes = plt.subplots(1, len(ts), figsize=(2.6 * len(ts) + 1, 3.4), sharey=True, squeeze=False)
+        for i, (ax, t) in enumerate(zip(axes[0], ts)):
+            drawn = 0
+            for j, (ws, other) in enumerate((ws, o) for ws in ws_list for o in others):
+                pts = saving_points(result, ws, t, by=by, other=other)
+                if not pts:
+                    continue
+                drawn += 1
+                colour = f"C{j}"
+                label = f"{ws}, {'budget' if by == 'width' else 'width'} {other}"
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colour, lw=1, label=label if i == 0 else None)
+                for x, y, lower in pts:
+                    ax.plot(x, y, marker="^" if lower else "o", color=colour,
+                            markerfacecolor="none" if lower else colour, ls="none")
+            if not drawn:
+                ax.text(0.5, 0.5, "no warm start\nreached this EV", ha="center", va="center",
+                        transform=ax.transAxes, fontsize=8, color="grey")
+            ax.axhline(0, color="grey", lw=0.8)
+            if t == KEY:
+                ax.axhspan(30, 50, color="tab:green", alpha=0.1, label="paper (Pythia)")
+            ax.set_xscale("log")
+            ax.set_xlim(xs[0] / 1.25, xs[-1] * 1.25)
+            ax.set_xticks(xs)
+            ax.set_xticklabels([f"{x:,}" for x in xs], rotation=45, fontsize=7)
+            ax.minorticks_off()
+            ax.set_xlabel("SAE width" if by == "width" else "token budget", fontsize=8)
+            ax.set_title(f"EV {t}", fontsize=9)
+        axes[0][0].set_ylabel("FLOPs saved (%, stitch included)", fontsize=8)
+        handles, labels = [], []
+        for ax in axes[0]:
+            for h, l in zip(*ax.get_legend_handles_labels()):
+                if l not in labels:
+                    handles.append(h)
+                    labels.append(l)
+        fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=min(4, len(labels) or 1), frameon=False)
+        fig.suptitle(f"recipe: {result['recipe']} (hollow triangles: lower bounds, scratch never crossed)", fontsize=9)
+        fig.tight_layout(rect=(0, 0.12, 1, 0.95))
         paths.append(out / name)
         fig.savefig(paths[-1], dpi=110)
         plt.close(fig)
@@ -75,7 +111,7 @@ def sweep_markdown(result: dict) -> str:
                          f"{i['decoder_norm_max']:.3g} | {100 * i['topk_selection_agreement']:.1f}% | "
                          f"{i['ev_transferred']:.3f} | {i['ev_step0']:.3f} |")
     for b, bb in sorted(result["budgets"].items(), key=lambda kv: int(kv[0])):
-        ts = list(next(iter(next(iter(bb["widths"].values()))["savings"].values()))["fvu"])
+        ts = _thresholds(result)
         lines += ["", f"### Budget {int(b):,} tokens ({bb['steps']} steps), recipe {result['recipe']}", "",
                   "| width | warm start | " + " | ".join(f"saving at EV {t}" for t in ts) + " | final EV (scratch / warm) |",
                   "|---|---|" + "---|" * len(ts) + "---|"]
