@@ -213,8 +213,10 @@ def test_the_documented_sweep_commands_parse(sweep_captured):
     assert len(commands) >= 3
     for line in commands:
         argv = shlex.split(line.split("#")[0].replace("RUN", str(sweep_captured.run)))
+        assert "--run" not in argv or str(sweep_captured.run) in argv, line  # RUN, not a folder of the cwd
+        recipe = argv[argv.index("--recipe") + 1] if "--recipe" in argv else "paper"
         cfg, sweep, _ = sweep_captured(*argv)
-        assert cfg.recipe == "paper" and cfg.decode == "sparse", line
+        assert cfg.recipe.split(" + ")[0] == recipe and cfg.decode == "sparse", line
 
 
 @pytest.mark.parametrize("flags, line", [
