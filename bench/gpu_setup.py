@@ -1,7 +1,8 @@
 """Set-up for ``bench/gpu.py`` on a lent device machine: logging and timing helpers, the optional
 dependencies it can do without (sae-lens) or install from wheels (datasets), a synthetic corpus
 registered as a plugin, and random-init adapters with the exact TransformerLens configs of the
-paper's models (``--tiny``: the test architectures). The measurements themselves are in ``gpu.py``.
+paper's models (``--tiny``: the test architectures). The measurements themselves are in ``gpu.py``,
+``gpu_cache.py`` and ``gpu_train.py``.
 """
 
 from __future__ import annotations

@@ -66,9 +66,9 @@ _EXPORTS = {
     "disk_errors": "stitchplug.atomic",
     "lock_run_folder": "stitchplug.runfolder",
     # config sections
-    "ConfigSection": "stitchplug.config",
-    "CONTEXT_LENGTH": "stitchplug.config",
-    "OPT": "stitchplug.config",
+    "ConfigSection": "stitchplug.schema",
+    "CONTEXT_LENGTH": "stitchplug.schema",
+    "OPT": "stitchplug.schema",
     "progress": "stitchplug.progress",
     "progress_quiet_loaders": "stitchplug.progress",
     # SAEs: the one TopK trainer, its config, SAELens folders, Eq. 6
