@@ -10,7 +10,7 @@ import typing
 
 import click
 
-from . import __version__
+from . import __version__, interrupt
 from .config import RunConfig, build_config, leaf_fields
 from .errors import StitchplugError
 
@@ -280,10 +280,13 @@ def main(argv=None) -> None:
     from .progress import quiet_loaders
 
     quiet_loaders()  # the model loaders' bars: off when stderr is not a terminal
+    interrupt.reset()  # one command, one Ctrl-C state (tests and notebooks call main() many times)
+    interrupt.install()
     try:
         _add_core_commands()
         _add_plugin_commands()
         code = cli.main(args=argv, prog_name="stitchplug", standalone_mode=False)
+        interrupt.check()  # one swallowed where it landed and never raised again
         if isinstance(code, int) and code:
             sys.exit(code)
     except StitchplugError as err:

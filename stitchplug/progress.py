@@ -17,6 +17,8 @@ import sys
 import time
 from typing import Any, Iterable
 
+from . import interrupt
+
 
 def _fmt(n: float, scale: bool) -> str:
     if not scale:
@@ -64,6 +66,7 @@ class LineProgress:
         self.last = time.monotonic()
 
     def update(self, n: float = 1) -> None:
+        interrupt.check()
         self.n += n
         if time.monotonic() - self.last >= self.every:
             self._emit()

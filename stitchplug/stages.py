@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from . import interrupt
 from .atomic import write_json_atomic
 from .errors import StageError
 
@@ -104,6 +105,7 @@ class StageMarkers:
         rec = self.reuse(name, deps, log, inputs, outputs)
         if rec is not None:
             return rec
+        interrupt.check()
         log(f"[{name}] running")
         t0 = time.perf_counter()
         result = fn() or {}
@@ -132,6 +134,7 @@ class StageMarkers:
         from .fingerprints import content_fingerprint
 
         inputs = with_file_inputs(deps, inputs)
+        interrupt.check()  # an interrupt swallowed during the stage never marks it finished
         write_json_atomic(self.marker(name), {
             "deps": deps, "result": result, "seconds": seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "inputs": {k: content_fingerprint(Path(p)) for k, p in (inputs or {}).items()},

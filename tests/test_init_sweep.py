@@ -115,7 +115,8 @@ def test_killed_sweep_resumes_without_retraining_finished_arms(tiny_run, tmp_pat
     done = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("w*/*.json")}
     arms_done = [p for p in done if p.name != "source.json"]
     assert arms_done and not (sweep_dir / "w32" / "preserve.json").exists()  # killed mid-sweep
-    assert not list(sweep_dir.rglob("*.tmp*"))  # atomic writes leave no partial files behind
+    leftovers = list(sweep_dir.rglob("*.tmp*"))  # a kill mid-write may leave the one file being written
+    assert len(leftovers) <= 1 and not any(p.with_suffix("").exists() for p in leftovers)  # of an unfinished piece
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     for p, mtime in done.items():  # finished pieces were read back, not rewritten
@@ -125,6 +126,7 @@ def test_killed_sweep_resumes_without_retraining_finished_arms(tiny_run, tmp_pat
     trained = out.stdout.count(": training arm ")
     assert trained == 2 * 3 - len(arms_done)
     assert (sweep_dir / "w32" / "preserve.json").exists()
+    assert not list(sweep_dir.rglob("*.tmp*"))  # the resumed sweep removed the killed write's leftover
 
 
 def test_sweep_plot_points_keep_lower_bounds_and_drop_missing_crossings(tmp_path):

@@ -119,6 +119,8 @@ def run_sweep(run: Path, sweep: SweepConfig, cfg: InitExperimentConfig, *, cache
     cfg = cfg.model_copy(update={"steps": max_steps, "epochs": sweep.epochs})
     budget_steps = {b: b // batch for b in sweep.budgets}
     root = sweep_dir or RunFolder(run).path(SWEEP_DIR)
+    for leftover in root.rglob("*.tmp") if root.exists() else ():
+        leftover.unlink(missing_ok=True)  # a kill -9 mid-write leaves one; its piece is redone below
     cache = open_cache(cache_path)
     try:
         n_train = int(len(cache.rows("train")))

@@ -13,7 +13,9 @@ and a ``kill -9`` at any moment leaves finished shards plus at most one ``.tmp``
 resume) exactly as before. An exception in either thread is re-raised, unchanged, in the calling
 thread (the run stops with the same one-line error as the synchronous path); an exception in the
 calling thread stops both threads (queued work is dropped, the shard being written is finished or
-left as a ``.tmp``) before it propagates, so neither side can wait forever on the other.
+left as a ``.tmp``) before it propagates, so neither side can wait forever on the other. That holds
+for a Ctrl-C that lands while the calling thread waits for a thread, too (:func:`_join`): no thread
+of ours is ever left running into interpreter shutdown.
 """
 
 from __future__ import annotations
@@ -29,6 +31,42 @@ _POLL_S = 0.05
 
 class _Stopped(Exception):
     """The consumer went away: the read-ahead thread leaves quietly."""
+
+
+def _start(target: Callable[[], None], name: str) -> tuple[threading.Thread, threading.Event]:
+    """Start ``target`` in a daemon thread; the event is set when it has returned (see :func:`_join`)."""
+    finished = threading.Event()
+
+    def run() -> None:
+        try:
+            target()
+        finally:
+            finished.set()
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    return thread, finished
+
+
+def _join(thread: threading.Thread, finished: threading.Event) -> None:
+    """Wait until ``thread``'s target has returned, even through a Ctrl-C. An interrupt that lands
+    while the calling thread waits (the cache's last shard being written, say) would otherwise leave
+    the thread running into interpreter shutdown, where a daemon thread inside h5py dies holding its
+    lock: measured, the process then hangs or aborts (SIGABRT) instead of exiting 130. The wait is on
+    an event, not ``Thread.join``: after an interrupted ``join`` CPython 3.11 may report the thread
+    stopped while it still runs, so a second ``join`` returns at once. The interrupt is re-raised once
+    the thread has stopped."""
+    interrupted = None
+    while True:
+        try:
+            while not finished.wait(_POLL_S):
+                pass
+            break
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+    thread.join()  # the target has returned: only the thread's own exit is left
+    if interrupted is not None:
+        raise interrupted
 
 
 def _put(q: queue.Queue, item, alive: Callable[[], None]) -> None:
@@ -57,8 +95,7 @@ class ShardWriter:
         self._thread = None
         if self.depth:
             self._q: queue.Queue = queue.Queue(maxsize=self.depth)
-            self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-            self._thread.start()
+            self._thread, self._finished = _start(self._run, name)
 
     def _run(self) -> None:
         while True:
@@ -85,8 +122,12 @@ class ShardWriter:
     def close(self) -> None:
         """Wait until everything submitted is stored; re-raise the thread's error."""
         if self._thread is not None:
-            _put(self._q, _DONE, self.check)
-            self._thread.join()
+            try:
+                _put(self._q, _DONE, self.check)
+                _join(self._thread, self._finished)
+            except BaseException:  # e.g. Ctrl-C while waiting: never leave the thread running
+                self.abort()
+                raise
         self.check()
 
     def abort(self) -> None:
@@ -103,7 +144,7 @@ class ShardWriter:
             self._q.put_nowait(_DONE)
         except queue.Full:
             pass
-        self._thread.join()
+        _join(self._thread, self._finished)
 
     def __enter__(self) -> "ShardWriter":
         return self
@@ -143,8 +184,7 @@ def read_ahead(items: Iterable[T], depth: int, name: str = "stitchplug-cache-rea
             except _Stopped:
                 return
 
-    thread = threading.Thread(target=produce, name=name, daemon=True)
-    thread.start()
+    thread, finished = _start(produce, name)
     try:
         while True:
             ok, item = q.get()
@@ -155,4 +195,4 @@ def read_ahead(items: Iterable[T], depth: int, name: str = "stitchplug-cache-rea
             yield item
     finally:
         stop.set()
-        thread.join()
+        _join(thread, finished)

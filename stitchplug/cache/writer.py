@@ -27,7 +27,7 @@ from typing import Callable, Iterable, Sequence
 import h5py
 import numpy as np
 
-from .. import __version__, dist
+from .. import __version__, dist, interrupt
 from ..adapter import ModelAdapter
 from ..atomic import removing
 from ..errors import CacheError
@@ -338,6 +338,7 @@ def build_cache(path: str | Path, source: ModelAdapter, target: ModelAdapter, *,
         sink = ShardWriter(writer.store_shard, queue_depth)
 
         def tick(t: float) -> None:  # after every forward batch: the progress bar, and a failed writer stops the run
+            interrupt.check()
             sink.check()
             bar.update(t)
 
