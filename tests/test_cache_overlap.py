@@ -302,8 +302,8 @@ def plain_sigint():
 def test_ctrl_c_while_waiting_for_the_writer_never_leaves_it_running(where, plain_sigint):
     """A Ctrl-C that lands while the calling thread waits for the last shard (a one-shard cache: the
     loop is over and ``close`` is joining) used to leave the writer running into interpreter shutdown,
-    where it died inside h5py holding its lock: measured on the tiny pair, 8 of 22 CLI runs interrupted
-    within 0.15 s of the cache stage's start hung or aborted (SIGABRT). Now the interrupt is raised
+    where it died inside h5py holding its lock: measured on the tiny pair, 6 of 11 CLI runs interrupted
+    within 0.3 s of the cache stage's start hung or aborted (SIGABRT). Now the interrupt is raised
     after the writer has finished its shard."""
     done = []
 
