@@ -7,7 +7,9 @@ swallowed that way and the run went on to finish. :func:`install` (called by ``s
 point) makes such an interrupt *pending*: the ignored-exception message is not printed, and the next
 :func:`check` raises it again. :func:`check` runs before a stage starts, before a stage's "finished"
 marker is written (so a swallowed interrupt can never mark an interrupted stage done), after every
-cache forward batch and at every progress update; the CLI exits 130 if one is still pending at the end.
+cache forward batch and at every progress update of the plain-line reporter (stderr not a terminal, or
+``--no-progress``; a terminal's tqdm bar is not checked); the CLI exits 130 if one is still pending at
+the end.
 """
 
 from __future__ import annotations
