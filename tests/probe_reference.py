@@ -114,7 +114,7 @@ def reference_on_folder(folder, tasks=None, ks=None):
     if "random_unit" in res["saes"]:
         like = sae["native"] if "native" in sae else SAE.load_from_disk(folder / res["saes"]["transferred"])
         mean = sae["random"].b_dec if "random" in sae else like.b_dec
-        sae["random_unit"] = random_unit_sae(like.cfg.d_in, like.cfg.d_sae, like.cfg.k, mean, s["seed"], like)
+        sae["random_unit"] = random_unit_sae(like.cfg.d_in, like.cfg.d_sae, like.cfg.k, mean, s["seed"] + 1, like)
     if "shuffled" in res["saes"]:
         sae["shuffled"] = shuffled_sae(sae["native"], s["seed"])
     out = {}

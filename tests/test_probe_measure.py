@@ -118,6 +118,32 @@ def test_random_unit_sae_reads_random_unit_directions():
     assert not torch.allclose(other.W_enc, sae.W_enc)
 
 
+@torch.no_grad()
+def test_the_random_unit_control_is_a_draw_independent_of_the_random_sae():
+    """random_B (the SAE run's random SAE) already reads random unit directions; a control drawn from
+    the same seed encodes exactly like it (so the two arms gave equal accuracies on every task), and
+    add_controls draws from another seed."""
+    from stitchplug.api import random_sae_like
+    from stitchplug_probe.saes import RANDOM_UNIT_SEED_OFFSET, add_controls
+
+    nat = _sae(d=12, width=40, k=4, seed=1)
+    with torch.no_grad():
+        nat.W_dec.mul_(torch.linspace(0.5, 6.0, 40)[:, None])  # decoder norms far from 1
+    mean = torch.randn(12, generator=torch.Generator().manual_seed(2))
+    seed = 7
+    saes = {"native": nat, "transferred": nat, "random": random_sae_like(nat, b_dec=mean, seed=seed)}
+    x = torch.randn(64, 12, generator=torch.Generator().manual_seed(3)) * 3
+    same = controls.random_unit_sae(12, 40, 4, mean, seed=seed, like=nat)
+    torch.testing.assert_close(same.encode(x), saes["random"].encode(x), atol=1e-4, rtol=1e-4)
+    origin: dict = {}
+    add_controls(saes, origin, seed=seed)
+    assert RANDOM_UNIT_SEED_OFFSET != 0 and f"seed {seed + RANDOM_UNIT_SEED_OFFSET}" in origin["random_unit"]
+    codes, rand = saes["random_unit"].encode(x), saes["random"].encode(x)
+    assert (codes != 0).sum(1).eq(4).all()
+    assert (codes.ne(0) & rand.ne(0)).float().mean() < 0.5 * rand.ne(0).float().mean()  # other latents fire
+    torch.testing.assert_close(saes["random_unit"].b_dec, mean.to(saes["random_unit"].b_dec.dtype))
+
+
 @pytest.mark.parametrize("apply_b_dec", [True, False])
 @torch.no_grad()
 def test_shuffled_sae_keeps_each_latents_weights_not_their_dimensions(apply_b_dec):

@@ -68,17 +68,27 @@ def resolve(ctx_a, ctx_b, cfg, log: Callable[[str], None] = print) -> tuple[dict
     return saes, origin
 
 
+RANDOM_UNIT_SEED_OFFSET = 1
+"""``random_unit`` draws its directions from ``seed + 1``: the SAE run's random SAE (``random_B``)
+already reads random unit directions drawn from ``seed`` (:func:`stitchplug.api.random_sae_like`:
+decoder rows ``s_i u_i``, TopK ranking ``<x - b_dec, u_i>``), so a control from the same seed encodes
+exactly as ``random_B`` does (measured: codes equal to 2e-6, and equal 30-task accuracies). The
+second draw measures how much "random" moves between draws."""
+
+
 def add_controls(saes: dict, origin: dict, seed: int = 0) -> None:
     """Add ``random_unit`` (width and k of the native SAE, else the transferred one; reading ``x``
-    minus the random SAE's ``b_dec``, the mean of B's training activations) and ``shuffled`` (the
-    native SAE's latents shuffled; only with a TopK native SAE)."""
+    minus the random SAE's ``b_dec``, the mean of B's training activations; directions from ``seed +
+    RANDOM_UNIT_SEED_OFFSET``, a draw independent of ``random_B``'s) and ``shuffled`` (the native
+    SAE's latents shuffled; only with a TopK native SAE)."""
     from .controls import random_unit_sae, shuffled_sae
 
     like = saes["native"] if saes.get("native") is not None else saes["transferred"]
     mean = saes["random"].b_dec if saes.get("random") is not None else like.b_dec
     saes["random_unit"] = random_unit_sae(int(like.cfg.d_in), int(like.cfg.d_sae), int(getattr(like.cfg, "k", 32)),
-                                          mean, seed=seed, like=like)
-    origin["random_unit"] = f"random unit encoder rows (seed {seed}), width/k of the {'native' if like is saes.get('native') else 'transferred'} SAE"
+                                          mean, seed=seed + RANDOM_UNIT_SEED_OFFSET, like=like)
+    origin["random_unit"] = (f"random unit encoder rows (seed {seed + RANDOM_UNIT_SEED_OFFSET}, a draw independent of "
+                             f"the random SAE's), width/k of the {'native' if like is saes.get('native') else 'transferred'} SAE")
     nat = saes.get("native")
     if nat is not None and nat.cfg.architecture() == "topk":
         saes["shuffled"] = shuffled_sae(nat, seed=seed)
