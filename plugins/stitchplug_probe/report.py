@@ -22,7 +22,7 @@ def plot(results: dict, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     agg = results["aggregate"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9.5, 4.5))
     for arm in SPARSE_ARMS:
         by_k = agg["sparse"].get(arm)
         if not by_k:
@@ -39,7 +39,7 @@ def plot(results: dict, path: str | Path) -> Path:
     ax.set_xlabel("k (latents in the probe)")
     ax.set_ylabel(f"test accuracy (mean over {len(results['tasks'])} tasks)")
     ax.set_ylim(0.4, 1.0)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: inside it hid the k=20 points
     ax.set_title("Probe transfer A -> B (cf. paper Fig. 3a)")
     fig.tight_layout()
     path = Path(path)
