@@ -129,6 +129,10 @@ def quiet_loaders(enabled: bool = True) -> None:
     if enabled and is_terminal():
         return
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when huggingface_hub (and transformers) import
+    # Bare tqdm bars of the loaders (transformers' GGUF de-quantisation, which the embedded models go through,
+    # ignores both switches above): tqdm reads TQDM_* when it is first imported, which for a `stitchplug`
+    # command is after this (main() calls this first); stitchplug's own quiet reporters are not tqdm.
+    os.environ["TQDM_DISABLE"] = "1"
     try:  # already imported: switch them off now (importing them here would cost seconds on every command)
         if "huggingface_hub" in sys.modules:
             from huggingface_hub.utils import disable_progress_bars

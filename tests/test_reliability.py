@@ -295,6 +295,24 @@ def test_a_cache_run_redirected_to_a_file_writes_plain_progress_lines(tmp_path):
     assert "(100%)" in lines[-1]
 
 
+def test_quiet_loaders_silence_the_gguf_loaders_bare_bar(tmp_path):
+    """The embedded models load through transformers' GGUF de-quantisation, whose bare tqdm bar ignores
+    transformers' and huggingface_hub's switches and wrote carriage returns into every redirected run log."""
+    import subprocess
+    import sys
+
+    code = ("from stitchplug.progress import quiet_loaders\n"
+            "quiet_loaders(False)\n"
+            "from transformers.modeling_gguf_pytorch_utils import tqdm\n"
+            "for _ in tqdm(range(50), desc='Converting and de-quantizing GGUF tensors...', mininterval=0): pass\n")
+    log = tmp_path / "load.log"
+    with open(log, "w") as fh:
+        res = subprocess.run([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=fh, timeout=300)
+    text = log.read_text()
+    assert res.returncode == 0, text[-2000:]
+    assert "GGUF" not in text and "\r" not in text, text[-500:]
+
+
 def test_line_progress_reports_done_total_rate_and_eta(capsys):
     from stitchplug.progress import progress
 
