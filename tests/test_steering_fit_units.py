@@ -127,3 +127,22 @@ def test_the_swap_that_recovers_the_share_is_named():
     assert "| coverage |" in md.replace("| coverage | massive | z |", "| coverage |")
     row = next(ln for ln in md.splitlines() if ln.startswith("| wiki-en | 1,000 | down | fr |"))
     assert row.endswith("| massive |")
+
+
+def test_command_defaults_are_the_config_defaults():
+    """The command's flags and SteeringFitConfig declare the same defaults (the flags are written by
+    hand, so a default changed in one place only would make the CLI and the API disagree)."""
+    import click
+
+    from stitchplug_steering.fitexp_cli import add_command
+
+    cli = click.Group("stitchplug")
+    add_command(cli)
+    params = {p.name: p.default for p in cli.commands["experiment"].commands["steering-fit"].params}
+    fields = SteeringFitConfig.model_fields
+    shared = {"n_prompts", "max_new_tokens", "vector_docs", "vector_tokens", "fvu_docs", "seed", "preset",
+              "detector", "diagnose"}
+    for name in shared:
+        assert params[name] == fields[name].default, name
+    assert params["second_detector"] == fields["agreement_detector"].default
+    assert ",".join(params["languages"].split(",")) == ",".join(fields["languages"].default)

@@ -41,7 +41,7 @@ def add_command(cli: click.Group) -> None:
     @click.option("--prompts", "n_prompts", type=click.IntRange(1), default=40, show_default=True,
                   help="Held-out English prompts per arm.")
     @click.option("--max-new-tokens", type=click.IntRange(1), default=24, show_default=True)
-    @click.option("--vector-docs", type=click.IntRange(1), default=64, show_default=True,
+    @click.option("--vector-docs", type=click.IntRange(1), default=40, show_default=True,
                   help="Vector pairs per language (outside every fit's training documents).")
     @click.option("--vector-tokens", type=click.IntRange(2), default=64, show_default=True)
     @click.option("--fvu-docs", type=click.IntRange(1), default=32, show_default=True,

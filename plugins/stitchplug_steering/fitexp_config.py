@@ -29,8 +29,9 @@ class SteeringFitConfig(BaseModel):
     """Extra run-config keys for every stitch folder (dotted: models.source, stitch.svcca_tokens ...)."""
     languages: list[str] = ["fr", "es"]
     """Target languages (wiki-<lang> with titles shared with wiki-en)."""
-    vector_docs: int = Field(64, ge=1)
-    """Vector pairs per language, drawn outside every fit's training documents."""
+    vector_docs: int = Field(40, ge=1)
+    """Vector pairs per language, drawn outside every fit's training documents (40: the default three
+    fitting texts at 1M tokens leave only 46 en/es article pairs outside their training documents)."""
     vector_tokens: int = Field(64, ge=2)
     """Tokens read from each vector text."""
     n_prompts: int = Field(40, ge=1)
