@@ -22,6 +22,11 @@ def _overrides(items: tuple[str, ...]) -> dict:
 def add_command(cli: click.Group) -> None:
     from stitchplug.api import command_group
 
+    from .fitexp_config import SteeringFitConfig
+
+    def default(name: str):  # the config's default: one place for the command line and the API
+        return SteeringFitConfig.model_fields[name].default
+
     group = command_group(cli, "experiment", "Experiments that reuse a run folder (paper §3.1 and beyond).")
     if "steering-fit" in group.commands:
         return
@@ -34,28 +39,28 @@ def add_command(cli: click.Group) -> None:
                        "[default: wiki-en and mixes with 10% and 20% of each target language]")
     @click.option("--sizes", default="quick,1000000", show_default=True,
                   help="Cache budgets in tokens, comma-separated (quick = 24,000; 24k, 1m accepted).")
-    @click.option("--preset", default="quick", show_default=True, help="Run preset of every stitch folder.")
+    @click.option("--preset", default=default("preset"), show_default=True, help="Run preset of every stitch folder.")
     @click.option("--source", default=None, help="Model A [default: the run config's].")
     @click.option("--target", default=None, help="Model B [default: the run config's].")
-    @click.option("--languages", default="fr,es", show_default=True, help="Target languages, comma-separated.")
-    @click.option("--prompts", "n_prompts", type=click.IntRange(1), default=40, show_default=True,
+    @click.option("--languages", default=",".join(default("languages")), show_default=True, help="Target languages, comma-separated.")
+    @click.option("--prompts", "n_prompts", type=click.IntRange(1), default=default("n_prompts"), show_default=True,
                   help="Held-out English prompts per arm.")
-    @click.option("--max-new-tokens", type=click.IntRange(1), default=24, show_default=True)
-    @click.option("--vector-docs", type=click.IntRange(1), default=40, show_default=True,
+    @click.option("--max-new-tokens", type=click.IntRange(1), default=default("max_new_tokens"), show_default=True)
+    @click.option("--vector-docs", type=click.IntRange(1), default=default("vector_docs"), show_default=True,
                   help="Vector pairs per language (outside every fit's training documents).")
-    @click.option("--vector-tokens", type=click.IntRange(2), default=64, show_default=True)
-    @click.option("--fvu-docs", type=click.IntRange(1), default=32, show_default=True,
+    @click.option("--vector-tokens", type=click.IntRange(2), default=default("vector_tokens"), show_default=True)
+    @click.option("--fvu-docs", type=click.IntRange(1), default=default("fvu_docs"), show_default=True,
                   help="Held-out documents per language for each stitch's FVU.")
-    @click.option("--diagnose/--no-diagnose", default=True, show_default=True,
+    @click.option("--diagnose/--no-diagnose", default=default("diagnose"), show_default=True,
                   help="Evaluate the massive-dims and z swaps (two more arms per stitch, language and direction).")
-    @click.option("--detector", type=click.Choice(["langdetect", "lingua", "lingua-fast"]), default="langdetect",
+    @click.option("--detector", type=click.Choice(["langdetect", "lingua", "lingua-fast"]), default=default("detector"),
                   show_default=True)
     @click.option("--second-detector", type=click.Choice(["none", "langdetect", "lingua", "lingua-fast"]),
-                  default="lingua", show_default=True)
+                  default=default("agreement_detector"), show_default=True)
     @click.option("--no-fluency", is_flag=True, help="Skip the unsteered model's loss on each continuation.")
     @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                   help="Run-config key for every stitch folder (e.g. stitch.svcca_tokens=500); repeatable.")
-    @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+    @click.option("--seed", type=click.IntRange(0), default=default("seed"), show_default=True)
     @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
     def steering_fit_cmd(run_root, fitting, sizes, preset, source, target, languages, n_prompts, max_new_tokens,
                          vector_docs, vector_tokens, fvu_docs, diagnose, detector, second_detector, no_fluency,
@@ -71,7 +76,7 @@ def add_command(cli: click.Group) -> None:
 
         from ._core import ConfigError
         from .fitexp import run_experiment
-        from .fitexp_config import DEFAULT_FITTING, SteeringFitConfig, parse_sizes
+        from .fitexp_config import DEFAULT_FITTING, parse_sizes
 
         over = _overrides(sets)
         over |= {"device": device} | ({"models.source": source} if source else {}) | ({"models.target": target} if target else {})
