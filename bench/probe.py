@@ -74,7 +74,8 @@ def summarise(out: Path, total: float | None) -> dict:
     stages = {}
     for marker in sorted((out / "stages").glob("*.json")):
         stages[marker.stem] = json.loads(marker.read_text()).get("seconds") or 0.0
-    res = json.loads((out / "artifacts" / "probe" / "results" / "results.json").read_text())
+    m = json.loads((out / "metrics.json").read_text())["probe"]
+    res = m["aggregate"] | m["diagnostics"]
     t = res["timing"]
     probe_s = sum(v for k, v in stages.items() if k.startswith("probe."))
     all_s = sum(stages.values())
@@ -86,9 +87,9 @@ def summarise(out: Path, total: float | None) -> dict:
         "probe_share_of_run": round(probe_s / max(all_s, 1e-9), 3),
         "stage_s": {k: round(v, 1) for k, v in stages.items()},
         "tasks": len(res["tasks"]), "selection": res.get("settings", {}).get("selection"),
-        "k5_mean": {arm: round(by_k["5"]["mean"], 3) for arm, by_k in res["aggregate"]["sparse"].items() if "5" in by_k},
-        "k5_recovery_median": {arm: round(r["median"], 2) for arm, r in res["aggregate"].get("recovery", {}).items()},
-        "failures": len(res["aggregate"].get("failures", [])),
+        "k5_mean": {arm: round(by_k["5"]["mean"], 3) for arm, by_k in res["sparse"].items() if "5" in by_k},
+        "k5_recovery_median": {arm: round(r["median"], 2) for arm, r in res.get("recovery", {}).items()},
+        "failures": len(res.get("failures", [])),
     }
 
 

@@ -166,6 +166,10 @@ class ArtifactKind(ABC):
     supports_native: ClassVar[bool] = False
     """Whether :meth:`native` builds the kind's artifact on B at a given artifact's budget (the
     ``native`` role a dependent kind may ask for)."""
+    layout: ClassVar[int] = 0
+    """Version of what the kind's stages write (bump it when their outputs change meaning): a run
+    folder whose stages of this kind were finished under another layout is refused with a one-line
+    error naming the stages to delete, never mixed with the new outputs. 0: never changed."""
     data_parallel: ClassVar[bool] = False
     """Whether :meth:`obtain` runs on every rank under torchrun (``stitchplug run`` launched with
     ``torchrun --nproc-per-node N``). Then, during ``obtain`` only, ``context.train_activations(batch_size)``
@@ -264,3 +268,15 @@ class Evaluator(ABC):
     @abstractmethod
     def evaluate(self, artifact: Any, context: ArtifactContext) -> dict:
         """Return a JSON-serialisable dict of metrics (floats, ints, lists)."""
+
+    def evaluate_arms(self, arms: dict[str, Arm], log: Callable[[str], None] | None = None) -> dict[str, dict]:
+        """``{label: metrics}`` for every arm of a run; what the pipeline's evaluate stage calls.
+
+        Default: :meth:`evaluate` on each arm in turn. Override it when the arms share work (one
+        pass over the same texts for all of them); the result per arm must equal :meth:`evaluate`'s."""
+        out = {}
+        for label, arm in arms.items():
+            if log is not None:
+                log(f"  {self.name} on {label}")
+            out[label] = self.evaluate(arm.artifact, arm.context)
+        return out

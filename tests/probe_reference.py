@@ -92,7 +92,7 @@ def reference_on_folder(folder, tasks=None, ks=None):
     stitch, SAEs (source and random of the SAE run, the probe's native SAE, the controls rebuilt from
     their seed; the transferred codes are the source SAE on ``T_down(h_B)``, never the saved transferred
     SAE, so a transferred SAE that is not Eq. 6 of this source shows up), the run's settings (tasks, examples, context, split, selection rule).
-    Returns ``{task: {arm: {k: accuracy}}}`` (k as strings, like results.json)."""
+    Returns ``{task: {arm: {k: accuracy}}}`` (k as strings, like the run's per-task tables)."""
     import json
     from pathlib import Path
 
@@ -103,7 +103,7 @@ def reference_on_folder(folder, tasks=None, ks=None):
     from stitchplug_probe.tasks import load_task
 
     folder = Path(folder)
-    res = json.loads((folder / "artifacts/probe/results/results.json").read_text())
+    res = json.loads((folder / "metrics.json").read_text())["probe"]["diagnostics"]
     s = res["settings"]
     cfg = yaml.safe_load((folder / "config.yaml").read_text())
     st = Stitch.load(folder / "stitch" / "stitch.safetensors")

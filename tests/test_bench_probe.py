@@ -16,7 +16,7 @@ def _run_folder(root: Path) -> Path:
     for rel, text in {"config.yaml": "seed: 0\n", "cache.h5": "entry", "cache.h5.shards/shard_00000.h5": "rows",
                       "stitch/stitch.safetensors": "P", "stages/cache.json": "{}", "stages/sae.source.json": "{}",
                       "stages/probe.source.json": "{}", "artifacts/sae/source/cfg.json": "{}",
-                      "artifacts/probe/results/results.json": "{}", "report.md": "# old",
+                      "artifacts/probe/source/probes.json": "{}", "report.md": "# old",
                       "plots/probe_transfer.png": "png"}.items():
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         (src / rel).write_text(text)

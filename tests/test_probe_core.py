@@ -174,19 +174,19 @@ def test_run_task_deterministic_and_planted():
              "B": {"dense": hB, "transferred": src.copy(), "random": np.abs(rng.normal(size=(n, w)))}}
     res = run_task(feats, y, P_down=np.linalg.pinv(M), b_down=np.zeros(6), ks=(1, 5), seed=0)
     s = res["sparse"]
-    assert s["source_A"][1]["accuracy"] > 0.8
-    assert s["transfer_noretrain"][1]["accuracy"] == s["source_A"][1]["accuracy"]
-    assert abs(s["random_B"][1]["accuracy"] - 0.5) < 0.12 and "native_B" not in s
+    assert s["source_A"]["1"]["accuracy"] > 0.8
+    assert s["transfer_noretrain"]["1"]["accuracy"] == s["source_A"]["1"]["accuracy"]
+    assert abs(s["random_B"]["1"]["accuracy"] - 0.5) < 0.12 and "native_B" not in s
     d = res["dense"]
     assert abs(d["dense_Tdown_noretrain"]["accuracy"] - d["dense_A"]["accuracy"]) < 1e-12
     again = run_task(feats, y, P_down=np.linalg.pinv(M), b_down=np.zeros(6), ks=(1, 5), seed=0)
-    assert again["sparse"]["random_B"][5]["auc"] == s["random_B"][5]["auc"]
+    assert again["sparse"]["random_B"]["5"]["auc"] == s["random_B"]["5"]["auc"]
     tr, te = split(y, 0.3, 0)
     assert len(set(tr) & set(te)) == 0 and len(te) == 120
 
 
 def test_aggregate_report_and_plot(tmp_path):
-    from stitchplug_probe.experiment import aggregate
+    from stitchplug_probe.combine import means, strip_correct
     from stitchplug_probe.report import markdown, plot
 
     rng = np.random.default_rng(2)
@@ -201,18 +201,19 @@ def test_aggregate_report_and_plot(tmp_path):
                        "random": np.abs(rng.normal(size=(n, w)))}}
         r = run_task(feats, y, P_down=np.eye(5), b_down=np.zeros(5), ks=(1, 5, 20), seed=0)
         results[f"t{t}"] = r
-        from stitchplug_probe.arms import strip_correct
         per_task[f"t{t}"] = strip_correct(r) | {"n_examples": n}
-    agg = aggregate(results, (1, 5, 20), n_boot=200)
+    agg = means(results, (1, 5, 20), n_boot=200)
     # k=20 exceeds the 12 latents: skipped, not faked
     assert "20" not in agg["sparse"]["source_A"] and "5" in agg["sparse"]["source_A"]
-    accs = [results[t]["sparse"]["transfer_retrain"][5]["accuracy"] for t in results]
+    accs = [results[t]["sparse"]["transfer_retrain"]["5"]["accuracy"] for t in results]
     assert abs(agg["sparse"]["transfer_retrain"]["5"]["mean"] - np.mean(accs)) < 1e-12
     assert agg["gap_vs_native"]["transfer_reselect"]["1"]["mean"] == 0.0  # same features as native here
-    res = {"tasks": per_task, "aggregate": agg,
-           "timing": {"examples": 600, "feature_seconds": 2.0, "probe_seconds": 1.0, "examples_per_second": 300.0}}
+    res = {"tasks": per_task, **agg,
+           "timing": {"examples": 600, "feature_seconds": 2.0, "probe_seconds": 1.0, "examples_per_second": 300.0,
+                      "passes": [{"pass": "A, training examples", "examples": 420, "feature_seconds": 1.0}]}}
     md = markdown(res)
     assert "| t2 | 200 |" in md and "transferred, no retrain" in md and "k=20" in md
+    assert "A, training examples: 420 in 1 s" in md
     out = plot(res, tmp_path / "p.png")
     assert out.stat().st_size > 1000
 

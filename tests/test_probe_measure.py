@@ -58,7 +58,7 @@ def test_run_task_matches_the_reference_per_arm(selection):
                                signed=selection == "signed")
         assert set(want) == set(res["sparse"])
         for arm, acc in want.items():
-            assert abs(res["sparse"][arm][k]["accuracy"] - acc) <= 0.01, (arm, k)
+            assert abs(res["sparse"][arm][str(k)]["accuracy"] - acc) <= 0.01, (arm, k)
 
 
 def test_draw_is_seeded_binary_and_recorded():

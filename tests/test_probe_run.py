@@ -17,6 +17,12 @@ MODELS = {"source": "tiny-llama-a", "target": "tiny-gemma3"}
 SAE = {"width": 64, "k": 4, "train_tokens": 4000, "batch_size": 256}
 
 
+def results(folder):
+    """The probe kind's results: its step across arms and its diagnostics (saes, settings)."""
+    m = json.loads((folder / "metrics.json").read_text())["probe"]
+    return m["aggregate"] | m["diagnostics"]
+
+
 def stitchplug(*args, timeout=900):
     return subprocess.run([sys.executable, "-m", "stitchplug.cli", *args], capture_output=True, text=True,
                           timeout=timeout)
@@ -62,17 +68,24 @@ def probe_run(tmp_path_factory):
 def test_probe_run_outputs(probe_run):
     out, _, _ = probe_run
     for f in ("artifacts/probe/source/probes.json", "artifacts/probe/transferred/probes.json",
-              "artifacts/sae/native/cfg.json", "artifacts/probe/results/results.json",
-              "probe_transfer.png", "report.md", "metrics.json"):
+              "artifacts/sae/native/cfg.json", "artifacts/probe/retrained_on_B/probes.json",
+              "artifacts/probe/shuffled_on_B/probes.json", "probe_transfer.png", "report.md", "metrics.json"):
         assert (out / f).exists(), f
     m = json.loads((out / "metrics.json").read_text())
-    res = m["probe"]["diagnostics"]
+    res = results(out)
+    # one pipeline arm per probe set, each judged by the probe_accuracy evaluator
+    arms = {k for k in m["probe"] if k not in ("aggregate", "diagnostics")}
+    assert arms == {"source_on_A", "transferred_on_B", "retrained_on_B", "reselected_on_B", "residual_on_B",
+                    "native_on_B", "random_on_B", "random_unit_on_B", "shuffled_on_B"}
+    for arm in arms:
+        assert set(m["probe"][arm]) == {"probe_accuracy"}, arm
+    assert not (out / "artifacts/probe/results").exists()
     assert set(res["tasks"]) == {f"file:{out.parent / 'river.csv'}", "wiki-topic:Mathematics"}
     assert res["saes"]["source"].startswith("artifacts/sae/source")  # the SAE run's SAE was reused
     assert res["saes"]["native"] == "artifacts/sae/native" and "warning" not in res["saes"]
     assert m["config"]["sae"] == json.loads(json.dumps(m["config"]["sae"])) and m["config"]["sae"]["width"] == 64
     for arm in ("source_A", "transfer_noretrain", "transfer_retrain", "transfer_reselect", "native_B", "random_B"):
-        assert set(res["aggregate"]["sparse"][arm]) == {"1", "5", "20"}, arm
+        assert set(res["sparse"][arm]) == {"1", "5", "20"}, arm
     for r in res["tasks"].values():
         assert r["n_test"] == 24 and 0 <= r["sparse"]["source_A"]["5"]["accuracy"] <= 1
     report = (out / "report.md").read_text()
@@ -128,7 +141,7 @@ def test_probe_alone_trains_the_sae_stages_and_a_changed_sae_section_is_refused(
     assert res.returncode == 0, res.stderr[-2000:]
     log = res.stdout + res.stderr  # stage lines go to stderr
     assert "[sae.source] done" in log and "[sae.native] done" in log
-    r = json.loads((copy / "metrics.json").read_text())["probe"]["diagnostics"]
+    r = results(copy)
     assert r["saes"]["source"] == "artifacts/sae/source" and "warning" not in r["saes"]
     native = json.loads((copy / "artifacts/sae/native/cfg.json").read_text())
     assert native["d_sae"] == 32  # the native SAE on B gets the source SAE's budget
@@ -146,7 +159,7 @@ def test_sparse_arms_agree_with_the_plain_reference(probe_run):
     from probe_reference import reference_on_folder
 
     out, _, _ = probe_run
-    res = json.loads((out / "artifacts/probe/results/results.json").read_text())
+    res = results(out)
     assert res["settings"]["selection"] == "abs"
     ref = reference_on_folder(out)
     checked = 0
@@ -161,7 +174,7 @@ def test_sparse_arms_agree_with_the_plain_reference(probe_run):
 
 def test_recovery_coverage_and_failures_recorded(probe_run):
     out, _, _ = probe_run
-    res = json.loads((out / "artifacts/probe/results/results.json").read_text())
+    res = results(out)
     for r in res["tasks"].values():
         cov = r["coverage"]
         assert 0 <= cov["stitch_down"]["fvu"] and cov["stitch_down"]["n_tokens"] > 0
@@ -170,7 +183,7 @@ def test_recovery_coverage_and_failures_recorded(probe_run):
         rec = r["recovery"]["native_B"]["5"]
         if dense_b - 0.5 > 0.02:
             assert abs(rec - (r["sparse"]["native_B"]["5"]["accuracy"] - 0.5) / (dense_b - 0.5)) < 1e-12
-    agg = res["aggregate"]
+    agg = res
     assert "transfer_retrain" in agg["recovery"] and isinstance(agg["failures"], list)
     for f in agg["failures"]:
         assert f["reason"] in ("stitch", "sae", "stitch+sae", "selection")
@@ -208,9 +221,9 @@ def test_stale_transferred_sae_is_replaced_by_eq6(probe_run, tmp_path):
     (copy / "stages" / "sae.transfer.json").unlink()
     res = stitchplug("run", "--config", str(path), "--no-progress")
     assert res.returncode == 0, res.stderr[-2000:]
-    r = json.loads((copy / "artifacts/probe/results/results.json").read_text())
+    r = results(copy)
     assert "[sae.transfer] done" in res.stdout + res.stderr and "transferred_stale" not in r["saes"]
-    first = json.loads((out / "artifacts/probe/results/results.json").read_text())
+    first = results(out)
     task = next(iter(r["tasks"]))
     for arm in ("transfer_noretrain", "transfer_retrain"):  # as with the consistent transferred SAE
         for k in ("1", "5", "20"):
@@ -243,6 +256,31 @@ def test_an_edited_task_file_makes_the_probe_stages_stale(probe_run, tmp_path):
         open(task, "w").write(original)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "[probe.source] stale" in res.stderr and "changed since it finished" in res.stderr
-    before = json.loads((out / "artifacts" / "probe" / "results" / "results.json").read_text())
-    after = json.loads((copy / "artifacts" / "probe" / "results" / "results.json").read_text())
-    assert after != before  # recomputed on the edited labels, not reused
+    before, after = results(out), results(copy)
+    assert after["tasks"] != before["tasks"]  # recomputed on the edited labels, not reused
+
+
+def test_a_folder_of_the_earlier_probe_layout_is_refused_in_one_line(probe_run, tmp_path):
+    """Probe stages finished before scoring became the probe_accuracy evaluator (layout 2) are not
+    mixed with the new outputs: the run names the stages to delete, and after that it recomputes."""
+    import shutil
+
+    out, probe_cfg, _ = probe_run
+    copy = tmp_path / "old"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns(".lock"))
+    for marker in (copy / "stages").glob("probe.*.json"):
+        rec = json.loads(marker.read_text())
+        assert rec["deps"].pop("layout") == 2
+        marker.write_text(json.dumps(rec))
+    for marker in (copy / "stages").glob("sae.*.json"):
+        assert "layout" not in json.loads(marker.read_text())["deps"]  # the sae kind never changed layout
+    cfg = yaml.safe_load(probe_cfg.read_text())
+    cfg["output_dir"] = str(copy)
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    before = (copy / "metrics.json").read_text()
+    res = stitchplug("run", "--config", str(path), "--no-progress")
+    err = res.stderr.strip().splitlines()[-1]
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert "layout (None -> 2)" in err and "stages/probe.source.json" in err and "stages/probe.evaluate.json" in err, err
+    assert (copy / "metrics.json").read_text() == before  # nothing written

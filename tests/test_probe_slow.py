@@ -44,7 +44,8 @@ def probe_folder(tmp_path_factory, request):
 def test_real_sparse_arms_agree_with_the_reference(probe_folder):
     from probe_reference import reference_on_folder
 
-    res = json.loads((probe_folder / "artifacts/probe/results/results.json").read_text())
+    m = json.loads((probe_folder / "metrics.json").read_text())["probe"]
+    res = m["aggregate"] | m["diagnostics"]
     n = int(os.environ.get("STITCHPLUG_PROBE_REF_TASKS", "0")) or None
     names = res["settings"]["tasks"][:n]
     ref = reference_on_folder(probe_folder, tasks=names)

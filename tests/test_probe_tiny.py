@@ -100,8 +100,12 @@ def test_planted_direction_transfers(setup, tmp_path, one_thread):
     assert sp["random_B"]["1"]["accuracy"] < 0.8
     assert sp["transfer_noretrain"]["1"]["accuracy"] - sp["random_B"]["1"]["accuracy"] > 0.2
     assert abs(de["dense_Tdown_noretrain"]["accuracy"] - de["dense_A"]["accuracy"]) <= 1 / r["n_test"]
-    assert res["probes_A"][next(iter(res["tasks"]))]["sparse"][1]["indices"] == [j]
-    assert res["aggregate"]["tasks_above_random"]["1"] == {"above": 1, "of": 1}
+    assert res["probes_A"][next(iter(res["tasks"]))]["sparse"]["1"]["indices"] == [j]
+    assert res["tasks_above_random"]["1"] == {"above": 1, "of": 1}
+    # each model read each example once: A and B on the training rows, both on the test rows
+    passes = {p["pass"]: p["examples"] for p in res["timing"]["passes"]}
+    assert passes == {"A, training examples": r["n_train"], "B, training examples": r["n_train"],
+                      "A and B, test examples": r["n_test"]}
 
 
 def test_same_seed_same_results_other_seed_differs(setup, tmp_path, one_thread):
@@ -111,7 +115,7 @@ def test_same_seed_same_results_other_seed_differs(setup, tmp_path, one_thread):
     runs = [run_probes(a, LA, b, LA, st, saes, ProbeSettings(tasks=[task], ks=(2,), context_size=64,
                                                               max_examples=160, seed=s), log=lambda m: None)
             for s in (0, 0, 1)]
-    assert runs[0]["tasks"] == runs[1]["tasks"] and runs[0]["aggregate"] == runs[1]["aggregate"]
+    assert runs[0]["tasks"] == runs[1]["tasks"] and runs[0]["sparse"] == runs[1]["sparse"]
     assert runs[0]["tasks"] != runs[2]["tasks"]
 
 
@@ -132,3 +136,28 @@ def test_padding_and_truncation(one_thread):
         features.pool(one, [x[0] for x in ids], a.special_ids, {"d": features.identity}, pooling="max")
     last = features.pool(one, [x[0] for x in ids], a.special_ids, {"d": features.identity}, pooling="last")["d"]
     np.testing.assert_allclose(last[0], one[0][-1].double().numpy(), rtol=1e-6)
+
+
+def test_one_pass_for_all_arms_scores_each_arm_as_alone(setup, tmp_path, one_thread):
+    """score_arms shares one pass per model among the arms; each arm's records equal those of a pass
+    for that arm alone (what Evaluator.evaluate_arms promises against evaluate)."""
+    from stitchplug_probe.arms import transfer_entry
+    from stitchplug_probe.experiment import fit_on_b, fit_source, score_arms, stitch_down
+
+    a, b, st, sae, texts, labels, _ = setup
+    saes = {"source": sae, "transferred": transfer_sae(sae, st, "up", check_model=False),
+            "random": random_sae_like(transfer_sae(sae, st, "up", check_model=False), seed=3)}
+    s = ProbeSettings(tasks=[_csv(tmp_path, texts[:120], labels[:120])], ks=(1, 5), context_size=64)
+    src = fit_source(a, LA, b, saes, s, log=lambda m: None)
+    P, c = stitch_down(st)
+    arms = {"source_on_A": src, "transferred_on_B": {"tasks": {t: transfer_entry(v, P, c) for t, v in src["tasks"].items()}}}
+    arms |= fit_on_b(a, b, LA, src, saes, st, s)
+    assert set(arms) == {"source_on_A", "transferred_on_B", "retrained_on_B", "reselected_on_B", "residual_on_B",
+                         "random_on_B"}
+    together = score_arms(a, LA, b, LA, arms, saes, st, s)
+    for label in ("source_on_A", "retrained_on_B", "random_on_B"):
+        alone = score_arms(a, LA, b, LA, {label: arms[label]}, saes, st, s)[label]
+        for task, rec in alone["tasks"].items():
+            assert rec == together[label]["tasks"][task], label
+        assert "coverage" not in alone["tasks"][task]  # coverage needs both models: only in a shared pass
+    assert "coverage" in next(iter(together["transferred_on_B"]["tasks"].values()))

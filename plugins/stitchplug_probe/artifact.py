@@ -1,19 +1,19 @@
 """The ``probe`` artifact kind: linear probes on A's SAE latents and residual, moved to B.
 
-The artifact is a JSON-able probe set ``{"side", "reads", "tasks": {task: {"sparse": {k: probe},
-"dense": probe}}}`` (:class:`~stitchplug_probe.probes.LinearProbe` dicts). On B, a sparse probe keeps
-its latent indices and weights and reads the *transferred SAE's* latents; a dense probe is pushed
-through ``T_down`` (``w' = P_down @ w``, ``b' = b_down @ w + b``), exactly A's probe applied to
-``T_down(h_B)``.
+The artifact is a JSON-able *probe set* ``{"arm", "side", "reads", "tasks": {task: {"sparse": {k: probe},
+"dense": probe}}, "fit"}`` (:class:`~stitchplug_probe.probes.LinearProbe` dicts; ``arm`` a key of
+:data:`~stitchplug_probe.arms.ARMS`, which says what the probes read). On B, a sparse probe keeps its
+latent indices and weights and reads the *transferred SAE's* latents; a dense probe is pushed through
+``T_down`` (``w' = P_down @ w``, ``b' = b_down @ w + b``), exactly A's probe applied to ``T_down(h_B)``.
 
-Stages: the probe builds on the ``sae`` kind (``requires``): the pipeline runs the SAE stages first
-and hands over the four SAEs (:mod:`~stitchplug_probe.saes`); ``probe.source`` runs every task
-through both models once and fits and scores every arm (:func:`~stitchplug_probe.experiment.run_probes`;
-one pass over the texts serves all arms, so the B-side scoring happens here too), keeping the full
-results in ``artifacts/probe/results/results.json``; it returns A's probes. ``probe.transfer`` moves
-them to B. ``probe.evaluate`` reports the results as the kind's diagnostics (no random-artifact
-stage: the random arm is the random SAE on B inside the results). ``report.md`` gets a table and
-``probe_transfer.png`` (accuracy vs k, cf. paper Fig. 3a).
+Stages: the probe builds on the ``sae`` kind (``requires``): the pipeline runs the SAE stages first and
+hands over the SAEs (:mod:`~stitchplug_probe.saes`). ``probe.source`` fits A's probes on every task's
+training examples; ``probe.transfer`` moves them to B; in ``probe.evaluate``, :meth:`extra_arms` fits
+the arms on B's training examples (retrained, re-selected, residual, native, random and the controls),
+the ``probe_accuracy`` evaluator scores every arm on the test examples
+(:mod:`~stitchplug_probe.evaluator`), and :meth:`aggregate` is the step across arms
+(:mod:`~stitchplug_probe.combine`). ``report.md`` gets a table and ``probe_transfer.png`` (accuracy vs
+k, cf. paper Fig. 3a).
 """
 
 from __future__ import annotations
@@ -22,33 +22,36 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from stitchplug.api import ArtifactContext, ArtifactKind, StageError, write_json_atomic
+from stitchplug.api import Arm, ArtifactContext, ArtifactKind, StageError, write_json_atomic
 
 from . import config
-from .probes import LinearProbe, through_affine
 
 PROBES_FILE = "probes.json"
-RESULTS_ROLE = "results"
 PLOT = "probe_transfer.png"
 
 
 def settings_from(cfg: config.ProbeConfig, ctx: ArtifactContext):
-    from .experiment import ProbeSettings
+    """The passes' settings from the kind's section and the run (the cache's context size by default)."""
+    from . import experiment
 
-    context_size = cfg.context_size
-    if context_size is None:
-        try:
-            context_size = int(ctx.folder.config()["cache"]["context_size"])
-        except Exception:
-            context_size = 128
-    from .tasks import expand_specs
+    try:
+        cache_ctx = int(ctx.folder.config()["cache"]["context_size"])
+    except Exception:
+        cache_ctx = None
+    return experiment.settings_from(cfg, ctx.seed, cache_ctx)
 
-    return ProbeSettings(tasks=expand_specs(list(cfg.tasks)), max_examples=cfg.max_examples, ks=tuple(cfg.ks), pooling=cfg.pooling,
-                         context_size=context_size, test_fraction=cfg.test_fraction, C=cfg.C,
-                         batch_size=cfg.batch_size, n_boot=cfg.n_boot, seed=ctx.seed,
-                         selection=cfg.selection, extra={"task_specs": list(cfg.tasks)})
+
+def transfer_probes(artifact: dict, stitch: Any, **target: Any) -> dict:
+    """A's probe set on B: sparse probes kept (they read the transferred SAE), dense ones through T_down."""
+    from .arms import transfer_entry
+
+    P = stitch.P_down.detach().double().cpu().numpy()
+    b = stitch.b_down.detach().double().cpu().numpy()
+    tasks = {t: transfer_entry(v, P, b) for t, v in artifact["tasks"].items()}
+    return {"arm": "transferred_on_B", "side": "B", "model": target.get("target_model"),
+            "hook": target.get("target_hook"),
+            "reads": {"sparse": "transferred SAE (Eq. 6) latents, A's indices and weights",
+                      "dense": "residual of B (A's probe composed with T_down)"}, "tasks": tasks}
 
 
 class ProbeArtifact(ArtifactKind):
@@ -57,6 +60,10 @@ class ProbeArtifact(ArtifactKind):
     presets = config.PRESETS
     supports_baseline = False
     requires = ("sae",)
+    layout = 2
+    """2: probe scoring is the ``probe_accuracy`` evaluator, the B-fitted arms are ``extra_arms`` and the
+    step across arms is ``aggregate`` (before: one pass inside ``probe.source``, results in
+    ``artifacts/probe/results``); a folder of the earlier layout is refused, naming the stages to redo."""
 
     def required_roles(self, cfg: Any) -> tuple[str, ...]:
         return ("source", "transferred", "random") + (("native",) if cfg.native_sae else ())
@@ -80,38 +87,41 @@ class ProbeArtifact(ArtifactKind):
 
     def obtain(self, context: ArtifactContext, cfg: Any) -> dict:
         from . import saes as saes_mod
-        from .experiment import run_probes
+        from .experiment import fit_source
 
         context.need("other", "stitch", "folder", "adapter", who="the probe kind")
-        other = context.other
-        log = print
-        saes, origin = saes_mod.resolve(context, other, cfg, log=log)
+        saes, origin = saes_mod.resolve(context, context.other, cfg, log=print)
         s = settings_from(cfg, context)
-        res = run_probes(context.adapter, context.layer, other.adapter, other.layer, context.stitch, saes, s,
-                         log=log, progress=context.progress)
-        res["saes"] = origin
-        res["settings"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(s).items()}
-        out = context.folder.artifact(self.name, RESULTS_ROLE)
-        out.mkdir(parents=True, exist_ok=True)
-        probes_a = res.pop("probes_A")
-        write_json_atomic(out / "results.json", res)
-        tasks = {t: {"sparse": {str(k): p for k, p in v["sparse"].items()}, "dense": v["dense"]}
-                 for t, v in probes_a.items()}
-        return {"side": "A", "model": context.model_name, "layer": context.layer,
-                "reads": {"sparse": f"source SAE ({origin['source']})", "dense": "residual"}, "tasks": tasks}
+        res = fit_source(context.adapter, context.layer, context.other.adapter, saes, s, log=print,
+                         progress=context.progress)
+        settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(s).items()}
+        return {"arm": "source_on_A", "side": "A", "model": context.model_name, "layer": context.layer,
+                "reads": {"sparse": f"source SAE ({origin['source']})", "dense": "residual"},
+                "tasks": res["tasks"], "fit": res["fit"], "saes": origin, "settings": settings}
 
     def transfer(self, artifact: dict, stitch: Any, direction: str = "up", **target: Any) -> dict:
         if direction != "up":
             raise StageError("probe transfer is implemented A -> B ('up') only")
-        P = stitch.P_down.detach().double().cpu().numpy()
-        b = stitch.b_down.detach().double().cpu().numpy()
-        tasks = {}
-        for t, v in artifact["tasks"].items():
-            dense = through_affine(LinearProbe.from_dict(v["dense"]), P, b).to_dict()
-            tasks[t] = {"sparse": v["sparse"], "dense": dense}
-        return {"side": "B", "model": target.get("target_model"), "hook": target.get("target_hook"),
-                "reads": {"sparse": "transferred SAE (Eq. 6) latents, A's indices and weights",
-                          "dense": "residual of B (A's probe composed with T_down)"}, "tasks": tasks}
+        return transfer_probes(artifact, stitch, **target)
+
+    def extra_arms(self, source: dict, transferred: dict, source_context: ArtifactContext,
+                   target_context: ArtifactContext) -> dict[str, Arm]:
+        """The arms fitted on B's training examples (:data:`~stitchplug_probe.arms.B_FITTED`), each
+        saved under ``artifacts/probe/<arm>``."""
+        from . import saes as saes_mod
+        from .experiment import fit_on_b
+
+        a, b = source_context, target_context
+        cfg = a.config
+        saes, _ = saes_mod.resolve(a, b, cfg, log=lambda m: None)
+        s = settings_from(cfg, a)
+        fitted = fit_on_b(a.adapter, b.adapter, b.layer, source, saes, a.stitch, s, progress=a.progress)
+        out = {}
+        for label, art in fitted.items():
+            art = {"arm": label, "side": "B", "model": b.model_name, "layer": b.layer} | art
+            self.save(art, a.folder.artifact(self.name, label), {"stage": "evaluate", "fitted_on": "B, training examples"})
+            out[label] = Arm(art, b)
+        return out
 
     def check(self, artifact: dict, stitch: Any, direction: str = "up") -> None:
         d_a = int(stitch.P_down.shape[1])
@@ -128,33 +138,43 @@ class ProbeArtifact(ArtifactKind):
         return folder
 
     def load(self, folder: str | Path) -> dict:
+        from .arms import ARMS
+
         path = Path(folder) / PROBES_FILE
         if not path.is_file():
             raise StageError(f"probe folder {folder} has no {PROBES_FILE}")
         try:
-            return json.loads(path.read_text())
+            art = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise StageError(f"{path} is not valid JSON: {exc}") from None
+        if not isinstance(art, dict) or art.get("arm") not in ARMS or not isinstance(art.get("tasks"), dict):
+            raise StageError(f"{path} is not a probe set (it needs 'arm', one of {', '.join(ARMS)}, and 'tasks')")
+        return art
+
+    def aggregate(self, results: dict, cfg: Any) -> dict | None:
+        """The step across arms (:func:`~stitchplug_probe.combine.combine`): per-task tables, means
+        over tasks with bootstrap intervals, gaps to the native and random arms, recovery, failures."""
+        from .combine import combine, has_results
+
+        return combine(results, cfg.ks, cfg.n_boot) if has_results(results) else None
 
     def diagnose(self, source, transferred, stitch, target: ArtifactContext,
                  source_context: ArtifactContext | None = None) -> dict | None:
-        folder = (source_context or target).folder
-        path = folder.artifact(self.name, RESULTS_ROLE) / "results.json"
-        if not path.is_file():
-            raise StageError(f"probe results are missing ({path}); delete stages/probe.source.json and re-run")
-        return json.loads(path.read_text())
+        """Where the SAEs came from and the settings the passes used."""
+        return {"saes": source.get("saes", {}), "settings": source.get("settings", {})}
 
     def report_markdown(self, metrics: dict, folder) -> str | None:
         from .report import markdown, plot
 
-        res = (metrics.get(self.name) or {}).get("diagnostics")
-        if not res:
+        res = metrics.get(self.name) or {}
+        agg = res.get("aggregate")
+        if not agg:
             return None
-        plot(res, folder.plot(PLOT))
-        return markdown(res, PLOT)
+        plot(agg, folder.plot(PLOT))
+        return markdown(agg, PLOT)
 
     def summary(self, results: dict) -> list[str]:
-        agg = (results.get("diagnostics") or {}).get("aggregate", {}).get("sparse", {})
+        agg = (results.get("aggregate") or {}).get("sparse", {})
         lines = []
         for arm in ("source_A", "transfer_noretrain", "transfer_retrain", "native_B", "random_B"):
             r = agg.get(arm, {}).get("5")

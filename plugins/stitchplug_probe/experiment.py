@@ -1,8 +1,20 @@
-"""The probe-transfer experiment over many tasks, independent of how the run pipeline supplies the
-models, layers, stitch and SAEs (the artifact kind calls :func:`run_probes`)."""
+"""The three passes of the probe experiment over the task texts, on adapters (the kind calls them with
+its contexts' adapters; :func:`run_probes` composes them without the pipeline, for notebooks and tests).
+
+- :func:`fit_source`: A's training examples -> A's probe set (``probe.source``);
+- :func:`fit_on_b`: B's training examples -> the probe sets of the arms fitted on B
+  (:data:`~stitchplug_probe.arms.B_FITTED`; the kind's ``extra_arms``);
+- :func:`score_arms`: every arm's probes on the test examples of its model, one pass per model for all
+  arms, with each task's coverage (:mod:`~stitchplug_probe.coverage`) when both models are read (the
+  ``probe_accuracy`` evaluator).
+
+Fitting reads only the training examples and scoring only the test examples, so the three passes read
+each example once per model: the cost of one pass over every task through both models.
+"""
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -10,16 +22,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from . import arms as arms_mod
 from . import coverage
-from .arms import DENSE_ARMS, SPARSE_ARMS, run_task, strip_correct
 from .features import extract, identity, sae_encoder
-from .stats import bootstrap_mean
-from .tasks import load_task
+from .tasks import Task, load_task
 
 
 @dataclass
 class ProbeSettings:
-    """What :func:`run_probes` needs to know (the plugin's config section maps onto this)."""
+    """What the passes need to know (the plugin's config section maps onto this: :func:`settings_from`)."""
 
     tasks: list[str]
     max_examples: int = 1000
@@ -37,100 +48,160 @@ class ProbeSettings:
     extra: dict = field(default_factory=dict)
 
 
+def settings_from(cfg, seed: int, cache_context_size: int | None = None) -> ProbeSettings:
+    """The settings of the kind's config section ``cfg`` (``context_size`` None: the cache's, else 128)."""
+    from .tasks import expand_specs
+
+    context_size = cfg.context_size or cache_context_size or 128
+    return ProbeSettings(tasks=expand_specs(list(cfg.tasks)), max_examples=cfg.max_examples, ks=tuple(cfg.ks),
+                         pooling=cfg.pooling, context_size=int(context_size), test_fraction=cfg.test_fraction,
+                         C=cfg.C, batch_size=cfg.batch_size, n_boot=cfg.n_boot, seed=seed,
+                         selection=cfg.selection, extra={"task_specs": list(cfg.tasks)})
+
+
+@functools.lru_cache(maxsize=64)
+def _task(spec: str, max_examples: int, seed: int, min_per_class: int) -> Task:
+    return load_task(spec, max_examples=max_examples, seed=seed, min_per_class=min_per_class)
+
+
+def load_split(spec: str, s: ProbeSettings) -> tuple[Task, np.ndarray, np.ndarray]:
+    """The task of ``spec`` and its stratified ``(train, test)`` indices (the same in every pass)."""
+    task = _task(spec, s.max_examples, s.seed, s.min_per_class)
+    tr, te = arms_mod.split(task.labels, s.test_fraction, s.seed)
+    return task, tr, te
+
+
 def stitch_down(stitch: Any) -> tuple[np.ndarray, np.ndarray]:
     return (stitch.P_down.detach().double().cpu().numpy(), stitch.b_down.detach().double().cpu().numpy())
 
 
-def run_probes(adapter_a, layer_a: int, adapter_b, layer_b: int, stitch: Any, saes: dict[str, Any],
-               settings: ProbeSettings, log: Callable[[str], None] = print, progress: bool = False) -> dict:
-    """Every task through both models, every arm fitted and scored; per-task results and means.
+def _encoders(saes: dict[str, Any], roles) -> dict:
+    out = {"dense": identity}
+    out.update({r: sae_encoder(saes[r]) for r in roles if saes.get(r) is not None})
+    return out
 
-    ``saes`` maps ``source`` (on A), ``transferred`` (on B) and optionally ``native``, ``random``
-    (on B) to SAELens SAEs. Returns ``{"tasks": {name: results without per-example vectors},
-    "aggregate": ..., "timing": ..., "probes_A": {name: A's fitted probes}}``.
-    """
-    P_down, b_down = stitch_down(stitch)
-    enc_a = {"dense": identity, "source": sae_encoder(saes["source"])}
-    enc_b = {"dense": identity}
-    enc_b.update({k: sae_encoder(saes[k]) for k in ("transferred", "native", "random", "random_unit", "shuffled")
-                  if saes.get(k) is not None})
-    per_task, correct, probes_a = {}, {}, {}
-    t_feat = t_probe = 0.0
-    n_examples = 0
-    for spec in settings.tasks:
-        task = load_task(spec, max_examples=settings.max_examples, seed=settings.seed,
-                         min_per_class=settings.min_per_class)
+
+def _texts(task: Task, idx: np.ndarray) -> list[str]:
+    return [task.texts[i] for i in idx]
+
+
+def fit_source(adapter_a, layer_a: int, adapter_b, saes: dict[str, Any], s: ProbeSettings,
+               log: Callable[[str], None] = print, progress: bool = False) -> dict:
+    """A's probe set: per task, top-k probes on the source SAE's latents and a dense probe, fitted on
+    the training examples. ``adapter_b`` only cuts the windows (the passes share them)."""
+    tasks, t_feat, t_fit, n = {}, 0.0, 0.0, 0
+    for spec in s.tasks:
+        task, tr, _ = load_split(spec, s)
         log(f"  probe task {task.name}: {len(task)} examples")
         t0 = time.perf_counter()
         with torch.inference_mode():
-            feats = extract(adapter_a, layer_a, adapter_b, layer_b, task.texts, encoders_a=enc_a, encoders_b=enc_b,
-                            context_size=settings.context_size, pooling=settings.pooling,
-                            batch_size=settings.batch_size, progress=progress, desc=task.name,
-                            keep_tokens=settings.coverage)
+            A = extract(adapter_a, layer_a, adapter_b, 0, _texts(task, tr), encoders_a=_encoders(saes, ["source"]),
+                        encoders_b={}, context_size=s.context_size, pooling=s.pooling, batch_size=s.batch_size,
+                        progress=progress, desc=task.name)["A"]
+        t1 = time.perf_counter()
+        tasks[task.name] = arms_mod.fit_source(A, task.labels[tr], s.ks, s.C, s.selection)
+        t_fit += time.perf_counter() - t1
+        t_feat += t1 - t0
+        n += len(tr)
+    return {"tasks": tasks, "fit": _timing("A, training examples", n, t_feat, t_fit)}
+
+
+def fit_on_b(adapter_a, adapter_b, layer_b: int, source: dict, saes: dict[str, Any], stitch: Any,
+             s: ProbeSettings, progress: bool = False) -> dict[str, dict]:
+    """``{arm: probe set}`` for every arm fitted on B's training examples whose SAE is in ``saes``."""
+    P_down, b_down = stitch_down(stitch)
+    roles = ["transferred", "native", "random", "random_unit", "shuffled"]
+    out: dict[str, dict] = {}
+    t_feat, t_fit, n = 0.0, 0.0, 0
+    for spec in s.tasks:
+        task, tr, _ = load_split(spec, s)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            B = extract(adapter_a, 0, adapter_b, layer_b, _texts(task, tr), encoders_a={},
+                        encoders_b=_encoders(saes, roles), context_size=s.context_size, pooling=s.pooling,
+                        batch_size=s.batch_size, progress=progress, desc=task.name)["B"]
+        t1 = time.perf_counter()
+        for arm, entry in arms_mod.fit_on_b(B, task.labels[tr], source["tasks"][task.name], s.ks, s.C,
+                                            s.selection, P_down, b_down).items():
+            out.setdefault(arm, {"tasks": {}})["tasks"][task.name] = entry
+        t_fit += time.perf_counter() - t1
+        t_feat += t1 - t0
+        n += len(tr)
+    fit = _timing("B, training examples", n, t_feat, t_fit)
+    for art in out.values():
+        art["fit"] = fit
+    return out
+
+
+def score_arms(adapter_a, layer_a: int, adapter_b, layer_b: int, arms: dict[str, dict], saes: dict[str, Any],
+               stitch: Any, s: ProbeSettings, progress: bool = False) -> dict[str, dict]:
+    """``{label: result}`` for probe sets ``arms`` (label -> artifact, labels of :data:`ARMS`): per task
+    the arm's records on the test examples (``correct`` packed by :func:`~stitchplug_probe.arms.pack`).
+    Each model is run once per task for all its arms; when both are, the transferred arm's result also
+    holds each task's coverage on those tokens."""
+    P_down, b_down = stitch_down(stitch)
+    specs = {label: arms_mod.ARMS[label] for label in arms}
+    want = {side: {sp.sparse for sp in specs.values() if sp.side == side and sp.sparse} for side in ("A", "B")}
+    reads = {side: any(sp.side == side for sp in specs.values()) for side in ("A", "B")}
+    keep_tokens = s.coverage and reads["A"] and reads["B"]
+    out = {label: {"tasks": {}, "seed": s.seed, "fit": art.get("fit")} for label, art in arms.items()}
+    t_feat, t_score, n = 0.0, 0.0, 0
+    for spec in s.tasks:
+        task, tr, te = load_split(spec, s)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            feats = extract(adapter_a, layer_a, adapter_b, layer_b, _texts(task, te),
+                            encoders_a=_encoders(saes, want["A"]) if reads["A"] else {},
+                            encoders_b=_encoders(saes, want["B"]) if reads["B"] else {},
+                            context_size=s.context_size, pooling=s.pooling, batch_size=s.batch_size,
+                            progress=progress, desc=task.name, keep_tokens=keep_tokens)
             tokens = feats.pop("tokens", None)
             cov = None if tokens is None else coverage.task_coverage(
                 tokens, P_down, b_down, {"source": saes["source"]},
                 {k: saes[k] for k in ("transferred", "native") if saes.get(k) is not None})
             del tokens
         t1 = time.perf_counter()
-        res = run_task(feats, task.labels, P_down=P_down, b_down=b_down, ks=settings.ks,
-                       test_fraction=settings.test_fraction, seed=settings.seed, C=settings.C,
-                       selection=settings.selection)
-        t_probe += time.perf_counter() - t1
+        y = task.labels[te]
+        for label, art in arms.items():
+            entry = art["tasks"].get(task.name)
+            if entry is None:
+                continue
+            rec = arms_mod.score(entry, specs[label], feats[specs[label].side], y, P_down, b_down)
+            for r in [*rec["sparse"].values(), *([rec["dense"]] if "dense" in rec else [])]:
+                r["correct"] = arms_mod.pack(r["correct"])
+            rec.update(n_train=int(len(tr)), n_test=int(len(te)), n_examples=len(task), source=task.source)
+            if cov is not None and label == "transferred_on_B":
+                rec["coverage"] = cov
+            out[label]["tasks"][task.name] = rec
+        t_score += time.perf_counter() - t1
         t_feat += t1 - t0
-        n_examples += len(task)
-        per_task[task.name] = strip_correct(res) | {"source": task.source, "n_examples": len(task)}
-        per_task[task.name]["recovery"] = coverage.recovery(per_task[task.name])
-        if cov is not None:
-            per_task[task.name]["coverage"] = cov
-        probes_a[task.name] = res["probes_A"]
-        correct[task.name] = res
-    agg = aggregate(correct, settings.ks, settings.n_boot, settings.seed)
-    for name, r in per_task.items():
-        r["vs_random"] = _per_task_vs(correct[name], "transfer_noretrain", "random_B", settings)
-        r["vs_native"] = _per_task_vs(correct[name], "transfer_retrain", "native_B", settings)
-    timing = {"examples": n_examples, "feature_seconds": round(t_feat, 3), "probe_seconds": round(t_probe, 3),
-              "examples_per_second": n_examples / t_feat if t_feat > 0 else None}
-    agg["recovery"] = coverage.recovery_summary(per_task)
-    agg["failures"] = coverage.failures(per_task)
-    return {"tasks": per_task, "aggregate": agg, "timing": timing, "probes_A": probes_a}
-
-
-def _per_task_vs(res: dict, arm: str, base: str, s: ProbeSettings) -> dict:
-    """Per k: paired bootstrap of accuracy(arm) - accuracy(base) on this task's test examples."""
-    out = {}
-    for k, rec in res["sparse"].get(arm, {}).items():
-        other = res["sparse"].get(base, {}).get(k)
-        if other is not None:
-            out[str(k)] = bootstrap_mean([rec["correct"]], [other["correct"]], s.n_boot, s.seed)
+        n += len(te)
+    scoring = _timing(" and ".join(side for side in ("A", "B") if reads[side]) + ", test examples", n, t_feat, t_score)
+    for res in out.values():
+        res["scoring"] = scoring
     return out
 
 
-def aggregate(results: dict[str, dict], ks, n_boot: int = 2000, seed: int = 0) -> dict:
-    """Mean accuracy over tasks per arm (and k) with bootstrap intervals, and the mean transfer gap to
-    the native arm (paired over the same test examples)."""
-    out: dict = {"sparse": {}, "dense": {}, "gap_vs_native": {}, "tasks_above_random": {}}
-    names = list(results)
-    for arm in SPARSE_ARMS:
-        for k in ks:
-            have = [n for n in names if k in results[n]["sparse"].get(arm, {})]
-            if not have:
-                continue
-            vecs = [results[n]["sparse"][arm][k]["correct"] for n in have]
-            out["sparse"].setdefault(arm, {})[str(k)] = bootstrap_mean(vecs, None, n_boot, seed)
-            both = [n for n in have if k in results[n]["sparse"].get("native_B", {})]
-            if both and arm != "native_B":
-                out["gap_vs_native"].setdefault(arm, {})[str(k)] = bootstrap_mean(
-                    [results[n]["sparse"][arm][k]["correct"] for n in both],
-                    [results[n]["sparse"]["native_B"][k]["correct"] for n in both], n_boot, seed)
-    for arm in DENSE_ARMS:
-        have = [n for n in names if arm in results[n]["dense"]]
-        if have:
-            out["dense"][arm] = bootstrap_mean([results[n]["dense"][arm]["correct"] for n in have], None, n_boot, seed)
-    for k in ks:
-        pairs = [(results[n]["sparse"]["transfer_noretrain"][k]["accuracy"], results[n]["sparse"]["random_B"][k]["accuracy"])
-                 for n in names if k in results[n]["sparse"].get("transfer_noretrain", {})
-                 and k in results[n]["sparse"].get("random_B", {})]
-        if pairs:
-            out["tasks_above_random"][str(k)] = {"above": sum(a > b for a, b in pairs), "of": len(pairs)}
+def _timing(name: str, examples: int, feature_s: float, probe_s: float) -> dict:
+    return {"pass": name, "examples": examples, "feature_seconds": round(feature_s, 3),
+            "probe_seconds": round(probe_s, 3)}
+
+
+def run_probes(adapter_a, layer_a: int, adapter_b, layer_b: int, stitch: Any, saes: dict[str, Any],
+               settings: ProbeSettings, log: Callable[[str], None] = print, progress: bool = False) -> dict:
+    """The whole experiment without the pipeline: the three passes and the step across arms.
+
+    ``saes`` maps ``source`` (on A), ``transferred`` (on B) and optionally ``native``, ``random``,
+    ``random_unit``, ``shuffled`` (on B) to SAELens SAEs. Returns :func:`~stitchplug_probe.combine.combine`'s
+    ``{"tasks", "sparse", "dense", ...}`` plus ``"probes_A"`` (A's probe set)."""
+    from .combine import combine
+
+    P_down, b_down = stitch_down(stitch)
+    source = fit_source(adapter_a, layer_a, adapter_b, saes, settings, log=log, progress=progress)
+    moved = {t: arms_mod.transfer_entry(v, P_down, b_down) for t, v in source["tasks"].items()}
+    arms = {"source_on_A": source, "transferred_on_B": {"tasks": moved}}
+    arms |= fit_on_b(adapter_a, adapter_b, layer_b, source, saes, stitch, settings, progress=progress)
+    results = score_arms(adapter_a, layer_a, adapter_b, layer_b, arms, saes, stitch, settings, progress=progress)
+    out = combine({label: {"probe_accuracy": r} for label, r in results.items()}, settings.ks, settings.n_boot)
+    out["probes_A"] = source["tasks"]
     return out

@@ -103,23 +103,25 @@ def extract(adapter_a, layer_a: int, adapter_b, layer_b: int, texts: Sequence[st
             encoders_a: dict[str, Encoder], encoders_b: dict[str, Encoder], context_size: int = 128,
             pooling: str = "mean", batch_size: int = 8, progress: bool = False, desc: str = "features",
             keep_tokens: bool = False) -> dict[str, dict[str, np.ndarray]]:
-    """``{"A": {name: [n, f]}, "B": {...}}`` for the given encoders (add ``identity`` for dense).
+    """``{"A": {name: [n, f]}, "B": {...}}`` for the given encoders (add ``identity`` for dense); a
+    side without encoders is not run (unless ``keep_tokens``) and gets ``{}``.
 
     ``keep_tokens``: also ``"tokens": {"A": residuals, "B": residuals, "enc": [(Encoded A, Encoded B)]}``
     (per example, every token), for :mod:`~stitchplug_probe.coverage`."""
     encs = [paired_encodings(adapter_a, adapter_b, t, context_size) for t in texts]
     pairs = [(ea.ids, eb.ids) for ea, eb in encs]
+    run_a, run_b = keep_tokens or bool(encoders_a), keep_tokens or bool(encoders_b)
     bar = None
     if progress:
         from stitchplug.api import progress
-        bar = progress(total=2 * len(texts), desc=desc, leave=False)
+        bar = progress(total=(run_a + run_b) * len(texts), desc=desc, leave=False)
     tick = bar.update if bar is not None else None
-    ra = capture_many(adapter_a, layer_a, [p[0] for p in pairs], batch_size, tick)
-    rb = capture_many(adapter_b, layer_b, [p[1] for p in pairs], batch_size, tick)
+    ra = capture_many(adapter_a, layer_a, [p[0] for p in pairs], batch_size, tick) if run_a else []
+    rb = capture_many(adapter_b, layer_b, [p[1] for p in pairs], batch_size, tick) if run_b else []
     if bar is not None:
         bar.close()
-    out = {"A": pool(ra, [p[0] for p in pairs], adapter_a.special_ids, encoders_a, pooling),
-           "B": pool(rb, [p[1] for p in pairs], adapter_b.special_ids, encoders_b, pooling)}
+    out = {"A": pool(ra, [p[0] for p in pairs], adapter_a.special_ids, encoders_a, pooling) if run_a else {},
+           "B": pool(rb, [p[1] for p in pairs], adapter_b.special_ids, encoders_b, pooling) if run_b else {}}
     if keep_tokens:
         out["tokens"] = {"A": ra, "B": rb, "enc": encs}
     return out

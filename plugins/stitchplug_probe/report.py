@@ -15,13 +15,14 @@ TABLE_KS = ("1", "5", "20")
 
 
 def plot(results: dict, path: str | Path) -> Path:
-    """Accuracy vs k per sparse arm (mean over tasks, 95% bootstrap band); dense arms as lines."""
+    """Accuracy vs k per sparse arm (mean over tasks, 95% bootstrap band); dense arms as lines; from
+    the kind's ``aggregate``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    agg = results["aggregate"]
+    agg = results
     fig, ax = plt.subplots(figsize=(9.5, 4.5))
     for arm in SPARSE_ARMS:
         by_k = agg["sparse"].get(arm)
@@ -54,7 +55,8 @@ def _ci(r: dict) -> str:
 
 
 def markdown(results: dict, plot_name: str | None = "probe_transfer.png") -> str:
-    agg = results["aggregate"]
+    """The section from the kind's ``aggregate`` (:func:`~stitchplug_probe.combine.combine`)."""
+    agg = results
     lines = ["## Probe transfer (method.md section 4)", ""]
     if plot_name:
         lines += [f"![accuracy vs k]({plot_name})", ""]
@@ -103,6 +105,7 @@ def markdown(results: dict, plot_name: str | None = "probe_transfer.png") -> str
         lines.append(f"| {name} | {r['n_examples']} | " + " | ".join(cells + dense) + " |")
     t = results.get("timing", {})
     if t:
+        passes = "; ".join(f"{p['pass']}: {p['examples']} in {p['feature_seconds']:.0f} s" for p in t.get("passes", []))
         lines += ["", f"Features: {t['examples']} examples through both models in {t['feature_seconds']:.0f} s "
-                  f"({t['examples_per_second'] or 0:.1f} examples/s); probes: {t['probe_seconds']:.0f} s."]
+                  f"({t['examples_per_second'] or 0:.1f} examples/s; {passes}); probes: {t['probe_seconds']:.0f} s."]
     return "\n".join(lines) + "\n"

@@ -30,6 +30,8 @@ class KindStages:
         self.pipe, self.name, self.kind, self.cfg = pipe, name, kind, cfg
         self.roles = tuple(r for r in ROLES if r in roles and (r != "random" or kind.supports_baseline))
         self.deps = pipe.deps("stitch", "eval", name, *needs) | {"artifact": name}
+        if kind.layout:  # left out at 0, so folders written before `layout` existed resume
+            self.deps["layout"] = kind.layout
         self.paths = {role: pipe.rf.artifact(name, role) for role in self.roles}
 
     def stage(self, role: str) -> str:

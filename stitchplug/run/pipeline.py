@@ -8,7 +8,8 @@ Stages (each reused when finished with the same config, see :mod:`stitchplug.run
 ``<kind>.source``   the source artifact on A (trained or loaded)
 ``<kind>.transfer`` the artifact carried to B through the stitch
 ``<kind>.baseline`` a random artifact of the same shape on B (kinds with ``supports_baseline``)
-``<kind>.evaluate`` every registered evaluator that applies, on every arm, and the kind's diagnostics
+``<kind>.evaluate`` every registered evaluator that applies, on every arm (``Evaluator.evaluate_arms``),
+                    the step across arms (``aggregate``) and the kind's diagnostics
 then ``metrics.json`` sections and ``report.md`` sections through :class:`~stitchplug.runfolder.RunFolder`.
 
 A kind that builds on other kinds (``requires = ("sae",)``) gets their ``source``, ``transfer``,
@@ -42,7 +43,7 @@ import time
 from typing import Any, Callable
 
 from .. import dist
-from ..artifacts import ArtifactKind, Arm
+from ..artifacts import ArtifactKind, Arm, Evaluator
 from ..config import RunConfig, check_values, run_config_class, run_config_dict, snapshot
 from ..errors import PluginError, StageError
 from ..plugins import registry
@@ -261,13 +262,16 @@ class Pipeline(RunResources):
                 if label in all_arms or label in ("diagnostics", "aggregate"):
                     raise StageError(f"artifact kind {name!r} adds an arm named {label!r}, which is taken")
                 all_arms[label] = arm
-            out: dict[str, dict] = {}
-            evaluators = self.evaluators()
-            for label, arm in all_arms.items():
-                out[label] = {}
-                for ev in evaluators:
-                    self.log(f"  {ev.name} on {label}")
-                    out[label][ev.name] = ev.evaluate(arm.artifact, arm.context)
+            out: dict[str, dict] = {label: {} for label in all_arms}
+            for ev in self.evaluators():
+                # an evaluator that only has evaluate() (duck-typed, not an Evaluator) is judged arm by arm
+                many = getattr(ev, "evaluate_arms", None) or (lambda arms, log, ev=ev: Evaluator.evaluate_arms(ev, arms, log))
+                got = many(all_arms, log=self.log)
+                if set(got) != set(all_arms):
+                    raise PluginError(f"evaluator {ev.name!r} returned arms {sorted(got)}, not the run's "
+                                      f"{sorted(all_arms)}")
+                for label in all_arms:
+                    out[label][ev.name] = got[label]
             agg = kind.aggregate(out, self.art_cfg)  # the step across arms
             if agg is not None:
                 out["aggregate"] = agg
