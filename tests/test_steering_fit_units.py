@@ -129,20 +129,36 @@ def test_the_swap_that_recovers_the_share_is_named():
     assert row.endswith("| massive |")
 
 
-def test_command_defaults_are_the_config_defaults():
-    """The command's flags take SteeringFitConfig's defaults (a default written into a flag by hand
-    and changed in one place only would make the CLI and the API disagree)."""
+def test_command_flags_are_generated_from_the_config(monkeypatch, tmp_path):
+    """Every SteeringFitConfig field but the three the command spells itself is a generated flag (the
+    earlier spellings --prompts and --second-detector still work); no flag means the config's default,
+    a --config file sets fields and a flag overrides the file."""
     import click
+    from click.testing import CliRunner
 
-    from stitchplug_steering.fitexp_cli import add_command
+    import stitchplug_steering.fitexp as fitexp
+    from stitchplug_steering.fitexp_cli import OWN_FLAGS, add_command
 
     cli = click.Group("stitchplug")
     add_command(cli)
-    params = {p.name: p.default for p in cli.commands["experiment"].commands["steering-fit"].params}
-    fields = SteeringFitConfig.model_fields
-    shared = {"n_prompts", "max_new_tokens", "vector_docs", "vector_tokens", "fvu_docs", "seed", "preset",
-              "detector", "diagnose"}
-    for name in shared:
-        assert params[name] == fields[name].default, name
-    assert params["second_detector"] == fields["agreement_detector"].default
-    assert params["languages"] == ",".join(fields["languages"].default)
+    cmd = cli.commands["experiment"].commands["steering-fit"]
+    generated = {p.name[len("cfg__"):] for p in cmd.params if p.name.startswith("cfg__")}
+    assert generated == set(SteeringFitConfig.model_fields) - set(OWN_FLAGS)
+    seen = []
+    monkeypatch.setattr(fitexp, "run_experiment", lambda root, cfg, **kw: seen.append(cfg) or {"cells": []})
+    run = CliRunner().invoke
+    res = run(cli, ["experiment", "steering-fit", "--run-root", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    want = SteeringFitConfig().model_dump() | {"run_overrides": {"device": "cpu"}}
+    assert seen[-1].model_dump() == want
+    conf = tmp_path / "fit.yaml"
+    conf.write_text("vector_docs: 5\nz_mode: offset\nn_prompts: 9\n")
+    res = run(cli, ["experiment", "steering-fit", "--run-root", str(tmp_path), "--config", str(conf), "--prompts", "7",
+                    "--second-detector", "none", "--no-fluency", "--sizes", "24k", "--fitting", "wiki-en"])
+    assert res.exit_code == 0, res.output
+    got = seen[-1]
+    assert (got.vector_docs, got.z_mode, got.n_prompts, got.agreement_detector, got.fluency) == (5, "offset", 7, "none", False)
+    assert got.sizes == [24_000] and got.fitting == ["wiki-en"]
+    res = run(cli, ["experiment", "steering-fit", "--run-root", str(tmp_path), "--z-scale", "1000"])
+    # (the stitchplug CLI prints a ConfigError as one line; a bare click group passes it on)
+    assert res.exit_code != 0 and "invalid config: z_scale" in str(res.exception) and len(seen) == 2

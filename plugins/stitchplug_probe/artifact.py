@@ -25,20 +25,10 @@ from typing import Any
 from stitchplug.api import Arm, ArtifactContext, ArtifactKind, StageError, write_json_atomic
 
 from . import config
+from .experiment import settings_from
 
 PROBES_FILE = "probes.json"
 PLOT = "probe_transfer.png"
-
-
-def settings_from(cfg: config.ProbeConfig, ctx: ArtifactContext):
-    """The passes' settings from the kind's section and the run (the cache's context size by default)."""
-    from . import experiment
-
-    try:
-        cache_ctx = int(ctx.folder.config()["cache"]["context_size"])
-    except Exception:
-        cache_ctx = None
-    return experiment.settings_from(cfg, ctx.seed, cache_ctx)
 
 
 def transfer_probes(artifact: dict, stitch: Any, **target: Any) -> dict:

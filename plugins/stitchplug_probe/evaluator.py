@@ -20,16 +20,9 @@ def _settings(ctx: ArtifactContext):
     from .config import ProbeConfig
     from .experiment import settings_from
 
-    cfg = ctx.config if isinstance(ctx.config, ProbeConfig) else None
-    if cfg is None:
+    if not isinstance(ctx.config, ProbeConfig):
         raise StageError("probe_accuracy needs the probe kind's config section in the arm's context")
-    cache_ctx = None
-    if ctx.folder is not None:
-        try:
-            cache_ctx = int(ctx.folder.config()["cache"]["context_size"])
-        except Exception:
-            cache_ctx = None
-    return cfg, settings_from(cfg, ctx.seed, cache_ctx)
+    return ctx.config, settings_from(ctx.config, ctx)
 
 
 def sides(contexts: list[ArtifactContext]) -> tuple[ArtifactContext, ArtifactContext]:

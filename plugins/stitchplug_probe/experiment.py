@@ -48,10 +48,18 @@ class ProbeSettings:
     extra: dict = field(default_factory=dict)
 
 
-def settings_from(cfg, seed: int, cache_context_size: int | None = None) -> ProbeSettings:
-    """The settings of the kind's config section ``cfg`` (``context_size`` None: the cache's, else 128)."""
+def settings_from(cfg, ctx) -> ProbeSettings:
+    """The settings of the kind's config section ``cfg`` in the run of context ``ctx`` (its seed;
+    ``context_size`` None: the run's cache context size, else 128)."""
     from .tasks import expand_specs
 
+    cache_context_size = None
+    if ctx.folder is not None:
+        try:
+            cache_context_size = int(ctx.folder.config()["cache"]["context_size"])
+        except Exception:  # a folder without a readable config: the default below
+            cache_context_size = None
+    seed = ctx.seed
     context_size = cfg.context_size or cache_context_size or 128
     return ProbeSettings(tasks=expand_specs(list(cfg.tasks)), max_examples=cfg.max_examples, ks=tuple(cfg.ks),
                          pooling=cfg.pooling, context_size=int(context_size), test_fraction=cfg.test_fraction,

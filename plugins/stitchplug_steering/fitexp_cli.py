@@ -19,13 +19,18 @@ def _overrides(items: tuple[str, ...]) -> dict:
     return out
 
 
+OWN_FLAGS = ("fitting", "sizes", "run_overrides")
+"""Fields the command declares itself: ``--fitting`` is repeated (a mix holds commas), ``--sizes`` takes
+``quick`` and ``24k``/``1m``, and ``run_overrides`` is built from ``--set``, ``--source``, ``--target``
+and ``--device``. Every other field of :class:`SteeringFitConfig` is a generated flag."""
+ALIASES = {"n_prompts": "--prompts", "agreement_detector": "--second-detector"}
+"""The earlier spellings of two generated flags, kept working."""
+
+
 def add_command(cli: click.Group) -> None:
-    from stitchplug.api import command_group
+    from stitchplug.api import command_group, config_options
 
     from .fitexp_config import SteeringFitConfig
-
-    def default(name: str):  # the config's default: one place for the command line and the API
-        return SteeringFitConfig.model_fields[name].default
 
     group = command_group(cli, "experiment", "Experiments that reuse a run folder (paper §3.1 and beyond).")
     if "steering-fit" in group.commands:
@@ -36,60 +41,42 @@ def add_command(cli: click.Group) -> None:
                   help="Experiment folder: one stitch folder per fitting text and size under fits/, results here.")
     @click.option("--fitting", "fitting", multiple=True,
                   help="A fitting text (cache corpus: wiki-en, or mix:wiki-en=0.8,wiki-fr=0.1,wiki-es=0.1); repeat. "
-                       "[default: wiki-en and mixes with 10% and 20% of each target language]")
-    @click.option("--sizes", default="quick,1000000", show_default=True,
-                  help="Cache budgets in tokens, comma-separated (quick = 24,000; 24k, 1m accepted).")
-    @click.option("--preset", default=default("preset"), show_default=True, help="Run preset of every stitch folder.")
+                       "[config: fitting; default: wiki-en and mixes with 10% and 20% of each target language]")
+    @click.option("--sizes", default=None,
+                  help="Cache budgets in tokens, comma-separated (quick = 24,000; 24k, 1m accepted). "
+                       "[config: sizes; default: quick,1000000]")
     @click.option("--source", default=None, help="Model A [default: the run config's].")
     @click.option("--target", default=None, help="Model B [default: the run config's].")
-    @click.option("--languages", default=",".join(default("languages")), show_default=True, help="Target languages, comma-separated.")
-    @click.option("--prompts", "n_prompts", type=click.IntRange(1), default=default("n_prompts"), show_default=True,
-                  help="Held-out English prompts per arm.")
-    @click.option("--max-new-tokens", type=click.IntRange(1), default=default("max_new_tokens"), show_default=True)
-    @click.option("--vector-docs", type=click.IntRange(1), default=default("vector_docs"), show_default=True,
-                  help="Vector pairs per language (outside every fit's training documents).")
-    @click.option("--vector-tokens", type=click.IntRange(2), default=default("vector_tokens"), show_default=True)
-    @click.option("--fvu-docs", type=click.IntRange(1), default=default("fvu_docs"), show_default=True,
-                  help="Held-out documents per language for each stitch's FVU.")
-    @click.option("--diagnose/--no-diagnose", default=default("diagnose"), show_default=True,
-                  help="Evaluate the massive-dims and z swaps (two more arms per stitch, language and direction).")
-    @click.option("--detector", type=click.Choice(["langdetect", "lingua", "lingua-fast"]), default=default("detector"),
-                  show_default=True)
-    @click.option("--second-detector", type=click.Choice(["none", "langdetect", "lingua", "lingua-fast"]),
-                  default=default("agreement_detector"), show_default=True)
-    @click.option("--no-fluency", is_flag=True, help="Skip the unsteered model's loss on each continuation.")
     @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                   help="Run-config key for every stitch folder (e.g. stitch.svcca_tokens=500); repeatable.")
-    @click.option("--seed", type=click.IntRange(0), default=default("seed"), show_default=True)
     @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-    def steering_fit_cmd(run_root, fitting, sizes, preset, source, target, languages, n_prompts, max_new_tokens,
-                         vector_docs, vector_tokens, fvu_docs, diagnose, detector, second_detector, no_fluency,
-                         sets, seed, device):
+    @config_options(SteeringFitConfig, with_preset=False, exclude=OWN_FLAGS, aliases=ALIASES)
+    def steering_fit_cmd(cfg, run_root, fitting, sizes, source, target, sets, device):
         """Steering transfer (both directions) as a function of the stitch's fitting text and size.
 
         Fits one stitch per fitting text and size (cache and stitch stages of `stitchplug run`, reused
         when finished), draws vectors, prompts and FVU texts outside every fit's training documents,
         evaluates native, none and transferred arms (and the swaps) with two detectors, and writes the
-        steering_fit sections of RUN_ROOT/metrics.json and report.md. Re-running resumes.
+        steering_fit sections of RUN_ROOT/metrics.json and report.md. Re-running resumes. Flags
+        override a --config file (YAML or TOML with SteeringFitConfig's fields).
         """
         from pydantic import ValidationError
 
         from ._core import ConfigError
         from .fitexp import run_experiment
-        from .fitexp_config import DEFAULT_FITTING, parse_sizes
+        from .fitexp_config import parse_sizes
 
         over = _overrides(sets)
         over |= {"device": device} | ({"models.source": source} if source else {}) | ({"models.target": target} if target else {})
         try:
-            cfg = SteeringFitConfig(
-                fitting=list(fitting) or DEFAULT_FITTING, sizes=parse_sizes(sizes), preset=preset, run_overrides=over,
-                languages=[x.strip() for x in languages.split(",") if x.strip()], vector_docs=vector_docs,
-                vector_tokens=vector_tokens, n_prompts=n_prompts, max_new_tokens=max_new_tokens, fvu_docs=fvu_docs,
-                diagnose=diagnose, detector=detector, agreement_detector=second_detector, fluency=not no_fluency,
-                seed=seed)
+            if fitting:
+                cfg.fitting = list(fitting)
+            if sizes is not None:
+                cfg.sizes = parse_sizes(sizes)
+            cfg.run_overrides = cfg.run_overrides | over
         except ValidationError as exc:
             e = exc.errors()[0]
-            raise ConfigError(f"invalid {'.'.join(map(str, e['loc']))}: {e['msg']}") from None
+            raise ConfigError(f"invalid config: {'.'.join(map(str, e['loc']))}: {e['msg']}") from None
         except ValueError as exc:
             raise ConfigError(f"invalid --sizes {sizes!r}: {exc}") from None
         if len(set(cfg.fitting)) != len(cfg.fitting):
