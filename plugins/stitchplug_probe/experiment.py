@@ -14,7 +14,6 @@ each example once per model: the cost of one pass over every task through both m
 
 from __future__ import annotations
 
-import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -67,14 +66,10 @@ def settings_from(cfg, ctx) -> ProbeSettings:
                          selection=cfg.selection, extra={"task_specs": list(cfg.tasks)})
 
 
-@functools.lru_cache(maxsize=64)
-def _task(spec: str, max_examples: int, seed: int, min_per_class: int) -> Task:
-    return load_task(spec, max_examples=max_examples, seed=seed, min_per_class=min_per_class)
-
-
 def load_split(spec: str, s: ProbeSettings) -> tuple[Task, np.ndarray, np.ndarray]:
-    """The task of ``spec`` and its stratified ``(train, test)`` indices (the same in every pass)."""
-    task = _task(spec, s.max_examples, s.seed, s.min_per_class)
+    """The task of ``spec`` and its stratified ``(train, test)`` indices, the same in every pass (each
+    pass reads the task again, so an edited task file is never served from memory)."""
+    task = load_task(spec, max_examples=s.max_examples, seed=s.seed, min_per_class=s.min_per_class)
     tr, te = arms_mod.split(task.labels, s.test_fraction, s.seed)
     return task, tr, te
 
