@@ -25,23 +25,10 @@ from typing import Any
 from stitchplug.api import Arm, ArtifactContext, ArtifactKind, StageError, write_json_atomic
 
 from . import config
-from .experiment import settings_from
+from .experiment import settings_from, transfer_probes
 
 PROBES_FILE = "probes.json"
 PLOT = "probe_transfer.png"
-
-
-def transfer_probes(artifact: dict, stitch: Any, **target: Any) -> dict:
-    """A's probe set on B: sparse probes kept (they read the transferred SAE), dense ones through T_down."""
-    from .arms import transfer_entry
-
-    P = stitch.P_down.detach().double().cpu().numpy()
-    b = stitch.b_down.detach().double().cpu().numpy()
-    tasks = {t: transfer_entry(v, P, b) for t, v in artifact["tasks"].items()}
-    return {"arm": "transferred_on_B", "side": "B", "model": target.get("target_model"),
-            "hook": target.get("target_hook"),
-            "reads": {"sparse": "transferred SAE (Eq. 6) latents, A's indices and weights",
-                      "dense": "residual of B (A's probe composed with T_down)"}, "tasks": tasks}
 
 
 class ProbeArtifact(ArtifactKind):

@@ -13,6 +13,12 @@ from .stats import bootstrap_mean
 EVALUATOR = "probe_accuracy"
 
 
+def _evaluated(results: dict):
+    """The ``probe_accuracy`` result of each arm in ``{arm label: {evaluator: result}}`` (the
+    ``aggregate``/``diagnostics`` entries and arms without it are skipped)."""
+    return (r[EVALUATOR] for r in results.values() if isinstance(r, dict) and EVALUATOR in r)
+
+
 def _unpacked(rec: dict) -> dict:
     return rec | {"correct": unpack(rec["correct"], rec["n_test"])}
 
@@ -91,17 +97,14 @@ def _vs(task: dict, arm: str, base: str, n_boot: int, seed: int) -> dict:
     return out
 
 
-def timing(results: dict) -> dict:
-    """The passes' examples and seconds (each pass once) and examples per second through both models."""
+def timing(results: dict, n: int) -> dict:
+    """The passes' examples and seconds (each pass once) and ``n`` examples per second through both models."""
     passes: dict[str, dict] = {}
-    for by_eval in results.values():
-        res = by_eval.get(EVALUATOR) if isinstance(by_eval, dict) else None
-        for t in (res or {}).get("fit"), (res or {}).get("scoring"):
+    for res in _evaluated(results):
+        for t in res.get("fit"), res.get("scoring"):
             if t:
                 passes.setdefault(t["pass"], t)
     feat = sum(t["feature_seconds"] for t in passes.values())
-    n = sum(r["n_examples"] for r in next((r[EVALUATOR] for r in results.values()
-                                             if isinstance(r, dict) and EVALUATOR in r), {"tasks": {}})["tasks"].values())
     return {"examples": n, "feature_seconds": round(feat, 3),
             "probe_seconds": round(sum(t["probe_seconds"] for t in passes.values()), 3),
             "examples_per_second": n / feat if feat > 0 else None, "passes": list(passes.values())}
@@ -113,7 +116,7 @@ def combine(results: dict, ks, n_boot: int = 2000) -> dict:
     from . import coverage
 
     tasks = per_task(results)
-    seed = next((r[EVALUATOR].get("seed", 0) for r in results.values() if isinstance(r, dict) and EVALUATOR in r), 0)
+    seed = next((r.get("seed", 0) for r in _evaluated(results)), 0)
     out = means(tasks, ks, n_boot, seed)
     stripped = {}
     for name, t in tasks.items():
@@ -125,9 +128,9 @@ def combine(results: dict, ks, n_boot: int = 2000) -> dict:
         r["vs_native"] = _vs(t, "transfer_retrain", "native_B", n_boot, seed)
     out["recovery"] = coverage.recovery_summary(stripped)
     out["failures"] = coverage.failures(stripped)
-    out["timing"] = timing(results)
+    out["timing"] = timing(results, sum(t.get("n_examples") or 0 for t in tasks.values()))
     return {"tasks": stripped, **out}
 
 
 def has_results(results: dict) -> bool:
-    return any(isinstance(r, dict) and EVALUATOR in r for r in results.values())
+    return any(True for _ in _evaluated(results))

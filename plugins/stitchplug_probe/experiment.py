@@ -57,12 +57,11 @@ def settings_from(cfg, ctx) -> ProbeSettings:
         try:
             cache_context_size = int(ctx.folder.config()["cache"]["context_size"])
         except Exception:  # a folder without a readable config: the default below
-            cache_context_size = None
-    seed = ctx.seed
+            pass
     context_size = cfg.context_size or cache_context_size or 128
     return ProbeSettings(tasks=expand_specs(list(cfg.tasks)), max_examples=cfg.max_examples, ks=tuple(cfg.ks),
                          pooling=cfg.pooling, context_size=int(context_size), test_fraction=cfg.test_fraction,
-                         C=cfg.C, batch_size=cfg.batch_size, n_boot=cfg.n_boot, seed=seed,
+                         C=cfg.C, batch_size=cfg.batch_size, n_boot=cfg.n_boot, seed=ctx.seed,
                          selection=cfg.selection, extra={"task_specs": list(cfg.tasks)})
 
 
@@ -76,6 +75,17 @@ def load_split(spec: str, s: ProbeSettings) -> tuple[Task, np.ndarray, np.ndarra
 
 def stitch_down(stitch: Any) -> tuple[np.ndarray, np.ndarray]:
     return (stitch.P_down.detach().double().cpu().numpy(), stitch.b_down.detach().double().cpu().numpy())
+
+
+def transfer_probes(artifact: dict, stitch: Any, **target: Any) -> dict:
+    """A's probe set on B (the ``transferred_on_B`` arm): sparse probes kept (they read the transferred
+    SAE), dense ones composed with T_down (:func:`~stitchplug_probe.arms.transfer_entry`)."""
+    P_down, b_down = stitch_down(stitch)
+    tasks = {t: arms_mod.transfer_entry(v, P_down, b_down) for t, v in artifact["tasks"].items()}
+    return {"arm": "transferred_on_B", "side": "B", "model": target.get("target_model"),
+            "hook": target.get("target_hook"),
+            "reads": {"sparse": "transferred SAE (Eq. 6) latents, A's indices and weights",
+                      "dense": "residual of B (A's probe composed with T_down)"}, "tasks": tasks}
 
 
 def _encoders(saes: dict[str, Any], roles) -> dict:
@@ -199,10 +209,8 @@ def run_probes(adapter_a, layer_a: int, adapter_b, layer_b: int, stitch: Any, sa
     ``{"tasks", "sparse", "dense", ...}`` plus ``"probes_A"`` (A's probe set)."""
     from .combine import combine
 
-    P_down, b_down = stitch_down(stitch)
     source = fit_source(adapter_a, layer_a, adapter_b, saes, settings, log=log, progress=progress)
-    moved = {t: arms_mod.transfer_entry(v, P_down, b_down) for t, v in source["tasks"].items()}
-    arms = {"source_on_A": source, "transferred_on_B": {"tasks": moved}}
+    arms = {"source_on_A": source, "transferred_on_B": transfer_probes(source, stitch)}
     arms |= fit_on_b(adapter_a, adapter_b, layer_b, source, saes, stitch, settings, progress=progress)
     results = score_arms(adapter_a, layer_a, adapter_b, layer_b, arms, saes, stitch, settings, progress=progress)
     out = combine({label: {"probe_accuracy": r} for label, r in results.items()}, settings.ks, settings.n_boot)

@@ -14,7 +14,7 @@ LABELS = {"source_A": "source SAE on A", "transfer_noretrain": "transferred, no 
 TABLE_KS = ("1", "5", "20")
 
 
-def plot(results: dict, path: str | Path) -> Path:
+def plot(agg: dict, path: str | Path) -> Path:
     """Accuracy vs k per sparse arm (mean over tasks, 95% bootstrap band); dense arms as lines; from
     the kind's ``aggregate``."""
     import matplotlib
@@ -22,7 +22,6 @@ def plot(results: dict, path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    agg = results
     fig, ax = plt.subplots(figsize=(9.5, 4.5))
     for arm in SPARSE_ARMS:
         by_k = agg["sparse"].get(arm)
@@ -38,7 +37,7 @@ def plot(results: dict, path: str | Path) -> Path:
                    label=LABELS[arm])
     ax.set_xscale("log")
     ax.set_xlabel("k (latents in the probe)")
-    ax.set_ylabel(f"test accuracy (mean over {len(results['tasks'])} tasks)")
+    ax.set_ylabel(f"test accuracy (mean over {len(agg['tasks'])} tasks)")
     ax.set_ylim(0.4, 1.0)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: inside it hid the k=20 points
     ax.set_title("Probe transfer A -> B (cf. paper Fig. 3a)")
@@ -54,9 +53,8 @@ def _ci(r: dict) -> str:
     return f"{r['mean' if 'mean' in r else 'accuracy']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]"
 
 
-def markdown(results: dict, plot_name: str | None = "probe_transfer.png") -> str:
+def markdown(agg: dict, plot_name: str | None = "probe_transfer.png") -> str:
     """The section from the kind's ``aggregate`` (:func:`~stitchplug_probe.combine.combine`)."""
-    agg = results
     lines = ["## Probe transfer (method.md section 4)", ""]
     if plot_name:
         lines += [f"![accuracy vs k]({plot_name})", ""]
@@ -99,11 +97,11 @@ def markdown(results: dict, plot_name: str | None = "probe_transfer.png") -> str
     lines += ["", "Per task, accuracy at k=5 (Wilson 95% interval) and dense probes:", "",
               "| task | n | " + " | ".join(LABELS[a] for a in arms) + " | dense A | dense A on T_down(h_B) |",
               "|---|---|" + "---|" * (len(arms) + 2)]
-    for name, r in results["tasks"].items():
+    for name, r in agg["tasks"].items():
         cells = [_ci(r["sparse"][a]["5"]) if "5" in r["sparse"].get(a, {}) else "-" for a in arms]
         dense = [_ci(r["dense"][a]) for a in ("dense_A", "dense_Tdown_noretrain")]
         lines.append(f"| {name} | {r['n_examples']} | " + " | ".join(cells + dense) + " |")
-    t = results.get("timing", {})
+    t = agg.get("timing", {})
     if t:
         passes = "; ".join(f"{p['pass']}: {p['examples']} in {p['feature_seconds']:.0f} s" for p in t.get("passes", []))
         lines += ["", f"Features: {t['examples']} examples through both models in {t['feature_seconds']:.0f} s "
