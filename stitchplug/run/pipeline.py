@@ -64,6 +64,23 @@ def artifact_kind(name: str) -> ArtifactKind:
     return kind
 
 
+
+def evaluate_arms(evaluators: list, arms: dict[str, Arm], log: Callable[[str], None]) -> dict[str, dict]:
+    """``{arm: {evaluator name: result}}``: each evaluator sees every arm at once
+    (``Evaluator.evaluate_arms``); one that only has ``evaluate()`` (duck-typed, not an
+    :class:`Evaluator`) is judged arm by arm. An evaluator that returns other arms than it was given
+    is a :class:`PluginError` naming it."""
+    out: dict[str, dict] = {label: {} for label in arms}
+    for ev in evaluators:
+        many = getattr(ev, "evaluate_arms", None) or (lambda arms, log, ev=ev: Evaluator.evaluate_arms(ev, arms, log))
+        got = many(arms, log=log)
+        if not isinstance(got, dict) or set(got) != set(arms):
+            shown = sorted(got) if isinstance(got, dict) else type(got).__name__
+            raise PluginError(f"evaluator {ev.name!r} returned arms {shown}, not the run's {sorted(arms)}")
+        for label in arms:
+            out[label][ev.name] = got[label]
+    return out
+
 class Pipeline(RunResources):
     """One run: the run folder, its stages and the order they run in (what they work on, the lazily
     loaded models, cache and contexts, is :class:`~stitchplug.run.resources.RunResources`)."""
@@ -262,16 +279,7 @@ class Pipeline(RunResources):
                 if label in all_arms or label in ("diagnostics", "aggregate"):
                     raise StageError(f"artifact kind {name!r} adds an arm named {label!r}, which is taken")
                 all_arms[label] = arm
-            out: dict[str, dict] = {label: {} for label in all_arms}
-            for ev in self.evaluators():
-                # an evaluator that only has evaluate() (duck-typed, not an Evaluator) is judged arm by arm
-                many = getattr(ev, "evaluate_arms", None) or (lambda arms, log, ev=ev: Evaluator.evaluate_arms(ev, arms, log))
-                got = many(all_arms, log=self.log)
-                if set(got) != set(all_arms):
-                    raise PluginError(f"evaluator {ev.name!r} returned arms {sorted(got)}, not the run's "
-                                      f"{sorted(all_arms)}")
-                for label in all_arms:
-                    out[label][ev.name] = got[label]
+            out = evaluate_arms(self.evaluators(), all_arms, self.log)
             agg = kind.aggregate(out, self.art_cfg)  # the step across arms
             if agg is not None:
                 out["aggregate"] = agg
