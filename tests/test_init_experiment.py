@@ -80,6 +80,22 @@ def test_b_dec_to_input_reparametrisation_is_exact(src_flag, dst_flag):
     assert torch.allclose(sae.pre(x), pre_ref, atol=1e-4)
 
 
+def test_silent_eval_counts_latents_that_fire_on_no_held_out_row():
+    from stitchplug_sae_init.experiment import evaluate
+
+    torch.manual_seed(0)
+    sae = TopKSAE.random(8, 10, 3, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(200, 8)
+    assert evaluate(sae, x, [])["silent_eval"] == 0.0  # 200 rows, k 3 of 10: every latent wins somewhere
+    with torch.no_grad():  # two latents can never win the TopK (and a third never passes the ReLU)
+        sae.b_enc[[2, 7]] = -1e6
+    with torch.no_grad():
+        sae.W_enc[:, 4] = 0.0
+        sae.b_enc[4] = -1.0
+    r = evaluate(sae, x, [], chunk=64)  # the share is taken over all chunks
+    assert r["silent_eval"] == pytest.approx(0.3)
+
+
 def test_missing_weights_and_bad_k_are_stage_errors():
     with pytest.raises(StageError, match="lack"):
         TopKSAE.from_weights({"W_enc": torch.zeros(2, 3)})

@@ -71,6 +71,8 @@ def test_sweep_writes_savings_per_width_and_budget(tiny_run, capsys):
     assert set(m["budgets"]["1600"]["fits_fvu"]) == {"scratch", "fold", "preserve"}
     report = (tiny_run / "report.md").read_text()
     assert "Recipe **paper + lr=0.003, k=4**" in report and "single-epoch" in report
+    assert "| silent at step 0 | silent at end | dead at end |" in report
+    assert all(0.0 <= a["curve"][0]["silent_eval"] <= 1.0 for w in m["widths"].values() for a in w["arms"].values())
     assert all((tiny_run / "plots" / n).stat().st_size > 1000
                for n in ("init_sweep_saving_vs_width.png", "init_sweep_saving_vs_budget.png"))
     assert "saving at EV 0.90" in capsys.readouterr().out

@@ -38,14 +38,20 @@ METRICS = ("fvu", "fvu_excl_massive")
 
 @torch.no_grad()
 def evaluate(sae: TopKSAE, x_eval: torch.Tensor, exclude: Sequence[int], chunk: int = 4096) -> dict:
-    """Reconstruction metrics (stitchplug.metrics) of ``sae`` on held-out rows, plus explained variance."""
+    """Reconstruction metrics (stitchplug.metrics) of ``sae`` on held-out rows, plus explained variance
+    and ``silent_eval``: the share of latents that fire on none of the held-out rows (at step 0 it
+    tells whether a warm start's dead latents were dead from the start)."""
     acc = ReconAccumulator(x_eval.shape[1], list(exclude))
+    fired = torch.zeros(sae.width, dtype=torch.bool)
     for i in range(0, x_eval.shape[0], chunk):
         xb = x_eval[i:i + chunk].float()
-        acc.update(xb, sae(xb)[0])
+        x_hat, z, _ = sae(xb)
+        acc.update(xb, x_hat)
+        fired |= (z > 0).any(0).cpu()
     r = acc.result()
     return {"mse": r["mse"], "fvu": r["fvu"], "fvu_excl_massive": r["fvu_excl_massive"],
-            "ev": 1.0 - r["fvu"], "ev_excl_massive": 1.0 - r["fvu_excl_massive"]}
+            "ev": 1.0 - r["fvu"], "ev_excl_massive": 1.0 - r["fvu_excl_massive"],
+            "silent_eval": float((~fired).float().mean())}
 
 
 @torch.no_grad()

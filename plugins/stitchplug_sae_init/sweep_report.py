@@ -90,6 +90,10 @@ def plot_sweep(result: dict, out_dir: str | Path) -> list[Path]:
     return paths
 
 
+def _share(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
 def sweep_markdown(result: dict) -> str:
     cfg = result["config"]
     single = "all single-epoch (each cached training token read at most once)" if result["all_single_epoch"] else (
@@ -110,6 +114,13 @@ def sweep_markdown(result: dict) -> str:
             lines.append(f"| {w} | {ww['source_sae']['train_flops']:.3g} | {ws} | {i['decoder_norm_min']:.3g}-"
                          f"{i['decoder_norm_max']:.3g} | {100 * i['topk_selection_agreement']:.1f}% | "
                          f"{i['ev_transferred']:.3f} | {i['ev_step0']:.3f} |")
+    lines += ["", "Latents per arm: silent = fires on none of the held-out tokens (at step 0 and at the end); "
+              "dead = did not fire in the last training steps (the trainer's dead window).", "",
+              "| width | arm | silent at step 0 | silent at end | dead at end |", "|---|---|---|---|---|"]
+    for w, ww in sorted(result["widths"].items(), key=lambda kv: int(kv[0])):
+        for arm, a in ww["arms"].items():
+            s0, s1 = a["curve"][0].get("silent_eval"), a["curve"][-1].get("silent_eval")
+            lines.append(f"| {w} | {arm} | {_share(s0)} | {_share(s1)} | {_share(a.get('dead_fraction'))} |")
     for b, bb in sorted(result["budgets"].items(), key=lambda kv: int(kv[0])):
         ts = _thresholds(result)
         lines += ["", f"### Budget {int(b):,} tokens ({bb['steps']} steps), recipe {result['recipe']}", "",
