@@ -51,24 +51,29 @@ def train_reference_from(batches, W_enc, b_enc, W_dec, b_dec, k, lr=1e-4, mode="
     reads ``x`` (as the transferred SAE theta' does: ``pre = x @ W_enc + b_enc``), Adam at a constant lr,
     one step per batch. ``mode="fold"``: decoder rows made unit norm at step 0 with their norms
     multiplied into the encoder columns and bias, then unit norm after every step; ``"preserve"``: rows
-    renormalised to their step-0 norms after every step. Returns the trained weights."""
+    renormalised to their step-0 norms after every step; ``"rescale"``: the trained decoder rows are
+    unit norm (made so at step 0 and after every step) and the decode multiplies each by its fixed
+    step-0 norm. Returns the trained weights (the decoder as the function uses it: rows times scale)."""
     W_enc, b_enc, W_dec, b_dec = (t.detach().float().clone() for t in (W_enc, b_enc, W_dec, b_dec))
     norms = W_dec.norm(dim=1)
+    scale = torch.ones_like(norms)
     if mode == "fold":
         W_dec, W_enc, b_enc, norms = W_dec / norms[:, None], W_enc * norms, b_enc * norms, torch.ones_like(norms)
+    elif mode == "rescale":
+        W_dec, scale, norms = W_dec / norms[:, None], norms, torch.ones_like(norms)
     params = [p.requires_grad_() for p in (W_enc, b_enc, W_dec, b_dec)]
     opt = torch.optim.Adam(params, lr=lr)
     for x in batches:
         pre = x @ W_enc + b_enc
         vals, idx = pre.topk(k, dim=-1)
-        x_hat = torch.zeros_like(pre).scatter(-1, idx, vals.relu()) @ W_dec + b_dec
+        x_hat = torch.zeros_like(pre).scatter(-1, idx, vals.relu()) @ (W_dec * scale[:, None]) + b_dec
         loss = (x_hat - x).pow(2).sum(-1).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
         with torch.no_grad():
             W_dec *= (norms / W_dec.norm(dim=1))[:, None]
-    return tuple(p.detach() for p in params)
+    return W_enc.detach(), b_enc.detach(), (W_dec * scale[:, None]).detach(), b_dec.detach()
 
 
 def reference_ev_x(x, W_enc, b_enc, W_dec, b_dec, k):

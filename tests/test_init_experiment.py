@@ -344,22 +344,23 @@ def test_aux_k_coef_reaches_the_trainer_and_the_ledger(synth):
     assert on["arms"][arm]["curve"][-1]["fvu"] != off["arms"][arm]["curve"][-1]["fvu"]
 
 
-def test_preserve_warm_start_starts_from_the_transferred_sae_on_the_tiny_pair(run_folder):
-    """Issue 22 acceptance on the tiny pair: with ``--warm-start preserve`` the stitched arm's step-0 EV
-    equals the saved transferred SAE's EV on the same held-out rows within 1e-3, every TopK selection is
-    kept, and the run is single-epoch by default and says so."""
+@pytest.mark.parametrize("mode", ["preserve", "rescale"])
+def test_preserve_warm_start_starts_from_the_transferred_sae_on_the_tiny_pair(run_folder, mode):
+    """Issue 22 acceptance on the tiny pair: with ``--warm-start preserve`` (or ``rescale``) the stitched
+    arm's step-0 EV equals the saved transferred SAE's EV on the same held-out rows within 1e-3, every
+    TopK selection is kept, and the run is single-epoch by default and says so."""
     from stitchplug.cli import main
 
     main(["experiment", "init", "--run", str(run_folder), "--steps", "20", "--batch-size", "64", "--eval-every", "10",
-          "--eval-tokens", "256", "--thresholds", "0.5,0.9", "--warm-start", "preserve", "--decode", "sparse"])
+          "--eval-tokens", "256", "--thresholds", "0.5,0.9", "--warm-start", mode, "--decode", "sparse"])
     m = json.loads((run_folder / "metrics.json").read_text())["init_experiment"]
     ren = m["widths"]["64"]["init_renorm"]
-    assert ren["warm_start"] == "preserve" and ren["topk_selection_agreement"] == 1.0
+    assert ren["warm_start"] == mode and ren["topk_selection_agreement"] == 1.0
     assert ren["ev_step0"] == pytest.approx(ren["ev_transferred"], abs=1e-3)
     assert m["widths"]["64"]["arms"]["stitched"]["curve"][0]["ev"] == pytest.approx(ren["ev_transferred"], abs=1e-3)
     assert m["single_epoch"] and m["epochs"] == 1 and m["passes"] <= 1.0 and m["config"]["recipe"] == "paper"
     report = (run_folder / "report.md").read_text()
-    assert "**Single-epoch**" in report and "warm start **preserve**" in report
+    assert "**Single-epoch**" in report and f"warm start **{mode}**" in report
     main(["experiment", "init", "--run", str(run_folder), "--steps", "20", "--batch-size", "64", "--eval-every", "10",
           "--eval-tokens", "256", "--thresholds", "0.5", "--epochs", "3", "--recipe", "tuned"])
     m = json.loads((run_folder / "metrics.json").read_text())["init_experiment"]

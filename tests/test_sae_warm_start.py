@@ -1,4 +1,4 @@
-"""Issue 22: warm starts from the transferred SAE (fold, preserve), the k-row sparse step, and the
+"""Issue 22: warm starts from the transferred SAE (fold, preserve, rescale), the k-row sparse step, and the
 trainer's stitched arm against a plain reference."""
 
 import sys
@@ -95,10 +95,14 @@ def test_preserve_keeps_the_function_and_the_row_norms(synth):
 @pytest.mark.parametrize("bdi", [False, True])
 def test_step0_of_preserve_is_the_transferred_sae_and_fold_is_not(synth, bdi):
     """Acceptance (synthetic): step-0 EV of the stitched arm = the transferred SAE's EV on the same
-    held-out rows within 1e-3 under ``preserve``; ``fold`` changes the TopK selection (agreement < 1)."""
+    held-out rows within 1e-3 under ``preserve`` and ``rescale``; ``fold`` changes the TopK selection
+    (agreement < 1)."""
     w = _weights(synth)
     cfg = InitExperimentConfig(apply_b_dec_to_input=bdi)
     _, keep = stitched_init(w, "preserve", cfg, synth.eval, [])
+    _, resc = stitched_init(w, "rescale", cfg, synth.eval, [])
+    assert resc["ev_step0"] == pytest.approx(resc["ev_transferred"], abs=1e-3)
+    assert resc["topk_selection_agreement"] == 1.0
     _, fold = stitched_init(w, "fold", cfg, synth.eval, [])
     assert keep["ev_step0"] == pytest.approx(keep["ev_transferred"], abs=1e-3)
     assert keep["topk_selection_agreement"] == 1.0
@@ -110,10 +114,32 @@ def test_step0_of_preserve_is_the_transferred_sae_and_fold_is_not(synth, bdi):
     assert keep["ev_transferred"] == pytest.approx(ev, abs=1e-4)
 
 
+def test_rescale_keeps_the_function_with_unit_rows_dense_and_sparse_alike(synth):
+    """``rescale``: the trained rows stay unit norm, the decoder the function uses keeps the step-0
+    norms; dense and sparse steps (AuxK included) follow each other."""
+    w = _weights(synth)
+    runs = {}
+    for decode in ("dense", "sparse"):
+        theta = TopKSAE.from_weights(w, apply_b_dec_to_input=True)
+        norms = theta.W_dec.norm(dim=1).clone()
+        warm_start(theta, "rescale")
+        assert theta.scaled and torch.allclose(theta.out_scale, norms)
+        tr = TopKTrainer(theta, 1e-3, aux_k_coef=1 / 32, dead_window=3, decode=decode)
+        infos = [tr.step(xb) for xb in list(synth.batches(128)())[:12]]
+        runs[decode] = (theta, [i["ev"] for i in infos], any(i["aux_active"] for i in infos))
+        assert torch.allclose(theta.W_dec.norm(dim=1), torch.ones_like(norms), rtol=1e-5)
+        assert torch.allclose(theta.decoder().norm(dim=1), norms, rtol=1e-5)
+    (sd, ed, aux_d), (ss, es, aux_s) = runs["dense"], runs["sparse"]
+    assert aux_d and aux_s  # the AuxK decode went through the scaled decoder too
+    assert es == pytest.approx(ed, abs=1e-4)
+    for n in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        assert torch.allclose(getattr(ss, n), getattr(sd, n), atol=1e-4), n
+
+
 def test_train_topk_sae_applies_the_warm_start(synth):
     w = _weights(synth)
     batches = list(synth.batches(128)())[:3]
-    for mode in ("fold", "preserve"):
+    for mode in ("fold", "preserve", "rescale"):
         init = TopKSAE.from_weights(w)
         norms = init.W_dec.norm(dim=1).clone()
         sae, summary = train_topk_sae(batches, 32, init=init, warm_start=mode, lr=1e-4, batch_size=128,
@@ -122,12 +148,16 @@ def test_train_topk_sae_applies_the_warm_start(synth):
         expect = torch.ones_like(norms) if mode == "fold" else norms
         assert torch.allclose(got, expect, rtol=1e-5), mode
         assert summary["warm_start"] == mode
+        # the exported sae-lens SAE computes what was trained (rescale: the scale folded into W_dec)
+        x = synth.eval[:200]
+        with torch.no_grad():
+            assert torch.allclose(sae.decode(sae.encode(x)), init(x)[0], atol=1e-4), mode
 
 
 # --------------------------------------------------------------------------- the plain reference
 
 
-@pytest.mark.parametrize("mode", ["fold", "preserve"])
+@pytest.mark.parametrize("mode", ["fold", "preserve", "rescale"])
 def test_trainer_stitched_arm_equals_the_plain_reference(synth, mode):
     """With the encoder reading x (as theta' does), the trainer's stitched arm IS the ~30-line reference
     (tests/sae_reference.py): same data, lr and steps give the same weights and held-out EV."""
@@ -138,7 +168,7 @@ def test_trainer_stitched_arm_equals_the_plain_reference(synth, mode):
     theta, _ = stitched_init(w, mode, cfg, synth.eval, [])
     res = train_arm(theta, iter(batches), synth.eval, cfg, ArmLedger(1), [])
     ref = train_reference_from(batches, w["W_enc"], w["b_enc"], w["W_dec"], w["b_dec"], w["k"], lr=3e-3, mode=mode)
-    for got, want in zip((theta.W_enc, theta.b_enc, theta.W_dec, theta.b_dec), ref):
+    for got, want in zip((theta.W_enc, theta.b_enc, theta.decoder(), theta.b_dec), ref):
         assert torch.allclose(got.detach(), want, atol=2e-4)
     assert res["curve"][-1]["ev"] == pytest.approx(reference_ev_x(synth.eval, *ref, w["k"]), abs=1e-3)
     assert res["curve"][-1]["update"]["W_enc"] > 0

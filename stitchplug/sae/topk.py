@@ -1,5 +1,5 @@
 """The TopK SAE module the project trains (:mod:`stitchplug.sae.trainer`), its sparse decode, and the
-warm starts from given (e.g. transferred) weights: ``fold`` and ``preserve`` (docs/flops.md)."""
+warm starts from given (e.g. transferred) weights: ``fold``, ``preserve`` and ``rescale`` (docs/flops.md)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-WARM_STARTS = ("fold", "preserve")
+WARM_STARTS = ("fold", "preserve", "rescale")
 """How a trainer starts from given weights whose decoder rows are not unit norm (docs/flops.md):
 ``fold``: unit-norm rows, the norms folded into the encoder (TopK then ranks ``n_i pre_i``, so step 0
 can select other latents); ``preserve``: rows kept at their step-0 norms and renormalised to those
-norms after every step (step 0 computes exactly the given SAE)."""
+norms after every step (step 0 computes exactly the given SAE); ``rescale``: unit-norm rows (the
+trained parameter, renormalised to 1 as in the plain recipe) times a fixed per-latent output scale,
+the step-0 norms (step 0 computes exactly the given SAE; TopK ranks ``pre_i`` as the given SAE does,
+and the encoder keeps the given SAE's scale)."""
 
 from ..errors import StageError
 
@@ -44,6 +47,10 @@ class TopKSAE(nn.Module):
         # the norm every decoder row is renormalised to after each step (1: the plain recipe;
         # the step-0 norms under the ``preserve`` warm start)
         self.register_buffer("row_norm", torch.ones(m))
+        # a fixed per-latent output scale: the decoder reads ``out_scale[i] * W_dec[i]`` (all ones, and
+        # never applied, unless the ``rescale`` warm start set the step-0 norms; see :meth:`decoder`)
+        self.register_buffer("out_scale", torch.ones(m))
+        self.scaled = False
 
     @property
     def d(self) -> int:
@@ -81,6 +88,11 @@ class TopKSAE(nn.Module):
             x = x - self.b_dec
         return torch.addmm(self.b_enc, x, self.W_enc)
 
+    def decoder(self) -> torch.Tensor:
+        """The decoder rows the function uses: ``W_dec`` scaled by ``out_scale`` under ``rescale``
+        (``[M, d]``, differentiable in ``W_dec``), else ``W_dec`` itself."""
+        return self.W_dec * self.out_scale[:, None] if self.scaled else self.W_dec
+
     def topk(self, pre: torch.Tensor) -> torch.Tensor:
         vals, idx = pre.topk(self.k, dim=-1, sorted=False)
         return torch.zeros_like(pre).scatter(-1, idx, vals.relu())
@@ -92,7 +104,7 @@ class TopKSAE(nn.Module):
             return self.forward_sparse(x)
         pre = self.pre(x)
         z = self.topk(pre)
-        return torch.addmm(self.b_dec, z, self.W_dec), z, pre
+        return torch.addmm(self.b_dec, z, self.decoder()), z, pre
 
     def forward_sparse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The same function as :meth:`forward`, touching only the ``k`` selected latents per row
@@ -111,7 +123,8 @@ class TopKSAE(nn.Module):
             pre = torch.addmm(self.b_enc, xin, self.W_enc)
             idx = pre.topk(self.k, dim=-1, sorted=False).indices
         vals = _SelectedPre.apply(xin, self.W_enc, self.b_enc, idx, pre).relu()
-        x_hat = F.embedding_bag(idx, self.W_dec, per_sample_weights=vals, mode="sum") + self.b_dec
+        w = vals * self.out_scale[idx] if self.scaled else vals
+        x_hat = F.embedding_bag(idx, self.W_dec, per_sample_weights=w, mode="sum") + self.b_dec
         return x_hat, vals, idx
 
     @torch.no_grad()
@@ -177,7 +190,7 @@ def fold_decoder_norms(sae: TopKSAE) -> torch.Tensor:
 
 
 @torch.no_grad()
-def warm_start(sae: TopKSAE, mode: Literal["fold", "preserve"]) -> dict:
+def warm_start(sae: TopKSAE, mode: Literal["fold", "preserve", "rescale"]) -> dict:
     """Prepare ``sae`` (given weights, e.g. the transferred SAE theta') for training; see
     :data:`WARM_STARTS` and docs/flops.md. Returns the decoder row norms found (min/max/mean).
 
@@ -185,6 +198,12 @@ def warm_start(sae: TopKSAE, mode: Literal["fold", "preserve"]) -> dict:
     norms, so the first step starts from exactly the given function. A scratch arm keeps its own
     step-0 norms (1) under the same rule, which is why the comparison stays fair: both arms keep the
     decoder row norms they started with.
+
+    ``rescale`` divides every decoder row by its norm ``n_i`` and records ``n_i`` as the latent's fixed
+    output scale (``out_scale``): the function is the given SAE's (the encoder is untouched, so TopK
+    ranks the same pre-activations), while the trained decoder parameter has unit rows like a
+    scratch arm's, so Adam moves its directions at the scratch arm's relative speed. The scratch arm
+    keeps its own step-0 scale (1) under the same rule.
     """
     if mode not in WARM_STARTS:
         raise StageError(f"unknown warm start {mode!r} (choose from {', '.join(WARM_STARTS)})")
@@ -194,6 +213,11 @@ def warm_start(sae: TopKSAE, mode: Literal["fold", "preserve"]) -> dict:
     if mode == "fold":
         fold_decoder_norms(sae)
         sae.row_norm.fill_(1.0)
+    elif mode == "rescale":
+        sae.W_dec.div_(n[:, None])
+        sae.row_norm.fill_(1.0)
+        sae.out_scale.copy_(n)
+        sae.scaled = True
     else:
         sae.row_norm.copy_(n)
     return stats

@@ -77,7 +77,7 @@ def sae_step(sae: TopKSAE, opt: torch.optim.Optimizer, x: torch.Tensor,
         masked = torch.where(dead_mask[None], pre, torch.full_like(pre, -torch.inf))
         vals, idx = masked.topk(k_aux, dim=-1, sorted=False)
         z_aux = torch.zeros_like(pre).scatter(-1, idx, vals.relu())
-        loss = loss + aux_coef * scale * (z_aux @ sae.W_dec - residual).pow(2).sum(-1).mean()
+        loss = loss + aux_coef * scale * (z_aux @ sae.decoder() - residual).pow(2).sum(-1).mean()
     _update(sae, opt, loss, clip_grad_norm)
     return float(recon.detach()), want_aux, fired
 
@@ -219,7 +219,7 @@ def to_saelens(sae: TopKSAE, scale: float = 1.0, model_name: str | None = None,
     cfg.metadata.hook_name = hook_name
     out = SaeLensTopK(cfg)
     out.load_state_dict({"W_enc": sae.W_enc.detach().cpu(), "b_enc": sae.b_enc.detach().cpu() / scale,
-                         "W_dec": sae.W_dec.detach().cpu(), "b_dec": sae.b_dec.detach().cpu() / scale})
+                         "W_dec": sae.decoder().detach().cpu(), "b_dec": sae.b_dec.detach().cpu() / scale})
     return out
 
 
