@@ -126,6 +126,13 @@ def test_savings_table_including_never_crossed():
     bounded = scaling.savings_table(scratch, stitched, [0.8, 0.9], scratch_budget=1000.0)
     assert bounded["0.90"]["savings"] is None and bounded["0.90"]["savings_at_least"] == pytest.approx(0.1)
     assert bounded["0.80"]["savings_at_least"] is None  # both crossed: the exact value is given instead
+    # the stitch's FLOPs (inside the stitched arm's) left out, and their share of scratch's cost
+    bare = scaling.savings_table(scratch, stitched, [0.7, 0.8, 0.9], scratch_budget=1000.0, offset=50.0)
+    assert bare["0.70"]["savings_excl_offset"] == pytest.approx(0.0) and bare["0.70"]["offset_share"] == 0.5
+    assert bare["0.80"]["savings_excl_offset"] == pytest.approx(0.625) and bare["0.80"]["savings"] == pytest.approx(0.5)
+    assert bare["0.90"]["savings_excl_offset"] is None and bare["0.90"]["offset_share"] is None
+    assert bare["0.90"]["savings_at_least_excl_offset"] == pytest.approx(0.15)
+    assert "savings_excl_offset" not in t["0.70"]  # without an offset the table is as before
 
 
 def test_power_law_fit_recovers_known_parameters():

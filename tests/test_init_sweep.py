@@ -72,6 +72,15 @@ def test_sweep_writes_savings_per_width_and_budget(tiny_run, capsys):
     report = (tiny_run / "report.md").read_text()
     assert "Recipe **paper + lr=0.003, k=4**" in report and "single-epoch" in report
     assert "| silent at step 0 | silent at end | dead at end |" in report
+    assert "| at EV 0.90 without the stitch | stitch / scratch's FLOPs to EV 0.90 |" in report
+    cells = [c for b in m["budgets"].values() for w in b["widths"].values() for ws in w["savings"].values()
+             for c in ws["fvu"].values() if c["stitched_flops"] is not None]
+    assert cells  # the stitch's FLOPs left out can only raise the saving (or its lower bound)
+    for c in cells:
+        if c["savings"] is not None:
+            assert c["savings_excl_offset"] > c["savings"] and c["offset_share"] > 0
+        else:
+            assert c["savings_at_least_excl_offset"] > c["savings_at_least"]
     assert all(0.0 <= a["curve"][0]["silent_eval"] <= 1.0 for w in m["widths"].values() for a in w["arms"].values())
     assert all((tiny_run / "plots" / n).stat().st_size > 1000
                for n in ("init_sweep_saving_vs_width.png", "init_sweep_saving_vs_budget.png"))

@@ -41,11 +41,14 @@ def savings(scratch_flops: float | None, stitched_flops: float | None) -> float 
 
 
 def savings_table(scratch: dict, stitched: dict, thresholds: Iterable[float],
-                  scratch_budget: float | None = None) -> dict:
+                  scratch_budget: float | None = None, offset: float | None = None) -> dict:
     """Per threshold: FLOPs of each arm at its first crossing and the savings (keys are ``f"{t:.2f}"``).
 
     When only the stitched arm crossed and the scratch arm's whole budget is given, ``savings_at_least``
     is the lower bound ``(budget - stitched) / budget`` (scratch would need more than its budget).
+    With ``offset`` (the stitch's FLOPs, already inside ``stitched``) each row also has
+    ``savings_excl_offset`` and ``savings_at_least_excl_offset``: the same with the offset left out,
+    and ``offset_share``, the offset over scratch's FLOPs at that crossing.
     """
     out = {}
     for t in thresholds:
@@ -54,6 +57,12 @@ def savings_table(scratch: dict, stitched: dict, thresholds: Iterable[float],
         row = {"scratch_flops": s, "stitched_flops": w, "savings": savings(s, w), "savings_at_least": None}
         if s is None and w is not None and scratch_budget:
             row["savings_at_least"] = savings(scratch_budget, w)
+        if offset is not None:
+            bare = None if w is None else w - offset
+            row["savings_excl_offset"] = savings(s, bare)
+            row["savings_at_least_excl_offset"] = (savings(scratch_budget, bare)
+                                                   if s is None and bare is not None and scratch_budget else None)
+            row["offset_share"] = None if not s else offset / s
         out[key] = row
     return out
 

@@ -212,7 +212,9 @@ def summarise(widths: dict, sweep: SweepConfig, cfg: InitExperimentConfig, budge
             reached = {arm: a["curve"][-1]["step"] >= steps for arm, a in w["arms"].items()}
             cross = {arm: crossings(c, cfg.thresholds, cfg.ma_window) for arm, c in cut.items()}
             scratch_budget = cut["scratch"][-1]["flops"]
-            sav = {ws: {m: scaling.savings_table(cross["scratch"][m], cross[ws][m], cfg.thresholds, scratch_budget)
+            stitch = w["ledger"]["stitch_flops"]
+            sav = {ws: {m: scaling.savings_table(cross["scratch"][m], cross[ws][m], cfg.thresholds, scratch_budget,
+                                                 offset=stitch)
                         for m in METRICS} for ws in sweep.warm_starts}
             rows[str(width)] = {"budget_reached": reached, "crossings": cross, "savings": sav,
                                 "final_ev": {arm: c[-1]["ev"] for arm, c in cut.items()}}

@@ -123,15 +123,20 @@ def sweep_markdown(result: dict) -> str:
             lines.append(f"| {w} | {arm} | {_share(s0)} | {_share(s1)} | {_share(a.get('dead_fraction'))} |")
     for b, bb in sorted(result["budgets"].items(), key=lambda kv: int(kv[0])):
         ts = _thresholds(result)
+        top = ts[-1]
         lines += ["", f"### Budget {int(b):,} tokens ({bb['steps']} steps), recipe {result['recipe']}", "",
-                  "| width | warm start | " + " | ".join(f"saving at EV {t}" for t in ts) + " | final EV (scratch / warm) |",
-                  "|---|---|" + "---|" * len(ts) + "---|"]
+                  "| width | warm start | " + " | ".join(f"saving at EV {t}" for t in ts)
+                  + f" | at EV {top} without the stitch | stitch / scratch's FLOPs to EV {top} | final EV (scratch / warm) |",
+                  "|---|---|" + "---|" * len(ts) + "---|---|---|"]
         for w, row in sorted(bb["widths"].items(), key=lambda kv: int(kv[0])):
             for ws in cfg["warm_starts"]:
                 cells = [_pct(row["savings"][ws]["fvu"][t]["savings"], row["savings"][ws]["fvu"][t]["savings_at_least"])
                          for t in ts]
+                last = row["savings"][ws]["fvu"][top]
+                bare = _pct(last.get("savings_excl_offset"), last.get("savings_at_least_excl_offset"))
+                share = _share(last.get("offset_share"))
                 short = "" if row["budget_reached"][ws] else " (data ran out before this budget)"
-                lines.append(f"| {w} | {ws} | " + " | ".join(cells)
+                lines.append(f"| {w} | {ws} | " + " | ".join(cells) + f" | {bare} | {share}"
                              + f" | {row['final_ev']['scratch']:.3f} / {row['final_ev'][ws]:.3f}{short} |")
         lines += ["", "Frontier fit L(C) = a C^-beta on FVU over widths: "
                   + "; ".join(f"{arm} a={_fmt(f['a'])}, beta={_fmt(f['beta'])} (R^2 {_fmt(f['r2'])})"
