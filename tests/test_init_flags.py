@@ -208,7 +208,8 @@ def test_the_documented_sweep_commands_parse(sweep_captured):
     import shlex
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parents[1] / "docs" / "flops.md").read_text().replace("\\\n", " ")
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    text = "\n".join((docs / n).read_text() for n in ("flops.md", "init_results.md")).replace("\\\n", " ")
     commands = re.findall(r"^stitchplug experiment init-sweep (.*)$", text, re.M)
     assert len(commands) >= 3
     for line in commands:
