@@ -53,11 +53,14 @@ def train_reference_from(batches, W_enc, b_enc, W_dec, b_dec, k, lr=1e-4, mode="
     multiplied into the encoder columns and bias, then unit norm after every step; ``"preserve"``: rows
     renormalised to their step-0 norms after every step; ``"rescale"``: the trained decoder rows are
     unit norm (made so at step 0 and after every step) and the decode multiplies each by its fixed
-    step-0 norm. Returns the trained weights (the decoder as the function uses it: rows times scale)."""
+    step-0 norm; ``"fold-rank"``: ``fold``, with TopK ranking ``pre / n`` (``n`` the step-0 norms).
+    Returns the trained weights as a plain TopK SAE computing the same function (rows times their
+    scale; under ``fold-rank`` the ranking scale divided out of the encoder and into the rows)."""
     W_enc, b_enc, W_dec, b_dec = (t.detach().float().clone() for t in (W_enc, b_enc, W_dec, b_dec))
     norms = W_dec.norm(dim=1)
     scale = torch.ones_like(norms)
-    if mode == "fold":
+    rank = torch.ones_like(norms) if mode != "fold-rank" else norms.clone()
+    if mode in ("fold", "fold-rank"):
         W_dec, W_enc, b_enc, norms = W_dec / norms[:, None], W_enc * norms, b_enc * norms, torch.ones_like(norms)
     elif mode == "rescale":
         W_dec, scale, norms = W_dec / norms[:, None], norms, torch.ones_like(norms)
@@ -65,7 +68,8 @@ def train_reference_from(batches, W_enc, b_enc, W_dec, b_dec, k, lr=1e-4, mode="
     opt = torch.optim.Adam(params, lr=lr)
     for x in batches:
         pre = x @ W_enc + b_enc
-        vals, idx = pre.topk(k, dim=-1)
+        idx = (pre / rank).topk(k, dim=-1).indices
+        vals = pre.gather(-1, idx)
         x_hat = torch.zeros_like(pre).scatter(-1, idx, vals.relu()) @ (W_dec * scale[:, None]) + b_dec
         loss = (x_hat - x).pow(2).sum(-1).mean()
         opt.zero_grad()
@@ -73,7 +77,8 @@ def train_reference_from(batches, W_enc, b_enc, W_dec, b_dec, k, lr=1e-4, mode="
         opt.step()
         with torch.no_grad():
             W_dec *= (norms / W_dec.norm(dim=1))[:, None]
-    return W_enc.detach(), b_enc.detach(), (W_dec * scale[:, None]).detach(), b_dec.detach()
+    # as a plain TopK SAE (ranks pre, decodes z @ W_dec): the ranking scale out of the encoder, into the rows
+    return (W_enc / rank).detach(), (b_enc / rank).detach(), (W_dec * (scale * rank)[:, None]).detach(), b_dec.detach()
 
 
 def reference_ev_x(x, W_enc, b_enc, W_dec, b_dec, k):

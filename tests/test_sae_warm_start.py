@@ -1,4 +1,4 @@
-"""Issue 22: warm starts from the transferred SAE (fold, preserve, rescale), the k-row sparse step, and the
+"""Issue 22: warm starts from the transferred SAE (fold, fold-rank, preserve, rescale), the k-row sparse step, and the
 trainer's stitched arm against a plain reference."""
 
 import sys
@@ -100,9 +100,10 @@ def test_step0_of_preserve_is_the_transferred_sae_and_fold_is_not(synth, bdi):
     w = _weights(synth)
     cfg = InitExperimentConfig(apply_b_dec_to_input=bdi)
     _, keep = stitched_init(w, "preserve", cfg, synth.eval, [])
-    _, resc = stitched_init(w, "rescale", cfg, synth.eval, [])
-    assert resc["ev_step0"] == pytest.approx(resc["ev_transferred"], abs=1e-3)
-    assert resc["topk_selection_agreement"] == 1.0
+    for mode in ("rescale", "fold-rank"):
+        _, other = stitched_init(w, mode, cfg, synth.eval, [])
+        assert other["ev_step0"] == pytest.approx(other["ev_transferred"], abs=1e-3), mode
+        assert other["topk_selection_agreement"] == 1.0, mode
     _, fold = stitched_init(w, "fold", cfg, synth.eval, [])
     assert keep["ev_step0"] == pytest.approx(keep["ev_transferred"], abs=1e-3)
     assert keep["topk_selection_agreement"] == 1.0
@@ -114,23 +115,32 @@ def test_step0_of_preserve_is_the_transferred_sae_and_fold_is_not(synth, bdi):
     assert keep["ev_transferred"] == pytest.approx(ev, abs=1e-4)
 
 
-def test_rescale_keeps_the_function_with_unit_rows_dense_and_sparse_alike(synth):
-    """``rescale``: the trained rows stay unit norm, the decoder the function uses keeps the step-0
-    norms; dense and sparse steps (AuxK included) follow each other."""
+@pytest.mark.parametrize("mode", ["rescale", "fold-rank"])
+def test_unit_row_warm_starts_keep_the_function_dense_and_sparse_alike(synth, mode):
+    """``rescale`` and ``fold-rank``: the trained rows stay unit norm, the fixed per-latent scale holds
+    the step-0 norms (in the decode, or in the ranking), the plain export computes the function, and
+    dense and sparse steps (AuxK included) follow each other."""
     w = _weights(synth)
+    x = synth.eval[:300]
     runs = {}
     for decode in ("dense", "sparse"):
         theta = TopKSAE.from_weights(w, apply_b_dec_to_input=True)
         norms = theta.W_dec.norm(dim=1).clone()
-        warm_start(theta, "rescale")
-        assert theta.scaled and torch.allclose(theta.out_scale, norms)
+        warm_start(theta, mode)
+        scale = theta.out_scale if mode == "rescale" else theta.rank_scale
+        assert (theta.scaled, theta.ranked) == (mode == "rescale", mode == "fold-rank")
+        assert torch.allclose(scale, norms)
         tr = TopKTrainer(theta, 1e-3, aux_k_coef=1 / 32, dead_window=3, decode=decode)
         infos = [tr.step(xb) for xb in list(synth.batches(128)())[:12]]
         runs[decode] = (theta, [i["ev"] for i in infos], any(i["aux_active"] for i in infos))
         assert torch.allclose(theta.W_dec.norm(dim=1), torch.ones_like(norms), rtol=1e-5)
-        assert torch.allclose(theta.decoder().norm(dim=1), norms, rtol=1e-5)
+        p = theta.plain_weights()  # a plain TopK SAE (ranks pre, decodes z @ W_dec) with the same function
+        plain = TopKSAE(p["W_enc"], p["b_enc"], p["W_dec"], p["b_dec"], theta.k, apply_b_dec_to_input=True)
+        assert torch.allclose(plain.W_dec.norm(dim=1), norms, rtol=1e-5)
+        with torch.no_grad():
+            assert torch.allclose(plain(x)[0], theta(x)[0], atol=1e-4)
     (sd, ed, aux_d), (ss, es, aux_s) = runs["dense"], runs["sparse"]
-    assert aux_d and aux_s  # the AuxK decode went through the scaled decoder too
+    assert aux_d and aux_s  # the AuxK step ran too, through the same ranking and decode
     assert es == pytest.approx(ed, abs=1e-4)
     for n in ("W_enc", "b_enc", "W_dec", "b_dec"):
         assert torch.allclose(getattr(ss, n), getattr(sd, n), atol=1e-4), n
@@ -139,13 +149,13 @@ def test_rescale_keeps_the_function_with_unit_rows_dense_and_sparse_alike(synth)
 def test_train_topk_sae_applies_the_warm_start(synth):
     w = _weights(synth)
     batches = list(synth.batches(128)())[:3]
-    for mode in ("fold", "preserve", "rescale"):
+    for mode in ("fold", "fold-rank", "preserve", "rescale"):
         init = TopKSAE.from_weights(w)
         norms = init.W_dec.norm(dim=1).clone()
         sae, summary = train_topk_sae(batches, 32, init=init, warm_start=mode, lr=1e-4, batch_size=128,
                                       train_tokens=3 * 128, progress=False)
         got = sae.W_dec.detach().norm(dim=1)
-        expect = torch.ones_like(norms) if mode == "fold" else norms
+        expect = torch.ones_like(norms) if mode == "fold" else norms  # fold-rank: exported as theta' is
         assert torch.allclose(got, expect, rtol=1e-5), mode
         assert summary["warm_start"] == mode
         # the exported sae-lens SAE computes what was trained (rescale: the scale folded into W_dec)
@@ -157,7 +167,7 @@ def test_train_topk_sae_applies_the_warm_start(synth):
 # --------------------------------------------------------------------------- the plain reference
 
 
-@pytest.mark.parametrize("mode", ["fold", "preserve", "rescale"])
+@pytest.mark.parametrize("mode", ["fold", "fold-rank", "preserve", "rescale"])
 def test_trainer_stitched_arm_equals_the_plain_reference(synth, mode):
     """With the encoder reading x (as theta' does), the trainer's stitched arm IS the ~30-line reference
     (tests/sae_reference.py): same data, lr and steps give the same weights and held-out EV."""
@@ -168,7 +178,8 @@ def test_trainer_stitched_arm_equals_the_plain_reference(synth, mode):
     theta, _ = stitched_init(w, mode, cfg, synth.eval, [])
     res = train_arm(theta, iter(batches), synth.eval, cfg, ArmLedger(1), [])
     ref = train_reference_from(batches, w["W_enc"], w["b_enc"], w["W_dec"], w["b_dec"], w["k"], lr=3e-3, mode=mode)
-    for got, want in zip((theta.W_enc, theta.b_enc, theta.decoder(), theta.b_dec), ref):
+    plain = theta.plain_weights()
+    for got, want in zip((plain["W_enc"], plain["b_enc"], plain["W_dec"], plain["b_dec"]), ref):
         assert torch.allclose(got.detach(), want, atol=2e-4)
     assert res["curve"][-1]["ev"] == pytest.approx(reference_ev_x(synth.eval, *ref, w["k"]), abs=1e-3)
     assert res["curve"][-1]["update"]["W_enc"] > 0

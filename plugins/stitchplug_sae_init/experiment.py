@@ -57,8 +57,8 @@ def evaluate(sae: TopKSAE, x_eval: torch.Tensor, exclude: Sequence[int], chunk: 
 @torch.no_grad()
 def selection_agreement(a: TopKSAE, b: TopKSAE, x: torch.Tensor) -> float:
     """Mean share of the k selected latents that two SAEs of the same width have in common."""
-    ia = a.pre(x).topk(a.k, dim=-1).indices
-    ib = b.pre(x).topk(b.k, dim=-1).indices
+    ia = a.select(a.pre(x))
+    ib = b.select(b.pre(x))
     same = (ia[:, :, None] == ib[:, None, :]).any(-1).float().mean()
     return float(same)
 

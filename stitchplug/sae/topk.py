@@ -1,5 +1,6 @@
 """The TopK SAE module the project trains (:mod:`stitchplug.sae.trainer`), its sparse decode, and the
-warm starts from given (e.g. transferred) weights: ``fold``, ``preserve`` and ``rescale`` (docs/flops.md)."""
+warm starts from given (e.g. transferred) weights: ``fold``, ``fold-rank``, ``preserve`` and ``rescale``
+(docs/flops.md)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-WARM_STARTS = ("fold", "preserve", "rescale")
+WARM_STARTS = ("fold", "fold-rank", "preserve", "rescale")
 """How a trainer starts from given weights whose decoder rows are not unit norm (docs/flops.md):
 ``fold``: unit-norm rows, the norms folded into the encoder (TopK then ranks ``n_i pre_i``, so step 0
-can select other latents); ``preserve``: rows kept at their step-0 norms and renormalised to those
+can select other latents); ``fold-rank``: ``fold``, but TopK ranks ``pre_i / n_i`` with the step-0
+norms kept as a fixed per-latent ranking scale (step 0 computes exactly the given SAE); ``preserve``: rows kept at their step-0 norms and renormalised to those
 norms after every step (step 0 computes exactly the given SAE); ``rescale``: unit-norm rows (the
 trained parameter, renormalised to 1 as in the plain recipe) times a fixed per-latent output scale,
 the step-0 norms (step 0 computes exactly the given SAE; TopK ranks ``pre_i`` as the given SAE does,
@@ -51,6 +53,10 @@ class TopKSAE(nn.Module):
         # never applied, unless the ``rescale`` warm start set the step-0 norms; see :meth:`decoder`)
         self.register_buffer("out_scale", torch.ones(m))
         self.scaled = False
+        # a fixed per-latent ranking scale: TopK ranks ``pre_i / rank_scale[i]`` (all ones, and never
+        # applied, unless the ``fold-rank`` warm start set the step-0 norms; see :meth:`select`)
+        self.register_buffer("rank_scale", torch.ones(m))
+        self.ranked = False
 
     @property
     def d(self) -> int:
@@ -93,9 +99,25 @@ class TopKSAE(nn.Module):
         (``[M, d]``, differentiable in ``W_dec``), else ``W_dec`` itself."""
         return self.W_dec * self.out_scale[:, None] if self.scaled else self.W_dec
 
+    def select(self, pre: torch.Tensor, k: int | None = None) -> torch.Tensor:
+        """Indices of the ``k`` (default: the SAE's) latents TopK keeps per row: the largest ``pre``, or
+        the largest ``pre / rank_scale`` under ``fold-rank``."""
+        ranked = pre / self.rank_scale if self.ranked else pre
+        return ranked.topk(self.k if k is None else k, dim=-1, sorted=False).indices
+
     def topk(self, pre: torch.Tensor) -> torch.Tensor:
-        vals, idx = pre.topk(self.k, dim=-1, sorted=False)
-        return torch.zeros_like(pre).scatter(-1, idx, vals.relu())
+        idx = self.select(pre)
+        return torch.zeros_like(pre).scatter(-1, idx, pre.gather(-1, idx).relu())
+
+    @torch.no_grad()
+    def plain_weights(self) -> dict:
+        """``{W_enc, b_enc, W_dec, b_dec}`` of a plain TopK SAE (ranks ``pre``, decodes ``z @ W_dec``)
+        computing this SAE's function: the ranking scale divided out of the encoder (codes shrink by
+        it, the selection is kept) and multiplied, with the output scale, into the decoder rows."""
+        W_enc, b_enc, W_dec = self.W_enc.detach(), self.b_enc.detach(), self.decoder().detach()
+        if self.ranked:
+            W_enc, b_enc, W_dec = W_enc / self.rank_scale, b_enc / self.rank_scale, W_dec * self.rank_scale[:, None]
+        return {"W_enc": W_enc.clone(), "b_enc": b_enc.clone(), "W_dec": W_dec.clone(), "b_dec": self.b_dec.detach().clone()}
 
     def forward(self, x: torch.Tensor, sparse: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Dense: ``(x_hat, z, pre)``. ``sparse=True``: ``(x_hat, vals, idx)`` from :meth:`forward_sparse`
@@ -121,7 +143,7 @@ class TopKSAE(nn.Module):
         xin = x - self.b_dec if self.apply_b_dec_to_input else x
         with torch.no_grad():
             pre = torch.addmm(self.b_enc, xin, self.W_enc)
-            idx = pre.topk(self.k, dim=-1, sorted=False).indices
+            idx = self.select(pre)
         vals = _SelectedPre.apply(xin, self.W_enc, self.b_enc, idx, pre).relu()
         w = vals * self.out_scale[idx] if self.scaled else vals
         x_hat = F.embedding_bag(idx, self.W_dec, per_sample_weights=w, mode="sum") + self.b_dec
@@ -190,7 +212,7 @@ def fold_decoder_norms(sae: TopKSAE) -> torch.Tensor:
 
 
 @torch.no_grad()
-def warm_start(sae: TopKSAE, mode: Literal["fold", "preserve", "rescale"]) -> dict:
+def warm_start(sae: TopKSAE, mode: Literal["fold", "fold-rank", "preserve", "rescale"]) -> dict:
     """Prepare ``sae`` (given weights, e.g. the transferred SAE theta') for training; see
     :data:`WARM_STARTS` and docs/flops.md. Returns the decoder row norms found (min/max/mean).
 
@@ -204,15 +226,23 @@ def warm_start(sae: TopKSAE, mode: Literal["fold", "preserve", "rescale"]) -> di
     ranks the same pre-activations), while the trained decoder parameter has unit rows like a
     scratch arm's, so Adam moves its directions at the scratch arm's relative speed. The scratch arm
     keeps its own step-0 scale (1) under the same rule.
+
+    ``fold-rank`` folds like ``fold`` and records ``n_i`` as the latent's fixed ranking scale
+    (``rank_scale``): TopK ranks ``n_i pre_i / n_i``, theta''s own pre-activation, so step 0 computes
+    exactly the given SAE, while the parameters are ``fold``'s (unit rows, encoder ``n_i`` times
+    larger). The same function family as ``rescale``; only the encoder's scale under Adam differs.
     """
     if mode not in WARM_STARTS:
         raise StageError(f"unknown warm start {mode!r} (choose from {', '.join(WARM_STARTS)})")
     n = sae.W_dec.norm(dim=1).clamp_min(1e-12)
     stats = {"decoder_norm_min": float(n.min()), "decoder_norm_max": float(n.max()),
              "decoder_norm_mean": float(n.mean())}
-    if mode == "fold":
+    if mode in ("fold", "fold-rank"):
         fold_decoder_norms(sae)
         sae.row_norm.fill_(1.0)
+        if mode == "fold-rank":
+            sae.rank_scale.copy_(n)
+            sae.ranked = True
     elif mode == "rescale":
         sae.W_dec.div_(n[:, None])
         sae.row_norm.fill_(1.0)

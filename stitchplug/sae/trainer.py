@@ -75,7 +75,8 @@ def sae_step(sae: TopKSAE, opt: torch.optim.Optimizer, x: torch.Tensor,
         k_aux = min(k_aux, num_dead)
         residual = (x - x_hat).detach()
         masked = torch.where(dead_mask[None], pre, torch.full_like(pre, -torch.inf))
-        vals, idx = masked.topk(k_aux, dim=-1, sorted=False)
+        idx = sae.select(masked, k_aux)
+        vals = masked.gather(-1, idx)
         z_aux = torch.zeros_like(pre).scatter(-1, idx, vals.relu())
         loss = loss + aux_coef * scale * (z_aux @ sae.decoder() - residual).pow(2).sum(-1).mean()
     _update(sae, opt, loss, clip_grad_norm)
@@ -218,8 +219,8 @@ def to_saelens(sae: TopKSAE, scale: float = 1.0, model_name: str | None = None,
     cfg.metadata.model_name = model_name
     cfg.metadata.hook_name = hook_name
     out = SaeLensTopK(cfg)
-    out.load_state_dict({"W_enc": sae.W_enc.detach().cpu(), "b_enc": sae.b_enc.detach().cpu() / scale,
-                         "W_dec": sae.decoder().detach().cpu(), "b_dec": sae.b_dec.detach().cpu() / scale})
+    w = {n: t.cpu() for n, t in sae.plain_weights().items()}
+    out.load_state_dict({"W_enc": w["W_enc"], "b_enc": w["b_enc"] / scale, "W_dec": w["W_dec"], "b_dec": w["b_dec"] / scale})
     return out
 
 
