@@ -94,6 +94,9 @@ def test_silent_eval_counts_latents_that_fire_on_no_held_out_row():
         sae.b_enc[4] = -1.0
     r = evaluate(sae, x, [], chunk=64)  # the share is taken over all chunks
     assert r["silent_eval"] == pytest.approx(0.3)
+    s = evaluate(sae, x, [], chunk=64, sparse=True)  # the k-row decode: the same numbers
+    assert s["silent_eval"] == r["silent_eval"]
+    assert all(s[m] == pytest.approx(r[m], rel=1e-5) for m in ("mse", "fvu", "ev"))
 
 
 def test_missing_weights_and_bad_k_are_stage_errors():

@@ -37,17 +37,23 @@ METRICS = ("fvu", "fvu_excl_massive")
 
 
 @torch.no_grad()
-def evaluate(sae: TopKSAE, x_eval: torch.Tensor, exclude: Sequence[int], chunk: int = 4096) -> dict:
+def evaluate(sae: TopKSAE, x_eval: torch.Tensor, exclude: Sequence[int], chunk: int = 4096,
+             sparse: bool = False) -> dict:
     """Reconstruction metrics (stitchplug.metrics) of ``sae`` on held-out rows, plus explained variance
     and ``silent_eval``: the share of latents that fire on none of the held-out rows (at step 0 it
-    tells whether a warm start's dead latents were dead from the start)."""
+    tells whether a warm start's dead latents were dead from the start). ``sparse``: decode only the
+    k selected rows (the same function up to float summation order; faster at large widths)."""
     acc = ReconAccumulator(x_eval.shape[1], list(exclude))
     fired = torch.zeros(sae.width, dtype=torch.bool)
     for i in range(0, x_eval.shape[0], chunk):
         xb = x_eval[i:i + chunk].float()
-        x_hat, z, _ = sae(xb)
+        if sparse:
+            x_hat, vals, idx = sae(xb, sparse=True)
+            fired[idx[vals > 0].cpu()] = True
+        else:
+            x_hat, z, _ = sae(xb)
+            fired |= (z > 0).any(0).cpu()
         acc.update(xb, x_hat)
-        fired |= (z > 0).any(0).cpu()
     r = acc.result()
     return {"mse": r["mse"], "fvu": r["fvu"], "fvu_excl_massive": r["fvu_excl_massive"],
             "ev": 1.0 - r["fvu"], "ev_excl_massive": 1.0 - r["fvu_excl_massive"],
@@ -79,7 +85,8 @@ def train_arm(sae: TopKSAE, batches: Iterable[torch.Tensor], x_eval: torch.Tenso
     """
     trainer = TopKTrainer(sae, cfg.lr, cfg.aux_k_coef, cfg.dead_window, decode=cfg.decode)
     eval_at = set(eval_at)
-    curve = [{"step": 0, "flops": ledger.total, **evaluate(sae, x_eval, exclude, cfg.eval_batch)}]
+    sparse = cfg.decode == "sparse"
+    curve = [{"step": 0, "flops": ledger.total, **evaluate(sae, x_eval, exclude, cfg.eval_batch, sparse)}]
     digests: list[str] = []
     step = 0
     snap, snap_step = _snapshot(sae), 0
@@ -90,11 +97,11 @@ def train_arm(sae: TopKSAE, batches: Iterable[torch.Tensor], x_eval: torch.Tenso
         step += 1
         flops = ledger.pay_step(info["aux_active"])
         if step % cfg.eval_every == 0 or step == cfg.steps or step in eval_at:
-            curve.append({"step": step, "flops": flops, **evaluate(sae, x_eval, exclude, cfg.eval_batch),
+            curve.append({"step": step, "flops": flops, **evaluate(sae, x_eval, exclude, cfg.eval_batch, sparse),
                           "update": _relative_update(sae, snap, step - snap_step)})
             snap, snap_step = _snapshot(sae), step
     if curve[-1]["step"] != step:
-        curve.append({"step": step, "flops": ledger.total, **evaluate(sae, x_eval, exclude, cfg.eval_batch),
+        curve.append({"step": step, "flops": ledger.total, **evaluate(sae, x_eval, exclude, cfg.eval_batch, sparse),
                       "update": _relative_update(sae, snap, max(step - snap_step, 1))})
     dead_frac = trainer.dead_fraction()
     return {"curve": curve, "ledger": ledger.summary(cfg.source_sae_flops), "dead_fraction": dead_frac,
