@@ -159,3 +159,22 @@ def test_sweep_plot_points_keep_lower_bounds_and_drop_missing_crossings(tmp_path
     paths = plot_sweep(result, tmp_path)
     assert [p.name for p in paths] == ["init_sweep_saving_vs_width.png", "init_sweep_saving_vs_budget.png"]
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_a_piece_is_keyed_without_the_configs_warm_start(tmp_path):
+    """Each sweep arm is named by its own warm start, so the config's default warm start is not in a
+    piece's key: a piece written when the key still held it resumes, and changing the default cannot
+    refuse a finished sweep; any setting the arms do depend on still refuses."""
+    from stitchplug.api import StageError
+    from stitchplug_sae_init.config import InitExperimentConfig
+    from stitchplug_sae_init.sweep import SweepConfig, _key, _load_piece
+
+    sweep = SweepConfig(widths=[16], budgets=[64], warm_starts=["fold"])
+    key = _key(16, sweep, InitExperimentConfig(), {"cache_tokens": 1})
+    assert "warm_start" not in key
+    assert key == _key(16, sweep, InitExperimentConfig(warm_start="preserve"), {"cache_tokens": 1})
+    old = tmp_path / "fold.json"
+    old.write_text(json.dumps({"key": {**key, "warm_start": "fold"}, "curve": []}))
+    assert _load_piece(old, key)["curve"] == []
+    with pytest.raises(StageError, match=r"lr \(0\.0001 -> 0\.0004\)"):
+        _load_piece(old, _key(16, sweep, InitExperimentConfig(lr=4e-4), {"cache_tokens": 1}))

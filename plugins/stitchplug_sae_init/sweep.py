@@ -70,8 +70,9 @@ class SweepConfig(BaseModel):
 
 
 def _key(width: int, sweep: SweepConfig, cfg: InitExperimentConfig, extra: dict) -> dict:
-    """Everything a finished piece depends on (compared on resume)."""
-    arm_cfg = cfg.model_dump(exclude={"thresholds", "ma_window", "source_sae_flops", "eval_batch"})
+    """Everything a finished piece depends on (compared on resume). ``warm_start`` is not: each arm
+    of a sweep is named by its own warm start, so the config's default is never used here."""
+    arm_cfg = cfg.model_dump(exclude={"thresholds", "ma_window", "source_sae_flops", "eval_batch", "warm_start"})
     return {"width": width, "k": sweep.k, "epochs": sweep.epochs, **arm_cfg, **extra}
 
 
