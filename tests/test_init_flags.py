@@ -143,7 +143,7 @@ def _old_sweep(**given):
                   decode="dense", epochs=1, lr=r["lr"], aux_k_coef=r["aux_k_coef"], apply_b_dec_to_input=True,
                   scratch_b_dec=r["scratch_b_dec"], recipe=given.pop("label", recipe))
     k = given.pop("k", r["k"])
-    sweep = dict(widths=[2304, 4608, 9216, 18432], budgets=[500000, 1800000], warm_starts=["fold", "preserve"])
+    sweep = dict(widths=[2304, 4608, 9216, 18432], budgets=[500000, 1800000], warm_starts=["fold", "rescale"])
     sweep.update({key: given.pop(key) for key in list(given) if key in sweep})
     fields.update(given)
     return InitExperimentConfig(**fields), SweepConfig(k=k, epochs=fields["epochs"], **sweep)

@@ -51,14 +51,14 @@ def test_sweep_writes_savings_per_width_and_budget(tiny_run, capsys):
     assert m["kind"] == "init_sweep" and m["recipe"] == "paper + lr=0.003, k=4"
     assert set(m["budgets"]) == {"640", "1600"} and set(m["widths"]) == {"16", "32"}
     assert m["all_single_epoch"] and set(m["single_epoch"]) == {f"{w}/{a}" for w in ("16", "32")
-                                                                 for a in ("scratch", "fold", "preserve")}
+                                                                 for a in ("scratch", "fold", "rescale")}
     for w in ("16", "32"):
         arms = m["widths"][w]["arms"]
         # the same data order in every arm, at most one pass over the cache
         assert len({a["data_digest"] for a in arms.values()}) == 1
         assert all(a["passes"] <= 1.0 for a in arms.values())
-        assert arms["preserve"]["init"]["ev_step0"] == pytest.approx(arms["preserve"]["init"]["ev_transferred"], abs=1e-3)
-        assert arms["preserve"]["init"]["topk_selection_agreement"] == 1.0
+        assert arms["rescale"]["init"]["ev_step0"] == pytest.approx(arms["rescale"]["init"]["ev_transferred"], abs=1e-3)
+        assert arms["rescale"]["init"]["topk_selection_agreement"] == 1.0
         assert arms["scratch"]["curve"][0]["flops"] == 0 and arms["fold"]["curve"][0]["flops"] == m["stitch_flops"] > 0
         assert m["widths"][w]["source_sae"]["train_flops"] > 0
         # the small budget is the large budget's prefix: an evaluation at its last step, same values
@@ -66,9 +66,9 @@ def test_sweep_writes_savings_per_width_and_budget(tiny_run, capsys):
         assert m["budgets"]["640"]["steps"] == 10 and any(p["step"] == 10 for p in arms["scratch"]["curve"])
         ev10 = next(p["ev"] for p in arms["fold"]["curve"] if p["step"] == 10)
         assert small["final_ev"]["fold"] == ev10
-        for ws in ("fold", "preserve"):
+        for ws in ("fold", "rescale"):
             assert set(small["savings"][ws]["fvu"]) == {"0.30", "0.50", "0.90"}
-    assert set(m["budgets"]["1600"]["fits_fvu"]) == {"scratch", "fold", "preserve"}
+    assert set(m["budgets"]["1600"]["fits_fvu"]) == {"scratch", "fold", "rescale"}
     report = (tiny_run / "report.md").read_text()
     assert "Recipe **paper + lr=0.003, k=4**" in report and "single-epoch" in report
     assert "| silent at step 0 | silent at end | dead at end |" in report
@@ -125,7 +125,7 @@ def test_killed_sweep_resumes_without_retraining_finished_arms(tiny_run, tmp_pat
     proc.wait()
     done = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("w*/*.json")}
     arms_done = [p for p in done if p.name != "source.json"]
-    assert arms_done and not (sweep_dir / "w32" / "preserve.json").exists()  # killed mid-sweep
+    assert arms_done and not (sweep_dir / "w32" / "rescale.json").exists()  # killed mid-sweep
     leftovers = list(sweep_dir.rglob("*.tmp*"))  # a kill mid-write may leave the one file being written
     assert len(leftovers) <= 1 and not any(p.with_suffix("").exists() for p in leftovers)  # of an unfinished piece
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
@@ -136,7 +136,7 @@ def test_killed_sweep_resumes_without_retraining_finished_arms(tiny_run, tmp_pat
         assert f"width {p.parent.name[1:]}: reusing arm {p.stem}" in out.stdout
     trained = out.stdout.count(": training arm ")
     assert trained == 2 * 3 - len(arms_done)
-    assert (sweep_dir / "w32" / "preserve.json").exists()
+    assert (sweep_dir / "w32" / "rescale.json").exists()
     assert not list(sweep_dir.rglob("*.tmp*"))  # the resumed sweep removed the killed write's leftover
 
 

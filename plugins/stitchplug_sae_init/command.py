@@ -116,7 +116,8 @@ def add_sweep_command(group: click.Group) -> None:
     @click.option("--widths", default="2304,4608,9216,18432", show_default=True, help="Comma-separated SAE widths.")
     @click.option("--budgets", default="500000,1800000", show_default=True,
                   help="Comma-separated token budgets per arm (smaller ones are read from the largest run's prefix).")
-    @click.option("--warm-starts", default="fold,preserve", show_default=True, help="Comma-separated warm-start arms.")
+    @click.option("--warm-starts", default="fold,rescale", show_default=True,
+                  help="Comma-separated warm-start arms (fold, fold-rank, preserve, rescale).")
     @click.option("--k", type=int, default=None, help="TopK k [default: the recipe's].")
     @click.option("--recipe", type=click.Choice(["paper", "tuned"]), default="paper", show_default=True,
                   help="paper: k 64, lr 1e-4, no AuxK, scratch b_dec zeros; tuned: k 32, lr 4e-4, scratch b_dec mean "

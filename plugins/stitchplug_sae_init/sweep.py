@@ -44,7 +44,7 @@ class SweepConfig(BaseModel):
     """SAE widths (latents); each trains its own source SAE on A."""
     budgets: list[int] = [500_000, 1_800_000]
     """Token budgets per arm; the largest is trained, smaller ones are read from its prefix."""
-    warm_starts: list[str] = ["fold", "preserve"]
+    warm_starts: list[str] = ["fold", "rescale"]
     """Warm-start arms trained beside scratch."""
     k: int = Field(64, ge=1)
     """TopK k of the source SAE (and so of every arm)."""
