@@ -305,14 +305,18 @@ def test_ctrl_c_while_waiting_for_the_writer_never_leaves_it_running(where, plai
     where it died inside h5py holding its lock: measured on the tiny pair, 6 of 11 CLI runs interrupted
     within 0.3 s of the cache stage's start hung or aborted (SIGABRT). Now the interrupt is raised
     after the writer has finished its shard."""
-    done = []
+    done, started = [], threading.Event()
 
     def store(i):
+        started.set()
         time.sleep(0.6)
         done.append(i)
 
     w = ShardWriter(store, 2)
     w.submit(0)
+    # the shard must be in the writer's hands: abort() drops what is still queued, so an abort that
+    # ran before the thread took item 0 stopped at once, without the wait this test is about
+    assert started.wait(5)
     timer = _sigint_after(0.2)
     with pytest.raises(KeyboardInterrupt):
         w.close() if where == "close" else w.abort()  # the with-block's normal exit, or its exit on an error
