@@ -54,14 +54,15 @@ def savings_table(scratch: dict, stitched: dict, thresholds: Iterable[float],
     for t in thresholds:
         key = f"{t:.2f}"
         s, w = scratch.get(key), stitched.get(key)
-        row = {"scratch_flops": s, "stitched_flops": w, "savings": savings(s, w), "savings_at_least": None}
-        if s is None and w is not None and scratch_budget:
-            row["savings_at_least"] = savings(scratch_budget, w)
+
+        def at_least(flops: float | None) -> float | None:
+            return savings(scratch_budget, flops) if s is None and flops is not None and scratch_budget else None
+
+        row = {"scratch_flops": s, "stitched_flops": w, "savings": savings(s, w), "savings_at_least": at_least(w)}
         if offset is not None:
             bare = None if w is None else w - offset
             row["savings_excl_offset"] = savings(s, bare)
-            row["savings_at_least_excl_offset"] = (savings(scratch_budget, bare)
-                                                   if s is None and bare is not None and scratch_budget else None)
+            row["savings_at_least_excl_offset"] = at_least(bare)
             row["offset_share"] = None if not s else offset / s
         out[key] = row
     return out

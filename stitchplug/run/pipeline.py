@@ -64,7 +64,6 @@ def artifact_kind(name: str) -> ArtifactKind:
     return kind
 
 
-
 def evaluate_arms(evaluators: list, arms: dict[str, Arm], log: Callable[[str], None]) -> dict[str, dict]:
     """``{arm: {evaluator name: result}}``: each evaluator sees every arm at once
     (``Evaluator.evaluate_arms``); one that only has ``evaluate()`` (duck-typed, not an
@@ -80,6 +79,7 @@ def evaluate_arms(evaluators: list, arms: dict[str, Arm], log: Callable[[str], N
         for label in arms:
             out[label][ev.name] = got[label]
     return out
+
 
 class Pipeline(RunResources):
     """One run: the run folder, its stages and the order they run in (what they work on, the lazily

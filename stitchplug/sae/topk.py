@@ -14,8 +14,9 @@ WARM_STARTS = ("fold", "fold-rank", "preserve", "rescale")
 """How a trainer starts from given weights whose decoder rows are not unit norm (docs/flops.md):
 ``fold``: unit-norm rows, the norms folded into the encoder (TopK then ranks ``n_i pre_i``, so step 0
 can select other latents); ``fold-rank``: ``fold``, but TopK ranks ``pre_i / n_i`` with the step-0
-norms kept as a fixed per-latent ranking scale (step 0 computes exactly the given SAE); ``preserve``: rows kept at their step-0 norms and renormalised to those
-norms after every step (step 0 computes exactly the given SAE); ``rescale``: unit-norm rows (the
+norms kept as a fixed per-latent ranking scale (step 0 computes exactly the given SAE); ``preserve``:
+rows kept at their step-0 norms and renormalised to those norms after every step (step 0 computes
+exactly the given SAE); ``rescale``: unit-norm rows (the
 trained parameter, renormalised to 1 as in the plain recipe) times a fixed per-latent output scale,
 the step-0 norms (step 0 computes exactly the given SAE; TopK ranks ``pre_i`` as the given SAE does,
 and the encoder keeps the given SAE's scale)."""
@@ -105,8 +106,9 @@ class TopKSAE(nn.Module):
         ranked = pre / self.rank_scale if self.ranked else pre
         return ranked.topk(self.k if k is None else k, dim=-1, sorted=False).indices
 
-    def topk(self, pre: torch.Tensor) -> torch.Tensor:
-        idx = self.select(pre)
+    def topk(self, pre: torch.Tensor, k: int | None = None) -> torch.Tensor:
+        """Dense codes: the ``k`` (default: the SAE's) selected pre-activations, ReLU'd, zeros elsewhere."""
+        idx = self.select(pre, k)
         return torch.zeros_like(pre).scatter(-1, idx, pre.gather(-1, idx).relu())
 
     @torch.no_grad()

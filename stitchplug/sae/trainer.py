@@ -75,9 +75,7 @@ def sae_step(sae: TopKSAE, opt: torch.optim.Optimizer, x: torch.Tensor,
         k_aux = min(k_aux, num_dead)
         residual = (x - x_hat).detach()
         masked = torch.where(dead_mask[None], pre, torch.full_like(pre, -torch.inf))
-        idx = sae.select(masked, k_aux)
-        vals = masked.gather(-1, idx)
-        z_aux = torch.zeros_like(pre).scatter(-1, idx, vals.relu())
+        z_aux = sae.topk(masked, k_aux)
         loss = loss + aux_coef * scale * (z_aux @ sae.decoder() - residual).pow(2).sum(-1).mean()
     _update(sae, opt, loss, clip_grad_norm)
     return float(recon.detach()), want_aux, fired
