@@ -178,3 +178,38 @@ def test_a_piece_is_keyed_without_the_configs_warm_start(tmp_path):
     assert _load_piece(old, key)["curve"] == []
     with pytest.raises(StageError, match=r"lr \(0\.0001 -> 0\.0004\)"):
         _load_piece(old, _key(16, sweep, InitExperimentConfig(lr=4e-4), {"cache_tokens": 1}))
+
+
+def test_a_source_piece_is_reused_across_settings_only_the_b_arms_use(tmp_path):
+    """Resampling acts on the arms on B, not on the source SAE on A: a sweep that adds it reuses the
+    finished source SAE but refuses the finished arms, naming the setting."""
+    from stitchplug.api import StageError
+    from stitchplug_sae_init.config import InitExperimentConfig
+    from stitchplug_sae_init.sweep import SweepConfig, _key, _load_piece, _source_key
+
+    sweep = SweepConfig(widths=[16], budgets=[64], warm_starts=["rescale"])
+    key = _key(16, sweep, InitExperimentConfig(), {"cache_tokens": 1})
+    key_r = _key(16, sweep, InitExperimentConfig(resample_every=100), {"cache_tokens": 1})
+    for stored in (_source_key(key), key):  # a source piece written before the option existed holds the whole key
+        (tmp_path / "source.json").write_text(json.dumps({"key": stored, "train_flops": 1}))
+        assert _load_piece(tmp_path / "source.json", _source_key(key_r))["train_flops"] == 1
+    (tmp_path / "rescale.json").write_text(json.dumps({"key": key, "curve": []}))
+    with pytest.raises(StageError, match=r"resample_every \(None -> 100\)"):
+        _load_piece(tmp_path / "rescale.json", key_r)
+    assert _source_key(key) != _source_key(_key(16, sweep, InitExperimentConfig(lr=4e-4), {"cache_tokens": 1}))
+
+
+def test_sweep_resamples_dead_latents_on_request(tiny_run, tmp_path):
+    from stitchplug.cli import main
+
+    sweep_dir = tmp_path / "resampled"
+    main(_cli(tiny_run, "--widths", "32", "--warm-starts", "rescale", "--batch-size", "8", "--dead-window", "2",
+              "--resample-every", "5", "--section", "init_sweep_resampled", sweep_dir=sweep_dir))
+    m = json.loads((tiny_run / "metrics.json").read_text())["init_sweep_resampled"]
+    assert m["config"]["resample_every"] == 5 and "resample_every=5" in m["recipe"]
+    arms = m["widths"]["32"]["arms"]
+    for arm in arms.values():
+        extra = arm["ledger"]["extra_flops"]
+        assert (extra > 0) == (arm["resampled_latents"] > 0)
+        assert all("dead" in p for p in arm["curve"][1:])
+    assert sum(a["resampled_latents"] for a in arms.values()) > 0

@@ -11,14 +11,16 @@ from stitchplug.api import ConfigSection, TrainerConfig
 
 from . import scaling
 
+_NO_REVIVAL = {"aux_k_coef": 0.0, "resample_every": None, "dead_window": 200}
 RECIPES: dict[str, dict] = {
-    "paper": {"k": 64, "lr": 1e-4, "aux_k_coef": 0.0, "normalize": "none", "scratch_b_dec": "zeros"},
-    "tuned": {"k": 32, "lr": 4e-4, "aux_k_coef": 0.0, "normalize": "none", "scratch_b_dec": "mean"},
+    "paper": {"k": 64, "lr": 1e-4, **_NO_REVIVAL, "normalize": "none", "scratch_b_dec": "zeros"},
+    "tuned": {"k": 32, "lr": 4e-4, **_NO_REVIVAL, "normalize": "none", "scratch_b_dec": "mean"},
 }
 """Named recipes (docs/flops.md). ``paper``: method.md section 3 (TopK k 64, constant lr 1e-4, no AuxK,
 unnormalised activations, SAELens's zero decoder bias for scratch, dense-decode FLOPs accounting);
 ``tuned``: the project's own (k 32, lr 4e-4, scratch ``b_dec`` = the data mean; docs/sae.md). Both
-charge the dense step's FLOPs. ``k`` applies where an SAE is trained from scratch on A (the sweep);
+charge the dense step's FLOPs, and neither revives dead latents (no AuxK, no resampling), so a run
+that does is labelled ``<recipe> + resample_every=...``. ``k`` applies where an SAE is trained from scratch on A (the sweep);
 the init experiment takes ``k`` from the transferred SAE."""
 
 _SAE = TrainerConfig.model_fields  # the one SAE config: the trainer's fields, defaults and help
@@ -45,6 +47,8 @@ class InitExperimentConfig(ConfigSection):
     """Explained-variance thresholds at which savings are reported."""
     aux_k_coef: float = _SAE["aux_k_coef"]
     dead_window: int = _SAE["dead_window"]
+    resample_every: int | None = _SAE["resample_every"]
+    resample_pool: int = _SAE["resample_pool"]
     apply_b_dec_to_input: bool = _SAE["apply_b_dec_to_input"]
     scratch_b_dec: Literal["zeros", "mean"] = "zeros"
     """Scratch arm decoder bias: zeros (SAELens default, the paper) or the training-data mean of the first batch."""

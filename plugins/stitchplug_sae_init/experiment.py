@@ -83,7 +83,8 @@ def train_arm(sae: TopKSAE, batches: Iterable[torch.Tensor], x_eval: torch.Tenso
     Returns ``{"curve": [{step, flops, mse, fvu, ...}], "ledger", "dead_fraction", "batch_digests"}``;
     the curve's first point is the initialisation (step 0, FLOPs = the ledger's offset).
     """
-    trainer = TopKTrainer(sae, cfg.lr, cfg.aux_k_coef, cfg.dead_window, decode=cfg.decode)
+    trainer = TopKTrainer(sae, cfg.lr, cfg.aux_k_coef, cfg.dead_window, decode=cfg.decode,
+                          resample_every=cfg.resample_every, resample_pool=cfg.resample_pool, seed=cfg.seed)
     eval_at = set(eval_at)
     sparse = cfg.decode == "sparse"
     curve = [{"step": 0, "flops": ledger.total, **evaluate(sae, x_eval, exclude, cfg.eval_batch, sparse)}]
@@ -95,17 +96,19 @@ def train_arm(sae: TopKSAE, batches: Iterable[torch.Tensor], x_eval: torch.Tenso
         digests.append(_digest(xb))
         info = trainer.step(xb)
         step += 1
-        flops = ledger.pay_step(info["aux_active"])
+        flops = ledger.pay_step(info["aux_active"], info["extra_flops"])
         if step % cfg.eval_every == 0 or step == cfg.steps or step in eval_at:
             curve.append({"step": step, "flops": flops, **evaluate(sae, x_eval, exclude, cfg.eval_batch, sparse),
+                          "dead": trainer.dead_fraction(), "resampled": trainer.resampled,
                           "update": _relative_update(sae, snap, step - snap_step)})
             snap, snap_step = _snapshot(sae), step
     if curve[-1]["step"] != step:
         curve.append({"step": step, "flops": ledger.total, **evaluate(sae, x_eval, exclude, cfg.eval_batch, sparse),
+                      "dead": trainer.dead_fraction(), "resampled": trainer.resampled,
                       "update": _relative_update(sae, snap, max(step - snap_step, 1))})
     dead_frac = trainer.dead_fraction()
     return {"curve": curve, "ledger": ledger.summary(cfg.source_sae_flops), "dead_fraction": dead_frac,
-            "batch_digests": digests}
+            "resampled_latents": trainer.resampled, "batch_digests": digests}
 
 
 _TRACKED = ("W_enc", "W_dec", "b_enc", "b_dec")

@@ -39,18 +39,22 @@ class ArmLedger:
     offset: int = 0
     steps: int = 0
     aux_steps: int = 0
+    extra_flops: int = 0
     history: list[int] = field(default_factory=list)
 
-    def pay_step(self, aux_active: bool = False) -> int:
-        """Charge one training step; return the cumulative FLOPs after it."""
+    def pay_step(self, aux_active: bool = False, extra: int = 0) -> int:
+        """Charge one training step (plus ``extra`` FLOPs spent beside it, e.g. scoring the pool
+        when dead latents are resampled); return the cumulative FLOPs after it."""
         self.steps += 1
         if aux_active:
             self.aux_steps += 1
+        self.extra_flops += int(extra)
         return self.total
 
     @property
     def sae_flops(self) -> int:
-        return self.steps * self.step_flops + self.aux_steps * (self.aux_step_flops - self.step_flops)
+        return (self.steps * self.step_flops + self.aux_steps * (self.aux_step_flops - self.step_flops)
+                + self.extra_flops)
 
     @property
     def total(self) -> int:
@@ -58,7 +62,7 @@ class ArmLedger:
 
     def summary(self, source_sae_flops: int | None = None) -> dict:
         out = {"offset_flops": self.offset, "sae_step_flops": self.step_flops, "steps": self.steps,
-               "aux_steps": self.aux_steps, "sae_flops": self.sae_flops, "total_flops": self.total}
+               "aux_steps": self.aux_steps, "extra_flops": self.extra_flops, "sae_flops": self.sae_flops, "total_flops": self.total}
         if self.offset and source_sae_flops is not None:
             out["total_incl_source_sae"] = self.total + int(source_sae_flops)
         return out

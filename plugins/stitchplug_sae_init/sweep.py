@@ -76,6 +76,14 @@ def _key(width: int, sweep: SweepConfig, cfg: InitExperimentConfig, extra: dict)
     return {"width": width, "k": sweep.k, "epochs": sweep.epochs, **arm_cfg, **extra}
 
 
+B_ARMS_ONLY = ("resample_every", "resample_pool")
+"""Arm settings the source SAE on A does not use: a source piece is reused across them."""
+
+
+def _source_key(key: dict) -> dict:
+    return {k: v for k, v in key.items() if k not in B_ARMS_ONLY}
+
+
 def _check_key(path: Path, stored: dict, want: dict) -> None:
     diff = [f"{k} ({stored.get(k)!r} -> {v!r})" for k, v in want.items() if stored.get(k) != v]
     if diff:
@@ -143,7 +151,7 @@ def run_sweep(run: Path, sweep: SweepConfig, cfg: InitExperimentConfig, *, cache
         for width in sweep.widths:
             wdir = root / f"w{width}"
             key = _key(width, sweep, cfg, extra)
-            src = _load_piece(wdir / "source.json", key)
+            src = _load_piece(wdir / "source.json", _source_key(key))
             if src is None:
                 log(f"init sweep: width {width}: training the source SAE on A (layer {lA}, {max_steps} steps)")
                 sae_a, summary = train_topk_sae(
@@ -153,7 +161,7 @@ def run_sweep(run: Path, sweep: SweepConfig, cfg: InitExperimentConfig, *, cache
                     hook_name=resid_hook(lA))
                 save_sae(sae_a, wdir / "source_sae")
                 save_sae(transfer_sae(sae_a, stitch, "up"), wdir / "transferred_sae")
-                src = {"key": key, "train_flops": summary["train_flops"], "steps": summary["steps"],
+                src = {"key": _source_key(key), "train_flops": summary["train_flops"], "steps": summary["steps"],
                        "tokens": summary["tokens"], "explained_variance_final": summary["explained_variance_final"]}
                 write_json_atomic(wdir / "source.json", src)
             else:

@@ -115,12 +115,14 @@ def sweep_markdown(result: dict) -> str:
                          f"{i['decoder_norm_max']:.3g} | {100 * i['topk_selection_agreement']:.1f}% | "
                          f"{i['ev_transferred']:.3f} | {i['ev_step0']:.3f} |")
     lines += ["", "Latents per arm: silent = fires on none of the held-out tokens (at step 0 and at the end); "
-              "dead = did not fire in the last training steps (the trainer's dead window).", "",
-              "| width | arm | silent at step 0 | silent at end | dead at end |", "|---|---|---|---|---|"]
+              "dead = did not fire in the last training steps (the trainer's dead window); resampled = latents "
+              "redrawn by `resample_every` (their pool's FLOPs are charged).", "",
+              "| width | arm | silent at step 0 | silent at end | dead at end | resampled |", "|---|---|---|---|---|---|"]
     for w, ww in sorted(result["widths"].items(), key=lambda kv: int(kv[0])):
         for arm, a in ww["arms"].items():
             s0, s1 = a["curve"][0].get("silent_eval"), a["curve"][-1].get("silent_eval")
-            lines.append(f"| {w} | {arm} | {_share(s0)} | {_share(s1)} | {_share(a.get('dead_fraction'))} |")
+            lines.append(f"| {w} | {arm} | {_share(s0)} | {_share(s1)} | {_share(a.get('dead_fraction'))} "
+                         f"| {a.get('resampled_latents', 0):,} |")
     for b, bb in sorted(result["budgets"].items(), key=lambda kv: int(kv[0])):
         ts = _thresholds(result)
         top = ts[-1]

@@ -37,6 +37,12 @@ class TrainerConfig(BaseModel):
     """AuxK loss coefficient on dead latents (0 = off, the paper's setting; Gao et al. use 1/32)."""
     dead_window: int = Field(200, ge=1)
     """A latent that has not fired for this many steps is dead (AuxK and the dead count)."""
+    resample_every: int | None = Field(None, ge=1, json_schema_extra={"added_later": True})
+    """Every this many steps, reinitialise the dead latents towards badly reconstructed recent tokens
+    (:mod:`stitchplug.sae.resample`, Bricken et al. 2023 adapted to TopK; off by default). The pool is
+    scored again with a dense forward whose FLOPs are charged. One process only."""
+    resample_pool: int = Field(8, ge=1, json_schema_extra={"added_later": True})
+    """Recent training batches the resampling draws from."""
     lr_width_ref: int | None = Field(None, ge=1)
     """If set, the lr used is ``lr * sqrt(lr_width_ref / width)`` (Gao et al.'s 1/sqrt(width) scaling)."""
     normalize: Literal["none", "expected_norm"] = "none"

@@ -24,6 +24,7 @@ this left 30-70% of the latents dead (measured in docs/sae.md).
 
 from __future__ import annotations
 
+import collections
 import itertools
 import math
 import time
@@ -37,6 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .. import dist
 from ..errors import StageError
 from ..precision import tf32_loop
+from .resample import resample_dead
 from .config import TrainerConfig  # noqa: F401  (re-exported: the one SAE config)
 from .topk import WARM_STARTS, TopKSAE, analytic_step_flops, fold_decoder_norms, warm_start  # noqa: F401  (re-exported: the module the trainer trains)
 
@@ -109,9 +111,12 @@ class TopKTrainer:
     """
 
     def __init__(self, sae: TopKSAE, lr: float, aux_k_coef: float = 0.0, dead_window: int = 200,
-                 clip_grad_norm: float | None = None, decode: str = "dense"):
+                 clip_grad_norm: float | None = None, decode: str = "dense", resample_every: int | None = None,
+                 resample_pool: int = 8, seed: int = 0):
         if decode not in ("dense", "sparse"):
             raise StageError(f"decode must be 'dense' or 'sparse', not {decode!r}")
+        if resample_every is not None and dist.rank_world()[1] > 1:
+            raise StageError("resampling dead latents (resample_every) runs in one process only, not under torchrun")
         self.sparse = decode == "sparse"
         self.sae = sae
         self.opt = torch.optim.Adam(sae.parameters(), lr=lr)
@@ -122,6 +127,11 @@ class TopKTrainer:
         self.steps = 0
         self.flops = 0
         self.step_flops: dict[bool, int] = {}
+        self.resample_every = resample_every
+        self.pool: collections.deque = collections.deque(maxlen=max(1, int(resample_pool)))
+        self.resample_gen = torch.Generator().manual_seed(seed)
+        self.resampled = 0
+        self.resample_flops = 0
         self.forward = None
         if dist.rank_world()[1] > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -162,7 +172,19 @@ class TopKTrainer:
         self.flops += self.step_flops[aux_active]
         self.since_fired = torch.where(fired, torch.zeros_like(self.since_fired), self.since_fired + 1)
         self.steps += 1
-        return {"mse": loss / x.shape[-1], "ev": 1.0 - loss / var, "aux_active": aux_active}
+        info = {"mse": loss / x.shape[-1], "ev": 1.0 - loss / var, "aux_active": aux_active,
+                "resampled": 0, "extra_flops": 0}
+        if self.resample_every is not None:
+            self.pool.append(x.detach())
+            if self.steps % self.resample_every == 0:
+                latents, flops = resample_dead(self.sae, self.opt, torch.cat(list(self.pool)), self.dead_mask(),
+                                               self.resample_gen)
+                self.since_fired[latents] = 0
+                self.flops += flops
+                self.resampled += int(latents.numel())
+                self.resample_flops += flops
+                info.update(resampled=int(latents.numel()), extra_flops=flops)
+        return info
 
     def dead_fraction(self) -> float:
         """Share of latents that have not fired in the last ``min(dead_window, steps)`` steps."""
@@ -297,7 +319,8 @@ def train_topk_sae(batches: Iterable[torch.Tensor], d_in: int, cfg: Any = None, 
         sae = init
         warm_start(sae, c.warm_start)
     sae = sae.to(device)
-    trainer = TopKTrainer(sae, c.effective_lr(), c.aux_k_coef, c.dead_window, c.clip_grad_norm, c.decode)
+    trainer = TopKTrainer(sae, c.effective_lr(), c.aux_k_coef, c.dead_window, c.clip_grad_norm, c.decode,
+                          c.resample_every, c.resample_pool, seed)
     bar = None
     if progress:
         from stitchplug.api import progress
@@ -334,6 +357,7 @@ def train_topk_sae(batches: Iterable[torch.Tensor], d_in: int, cfg: Any = None, 
         "explained_variance_first": sum(ev[:tail]) / tail, "explained_variance_final": sum(ev[-tail:]) / tail,
         "curve": {"step": list(range(0, steps, stride)), "mse": mse[::stride], "explained_variance": ev[::stride]},
         "dead_latents_train": int((trainer.since_fired >= min(c.dead_window, steps)).sum()),
+        "resampled_latents": trainer.resampled, "resample_flops": trainer.resample_flops,
         "stopped_early": steps < total,
     }
     out = to_saelens(sae, scale, model_name, hook_name)
