@@ -83,7 +83,7 @@ def test_sweep_writes_savings_per_width_and_budget(tiny_run, capsys):
             assert c["savings_at_least_excl_offset"] > c["savings_at_least"]
     assert all(0.0 <= a["curve"][0]["silent_eval"] <= 1.0 for w in m["widths"].values() for a in w["arms"].values())
     assert all((tiny_run / "plots" / n).stat().st_size > 1000
-               for n in ("init_sweep_saving_vs_width.png", "init_sweep_saving_vs_budget.png"))
+               for n in ("init_sweep_saving_vs_width.png", "init_sweep_saving_vs_budget.png", "init_sweep_curves.png"))
     assert "saving at EV 0.90" in capsys.readouterr().out
 
 
@@ -95,6 +95,7 @@ def test_sweep_refuses_other_settings_in_the_same_folder(tiny_run, capsys):
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     assert metrics["init_sweep_b"]["config"]["warm_starts"] == ["preserve"]  # beside, not over, the first section
     assert (tiny_run / "plots" / "init_sweep_saving_vs_width_init_sweep_b.png").exists()
+    assert (tiny_run / "plots" / "init_sweep_curves_init_sweep_b.png").exists()
     with pytest.raises(SystemExit) as exc:
         main(_cli(tiny_run, "--widths", "16", "--warm-starts", "preserve", "--seed", "1", sweep_dir=sweep_dir))
     err = capsys.readouterr().err.strip().splitlines()

@@ -135,7 +135,7 @@ def add_sweep_command(group: click.Group) -> None:
 
         from .config import RECIPES
         from .sweep import SweepConfig, run_sweep
-        from .sweep_report import plot_sweep, sweep_markdown
+        from .sweep_report import plot_curves, plot_sweep, sweep_markdown
 
         run = Path(run_dir)
         for name, instead in (("warm_start", "--warm-starts"), ("source_sae_flops", "the sweep's own source SAE")):
@@ -160,7 +160,8 @@ def add_sweep_command(group: click.Group) -> None:
             result = run_sweep(run, sweep, cfg, cache_path=Path(cache_path) if cache_path else d_cache,
                                stitch_path=Path(stitch_path) if stitch_path else d_stitch, eval_tokens=eval_tokens,
                                sweep_dir=Path(sweep_dir) if sweep_dir else None, log=click.echo)
-            result["plots"] = [str(p) for p in plot_sweep(result, rf.path("plots"))]
+            result["plots"] = [str(p) for p in (*plot_sweep(result, rf.path("plots")),
+                                                plot_curves(result, rf.path("plots")))]
             if section != "init_experiment":
                 result["plots"] = [str(p.rename(p.with_name(p.stem + f"_{section}.png"))) for p in map(Path, result["plots"])]
             rf.add_metrics(section, result)

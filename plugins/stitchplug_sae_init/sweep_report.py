@@ -90,6 +90,54 @@ def plot_sweep(result: dict, out_dir: str | Path) -> list[Path]:
     return paths
 
 
+def plot_curves(result: dict, out_dir: str | Path) -> Path:
+    """``init_sweep_curves.png``: per width, held-out EV (top) and the share of dead latents (bottom,
+    where the curve logged it) against FLOPs charged, for every arm; the EV thresholds are dotted and
+    the largest budget's last step ends each line. The warm arms start at the stitch's FLOPs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    widths = sorted(result["widths"], key=int)
+    ts = [float(t) for t in _thresholds(result)]
+    width_in = 3.2 * len(widths) + 0.6
+    fig, axes = plt.subplots(2, len(widths), figsize=(width_in, 5.2), squeeze=False,
+                             sharex="col", gridspec_kw={"height_ratios": [2, 1]})
+    for col, w in enumerate(widths):
+        top, bottom = axes[0][col], axes[1][col]
+        arms = result["widths"][w]["arms"]
+        for j, arm in enumerate(sorted(arms, key=lambda a: (a != "scratch", a))):  # same colour per arm everywhere
+            c = arms[arm]["curve"]
+            f = [p["flops"] for p in c]
+            top.plot(f, [p["ev"] for p in c], color=f"C{j}", lw=1.2, label=arm)
+            dead = [(p["flops"], p["dead"]) for p in c if "dead" in p]
+            if dead:
+                bottom.plot([x for x, _ in dead], [100 * y for _, y in dead], color=f"C{j}", lw=1.2)
+        lo = min(ts[0] - 0.05, 0.6)
+        top.set_ylim(lo, 1.0)
+        for t in ts:
+            top.axhline(t, color="grey", lw=0.6, ls=":")
+        top.set_title(f"width {int(w):,}", fontsize=9)
+        bottom.set_xlabel("FLOPs charged (stitch included)", fontsize=8)
+        for ax in (top, bottom):
+            ax.tick_params(labelsize=7)
+    axes[0][0].set_ylabel("held-out EV", fontsize=8)
+    axes[1][0].set_ylabel("dead latents (%)", fontsize=8)
+    axes[0][0].legend(fontsize=7, frameon=False, loc="lower right")
+    import textwrap
+
+    title = textwrap.wrap(f"recipe: {result['recipe']}", int(11 * width_in))
+    fig.suptitle("\n".join(title), fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.035 * len(title)))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "init_sweep_curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _share(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.1f}%"
 
