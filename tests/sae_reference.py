@@ -53,7 +53,9 @@ def train_reference_from(batches, W_enc, b_enc, W_dec, b_dec, k, lr=1e-4, mode="
     multiplied into the encoder columns and bias, then unit norm after every step; ``"preserve"``: rows
     renormalised to their step-0 norms after every step; ``"rescale"``: the trained decoder rows are
     unit norm (made so at step 0 and after every step) and the decode multiplies each by its fixed
-    step-0 norm; ``"fold-rank"``: ``fold``, with TopK ranking ``pre / n`` (``n`` the step-0 norms).
+    step-0 norm; ``"fold-rank"``: ``fold``, with TopK ranking ``pre / n`` (``n`` the step-0 norms);
+    ``"unit"``: ``rescale`` with the encoder columns and bias divided by the columns' step-0 norms ``c``,
+    TopK ranking ``c * pre`` and the decode multiplying each row by ``n * c``.
     Returns the trained weights as a plain TopK SAE computing the same function (rows times their
     scale; under ``fold-rank`` the ranking scale divided out of the encoder and into the rows)."""
     W_enc, b_enc, W_dec, b_dec = (t.detach().float().clone() for t in (W_enc, b_enc, W_dec, b_dec))
@@ -64,6 +66,10 @@ def train_reference_from(batches, W_enc, b_enc, W_dec, b_dec, k, lr=1e-4, mode="
         W_dec, W_enc, b_enc, norms = W_dec / norms[:, None], W_enc * norms, b_enc * norms, torch.ones_like(norms)
     elif mode == "rescale":
         W_dec, scale, norms = W_dec / norms[:, None], norms, torch.ones_like(norms)
+    elif mode == "unit":
+        c = W_enc.norm(dim=0)
+        W_dec, W_enc, b_enc = W_dec / norms[:, None], W_enc / c, b_enc / c
+        scale, rank, norms = norms * c, 1.0 / c, torch.ones_like(norms)
     params = [p.requires_grad_() for p in (W_enc, b_enc, W_dec, b_dec)]
     opt = torch.optim.Adam(params, lr=lr)
     for x in batches:

@@ -189,8 +189,9 @@ def test_a_source_piece_is_reused_across_settings_only_the_b_arms_use(tmp_path):
     from stitchplug_sae_init.sweep import SweepConfig, _key, _load_piece, _source_key
 
     sweep = SweepConfig(widths=[16], budgets=[64], warm_starts=["rescale"])
-    key = _key(16, sweep, InitExperimentConfig(), {"cache_tokens": 1})
-    key_r = _key(16, sweep, InitExperimentConfig(resample_every=100), {"cache_tokens": 1})
+    key = _key(16, sweep, InitExperimentConfig(recipe="tuned"), {"cache_tokens": 1})
+    key_r = _key(16, sweep, InitExperimentConfig(resample_every=100, recipe="tuned + resample_every=100"),
+                 {"cache_tokens": 1})
     for stored in (_source_key(key), key):  # a source piece written before the option existed holds the whole key
         (tmp_path / "source.json").write_text(json.dumps({"key": stored, "train_flops": 1}))
         assert _load_piece(tmp_path / "source.json", _source_key(key_r))["train_flops"] == 1

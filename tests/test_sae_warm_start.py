@@ -1,4 +1,4 @@
-"""Issue 22: warm starts from the transferred SAE (fold, fold-rank, preserve, rescale), the k-row sparse step, and the
+"""Issue 22: warm starts from the transferred SAE (fold, fold-rank, preserve, rescale, unit), the k-row sparse step, and the
 trainer's stitched arm against a plain reference."""
 
 import sys
@@ -100,7 +100,7 @@ def test_step0_of_preserve_is_the_transferred_sae_and_fold_is_not(synth, bdi):
     w = _weights(synth)
     cfg = InitExperimentConfig(apply_b_dec_to_input=bdi)
     _, keep = stitched_init(w, "preserve", cfg, synth.eval, [])
-    for mode in ("rescale", "fold-rank"):
+    for mode in ("rescale", "fold-rank", "unit"):
         _, other = stitched_init(w, mode, cfg, synth.eval, [])
         assert other["ev_step0"] == pytest.approx(other["ev_transferred"], abs=1e-3), mode
         assert other["topk_selection_agreement"] == 1.0, mode
@@ -115,7 +115,7 @@ def test_step0_of_preserve_is_the_transferred_sae_and_fold_is_not(synth, bdi):
     assert keep["ev_transferred"] == pytest.approx(ev, abs=1e-4)
 
 
-@pytest.mark.parametrize("mode", ["rescale", "fold-rank"])
+@pytest.mark.parametrize("mode", ["rescale", "fold-rank", "unit"])
 def test_unit_row_warm_starts_keep_the_function_dense_and_sparse_alike(synth, mode):
     """``rescale`` and ``fold-rank``: the trained rows stay unit norm, the fixed per-latent scale holds
     the step-0 norms (in the decode, or in the ranking), the plain export computes the function, and
@@ -126,10 +126,14 @@ def test_unit_row_warm_starts_keep_the_function_dense_and_sparse_alike(synth, mo
     for decode in ("dense", "sparse"):
         theta = TopKSAE.from_weights(w, apply_b_dec_to_input=True)
         norms = theta.W_dec.norm(dim=1).clone()
+        cols = theta.W_enc.norm(dim=0).clone()
         warm_start(theta, mode)
-        scale = theta.out_scale if mode == "rescale" else theta.rank_scale
-        assert (theta.scaled, theta.ranked) == (mode == "rescale", mode == "fold-rank")
-        assert torch.allclose(scale, norms)
+        assert (theta.scaled, theta.ranked) == (mode != "fold-rank", mode != "rescale")
+        if mode == "unit":  # unit encoder columns; their norms in the output and ranking scales
+            assert torch.allclose(theta.W_enc.norm(dim=0), torch.ones_like(cols), rtol=1e-5)
+            assert torch.allclose(theta.out_scale, norms * cols) and torch.allclose(theta.rank_scale, 1 / cols)
+        else:
+            assert torch.allclose(theta.out_scale if mode == "rescale" else theta.rank_scale, norms)
         tr = TopKTrainer(theta, 1e-3, aux_k_coef=1 / 32, dead_window=3, decode=decode)
         infos = [tr.step(xb) for xb in list(synth.batches(128)())[:12]]
         runs[decode] = (theta, [i["ev"] for i in infos], any(i["aux_active"] for i in infos))
@@ -149,7 +153,7 @@ def test_unit_row_warm_starts_keep_the_function_dense_and_sparse_alike(synth, mo
 def test_train_topk_sae_applies_the_warm_start(synth):
     w = _weights(synth)
     batches = list(synth.batches(128)())[:3]
-    for mode in ("fold", "fold-rank", "preserve", "rescale"):
+    for mode in ("fold", "fold-rank", "preserve", "rescale", "unit"):
         init = TopKSAE.from_weights(w)
         norms = init.W_dec.norm(dim=1).clone()
         sae, summary = train_topk_sae(batches, 32, init=init, warm_start=mode, lr=1e-4, batch_size=128,
@@ -167,7 +171,7 @@ def test_train_topk_sae_applies_the_warm_start(synth):
 # --------------------------------------------------------------------------- the plain reference
 
 
-@pytest.mark.parametrize("mode", ["fold", "fold-rank", "preserve", "rescale"])
+@pytest.mark.parametrize("mode", ["fold", "fold-rank", "preserve", "rescale", "unit"])
 def test_trainer_stitched_arm_equals_the_plain_reference(synth, mode):
     """With the encoder reading x (as theta' does), the trainer's stitched arm IS the ~30-line reference
     (tests/sae_reference.py): same data, lr and steps give the same weights and held-out EV."""

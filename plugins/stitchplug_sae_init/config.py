@@ -56,12 +56,14 @@ class InitExperimentConfig(ConfigSection):
     """Seed of the scratch arm's random init."""
     source_sae_flops: int | None = Field(None, ge=0)
     """FLOPs already paid for the source SAE on A (reported in a total that includes it, if known)."""
-    warm_start: Literal["fold", "fold-rank", "preserve", "rescale"] = "rescale"
+    warm_start: Literal["fold", "fold-rank", "preserve", "rescale", "unit"] = "rescale"
     """How the stitched arm starts from theta' (``fold``: decoder norms folded into the encoder;
     ``fold-rank``: folded, TopK ranking theta''s own pre-activation, step 0 = exactly theta';
     ``preserve``: rows kept at their step-0 norms, step 0 = exactly theta'; ``rescale``: unit rows
     times a fixed per-latent output scale, step 0 = exactly theta'; the default: it saved the most
-    at EV 0.90 on the default pair, docs/init_results.md); docs/flops.md."""
+    at EV 0.90 on the default pair, docs/init_results.md; ``unit``: ``rescale`` with unit encoder
+    columns, their norms moved into fixed output and ranking scales, step 0 = exactly theta');
+    docs/flops.md."""
     decode: Literal["dense", "sparse"] = "dense"
     """``sparse``: train with the k-row step (same loss and gradients, faster at large widths); the
     ledger still charges the dense step's FLOPs (the paper's accounting)."""

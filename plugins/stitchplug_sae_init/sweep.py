@@ -76,8 +76,9 @@ def _key(width: int, sweep: SweepConfig, cfg: InitExperimentConfig, extra: dict)
     return {"width": width, "k": sweep.k, "epochs": sweep.epochs, **arm_cfg, **extra}
 
 
-B_ARMS_ONLY = ("resample_every", "resample_pool")
-"""Arm settings the source SAE on A does not use: a source piece is reused across them."""
+B_ARMS_ONLY = ("resample_every", "resample_pool", "recipe")
+"""Arm settings the source SAE on A does not use: a source piece is reused across them (``recipe`` is
+the label, which names them; the fields it stands for stay in the key)."""
 
 
 def _source_key(key: dict) -> dict:

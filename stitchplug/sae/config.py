@@ -52,11 +52,11 @@ class TrainerConfig(BaseModel):
     decode: Literal["dense", "sparse"] = Field("dense", json_schema_extra={"added_later": True})
     """``sparse``: steps touch only the k selected latents (:meth:`TopKSAE.forward_sparse`; the same
     loss and gradients, faster at large widths); FLOPs are still charged as the dense step's."""
-    warm_start: Literal["fold", "fold-rank", "preserve", "rescale"] = Field("fold", json_schema_extra={"added_later": True})
+    warm_start: Literal["fold", "fold-rank", "preserve", "rescale", "unit"] = Field("fold", json_schema_extra={"added_later": True})
     """How training starts from given weights (``init``): fold the decoder norms into the encoder, or
     fold them and rank TopK on the unfolded pre-activation (``fold-rank``), keep the rows at their
-    step-0 norms, or unit rows times a fixed per-latent output scale (the last three: step 0 = exactly
-    the given SAE); see docs/flops.md."""
+    step-0 norms, or unit rows times a fixed per-latent output scale (``rescale``; ``unit``: also unit
+    encoder columns; the last four: step 0 = exactly the given SAE); see docs/flops.md."""
     allow_tf32: bool = Field(False, json_schema_extra={"added_later": True})
     """On CUDA, TF32 matmuls while the steps run (``stitchplug.api.tf32_loop``); a no-op on the CPU."""
 

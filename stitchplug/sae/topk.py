@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-WARM_STARTS = ("fold", "fold-rank", "preserve", "rescale")
+WARM_STARTS = ("fold", "fold-rank", "preserve", "rescale", "unit")
 """How a trainer starts from given weights whose decoder rows are not unit norm (docs/flops.md):
 ``fold``: unit-norm rows, the norms folded into the encoder (TopK then ranks ``n_i pre_i``, so step 0
 can select other latents); ``fold-rank``: ``fold``, but TopK ranks ``pre_i / n_i`` with the step-0
@@ -19,7 +19,10 @@ rows kept at their step-0 norms and renormalised to those norms after every step
 exactly the given SAE); ``rescale``: unit-norm rows (the
 trained parameter, renormalised to 1 as in the plain recipe) times a fixed per-latent output scale,
 the step-0 norms (step 0 computes exactly the given SAE; TopK ranks ``pre_i`` as the given SAE does,
-and the encoder keeps the given SAE's scale)."""
+and the encoder keeps the given SAE's scale); ``unit``: ``rescale``, and every encoder column (and its
+bias) divided by its norm ``c_i``, so both trained matrices have a scratch arm's unit scale; ``c_i``
+moves into the fixed output scale (``n_i c_i``) and a fixed ranking scale (TopK ranks ``c_i pre'_i``,
+the given SAE's pre-activation), so step 0 computes exactly the given SAE."""
 
 from ..errors import StageError
 
@@ -214,7 +217,7 @@ def fold_decoder_norms(sae: TopKSAE) -> torch.Tensor:
 
 
 @torch.no_grad()
-def warm_start(sae: TopKSAE, mode: Literal["fold", "fold-rank", "preserve", "rescale"]) -> dict:
+def warm_start(sae: TopKSAE, mode: Literal["fold", "fold-rank", "preserve", "rescale", "unit"]) -> dict:
     """Prepare ``sae`` (given weights, e.g. the transferred SAE theta') for training; see
     :data:`WARM_STARTS` and docs/flops.md. Returns the decoder row norms found (min/max/mean).
 
@@ -233,6 +236,14 @@ def warm_start(sae: TopKSAE, mode: Literal["fold", "fold-rank", "preserve", "res
     (``rank_scale``): TopK ranks ``n_i pre_i / n_i``, theta''s own pre-activation, so step 0 computes
     exactly the given SAE, while the parameters are ``fold``'s (unit rows, encoder ``n_i`` times
     larger). The same function family as ``rescale``; only the encoder's scale under Adam differs.
+
+    ``unit`` is ``rescale`` with every encoder column at unit norm, a scratch arm's encoder scale:
+    ``W_enc[:, i] /= c_i``, ``b_enc[i] /= c_i`` (``c_i`` the column norm), so the pre-activation is
+    ``pre_i / c_i``; the fixed ranking scale ``1 / c_i`` makes TopK rank ``pre_i`` and the fixed output
+    scale ``n_i c_i`` makes the decode ``pre_i n_i W_dec[i]``: step 0 computes exactly the given SAE.
+    Between ``rescale`` (encoder at theta''s scale, ``c_i`` about 0.25 on the default pair) and
+    ``fold-rank`` (encoder ``n_i`` times larger), it gives Adam's per-element steps the scratch arm's
+    relative size on both matrices.
     """
     if mode not in WARM_STARTS:
         raise StageError(f"unknown warm start {mode!r} (choose from {', '.join(WARM_STARTS)})")
@@ -245,11 +256,20 @@ def warm_start(sae: TopKSAE, mode: Literal["fold", "fold-rank", "preserve", "res
         if mode == "fold-rank":
             sae.rank_scale.copy_(n)
             sae.ranked = True
-    elif mode == "rescale":
+    elif mode in ("rescale", "unit"):
         sae.W_dec.div_(n[:, None])
         sae.row_norm.fill_(1.0)
         sae.out_scale.copy_(n)
         sae.scaled = True
+        if mode == "unit":
+            c = sae.W_enc.norm(dim=0).clamp_min(1e-12)
+            sae.W_enc.div_(c[None, :])
+            sae.b_enc.div_(c)
+            sae.out_scale.mul_(c)
+            sae.rank_scale.copy_(1.0 / c)
+            sae.ranked = True
+            stats.update(encoder_norm_min=float(c.min()), encoder_norm_max=float(c.max()),
+                         encoder_norm_mean=float(c.mean()))
     else:
         sae.row_norm.copy_(n)
     return stats
