@@ -354,7 +354,7 @@ def test_aux_k_coef_reaches_the_trainer_and_the_ledger(synth):
     assert on["arms"][arm]["curve"][-1]["fvu"] != off["arms"][arm]["curve"][-1]["fvu"]
 
 
-@pytest.mark.parametrize("mode", ["preserve", "rescale", "fold-rank"])
+@pytest.mark.parametrize("mode", ["preserve", "rescale", "fold-rank", "unit"])
 def test_preserve_warm_start_starts_from_the_transferred_sae_on_the_tiny_pair(run_folder, mode):
     """Issue 22 acceptance on the tiny pair: with ``--warm-start preserve`` (or ``rescale``) the stitched
     arm's step-0 EV equals the saved transferred SAE's EV on the same held-out rows within 1e-3, every

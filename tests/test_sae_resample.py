@@ -38,7 +38,7 @@ def _killed_sae(mode=None, n_dead=10):
     return sae, dead
 
 
-@pytest.mark.parametrize("mode", [None, "rescale", "fold-rank", "preserve"])
+@pytest.mark.parametrize("mode", [None, "rescale", "fold-rank", "preserve", "unit"])
 def test_a_resampled_latent_starts_above_the_topk_threshold_of_its_token(mode):
     sae, dead = _killed_sae(mode)
     pool = _data(512)
@@ -75,7 +75,7 @@ def test_a_resampled_latent_starts_above_the_topk_threshold_of_its_token(mode):
     assert torch.equal(sae.b_enc.detach()[keep], before["b_enc"][keep])
 
 
-@pytest.mark.parametrize("mode", [None, "rescale", "fold-rank", "preserve"])
+@pytest.mark.parametrize("mode", [None, "rescale", "fold-rank", "preserve", "unit"])
 def test_a_single_resampled_latent_fires_on_its_token(mode):
     """Alone (no other redrawn latent competing) a redrawn latent wins TopK on the token it came from."""
     for seed in range(5):
