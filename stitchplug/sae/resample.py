@@ -91,7 +91,7 @@ def resample_dead(sae: TopKSAE, opt: torch.optim.Optimizer, pool: torch.Tensor, 
     latents, u, e, g = latents[ok], u[ok], centred[ok] / norm[ok, None], target[ok] / norm[ok]
     sae.W_dec[latents] = u * sae.row_norm[latents, None]
     sae.W_enc[:, latents] = (e * g[:, None]).T
-    # the pre-activation is g u . (x - b_dec) in either parametrisation of the encoder's input
+    # the pre-activation is g e . (x - b_dec) in either parametrisation of the encoder's input
     sae.b_enc[latents] = 0.0 if sae.apply_b_dec_to_input else -(sae.b_dec @ sae.W_enc[:, latents])
     _reset_adam(opt, sae.W_dec, (latents,))
     _reset_adam(opt, sae.W_enc, (slice(None), latents))

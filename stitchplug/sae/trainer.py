@@ -11,7 +11,8 @@ Plain torch, so every SAE the project trains follows the same, fully visible rec
   norm after every step.
 
 Options beyond the plain recipe, each off by default and measured in docs/sae.md: AuxK on dead
-latents (``aux_k_coef``, Gao et al. 2024), learning rate scaled as ``1/sqrt(width)``
+latents (``aux_k_coef``, Gao et al. 2024), resampling of dead latents (``resample_every``,
+:mod:`stitchplug.sae.resample`), learning rate scaled as ``1/sqrt(width)``
 (``lr_width_ref``), activations scaled to mean norm ``sqrt(d_in)`` during training and the scale
 folded back into the saved weights (``normalize="expected_norm"``), gradient-norm clipping.
 
