@@ -86,6 +86,10 @@ class StitchConfig(_Section):
     """Tokens per Adam step."""
     ridge: float = Field(1e-6, ge=0.0)
     """Relative ridge term of the closed-form solver (times the mean diagonal of X^T X)."""
+    fit_tokens: int | None = Field(None, ge=1, json_schema_extra={"added_later": True})
+    """Fit on at most this many training tokens per pass (None: all): the first ``ceil(fit_tokens /
+    batch_size)`` batches of a shuffled pass, i.e. randomly chosen 4,096-row chunks of the cache. The
+    closed form's cost (its Gram products) grows with the tokens read; the L-BFGS refinement's does not."""
     refine_iters: int = Field(100, ge=0)
     """L-BFGS iterations on the exact Eq. 3 (round trips included) after the closed form; lstsq solvers
     only, beyond the paper (0: the closed form alone). On the quick cache they take the round trips' FVU

@@ -28,6 +28,7 @@ BAD_VALUES = [
     (["--stitch-alpha", "-1"], "stitch.alpha"),
     (["--stitch-refine-iters", "-3"], "stitch.refine_iters"),
     (["--stitch-svcca-tokens", "0"], "stitch.svcca_tokens"),
+    (["--stitch-fit-tokens", "0"], "stitch.fit_tokens"),
     (["--stitch-source-layer", "-1"], "stitch.source_layer"),
     (["--eval-docs", "0"], "eval.docs"),
     (["--eval-max-windows", "0"], "eval.max_windows"),

@@ -143,3 +143,35 @@ def test_fit_on_cuda_matches_cpu():
             t = getattr(got.stitch, name)
             assert t.device.type == "cpu"
             torch.testing.assert_close(t, getattr(want.stitch, name), rtol=1e-4, atol=1e-4)
+
+
+def test_limit_tokens_reads_the_first_whole_batches_of_every_pass():
+    from stitchplug.stitch.data import limit_tokens
+
+    A, B, _, _ = _pair(n=3000)
+    src = TensorSource(A, B, 512, shuffle=True, seed=3)
+    assert limit_tokens(src, None, 512) is src
+    lim = limit_tokens(TensorSource(A, B, 512, shuffle=True, seed=3), 1000, 512)
+    assert lim.n_tokens == 1024  # two whole batches
+    first, second = list(lim()), list(lim())
+    assert [a.shape[0] for a, _ in first] == [512, 512] and len(second) == 2
+    ref = list(src())  # the same seed: the limited pass is the unlimited pass's first two batches
+    assert all(torch.equal(a, r[0]) and torch.equal(b, r[1]) for (a, b), r in zip(first, ref))
+    assert not torch.equal(first[0][0], second[0][0])  # every pass reshuffles
+    assert limit_tokens(src, 10 ** 6, 512).n_tokens == 3000  # more than there is: all of it
+    with pytest.raises(ValueError, match="fit_tokens must be positive"):
+        limit_tokens(src, 0, 512)
+
+
+def test_fit_tokens_fits_on_fewer_tokens_for_fewer_flops():
+    """The closed form's Gram products scale with the tokens read; on an exact affine relation the
+    map fitted on a sixth of the tokens is the same map."""
+    from stitchplug.stitch.data import limit_tokens
+
+    A, B, P, b = _pair(n=3000)
+    cfg = StitchConfig(solver="lstsq", ridge=1e-10, batch_size=256)
+    full = fit_stitch(TensorSource(A, B, 256), 8, 12, cfg)
+    part = fit_stitch(limit_tokens(TensorSource(A, B, 256), 500, 256), 8, 12, cfg)
+    assert part.info["train_tokens"] == 512 and full.info["train_tokens"] == 3000
+    assert part.info["flops"] < full.info["flops"] / 4
+    assert torch.allclose(part.stitch.P_up, P, atol=1e-4) and torch.allclose(part.stitch.b_up, b, atol=1e-4)

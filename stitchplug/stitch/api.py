@@ -13,7 +13,7 @@ from typing import Any
 from ..config import StitchConfig
 from ..errors import StageError
 from ..hooks import resid_hook
-from .data import CacheSource
+from .data import CacheSource, limit_tokens
 from .evaluate import evaluate_recon
 from .fit import fit_stitch
 from .model import Stitch
@@ -106,6 +106,7 @@ def train(cache, cfg: StitchConfig, out: str | Path, seed: int = 0, max_steps: i
     rank, world = dist.rank_world()  # under torchrun: each rank reads its share of every batch
     src = CacheSource(cache, lA, lB, cfg.batch_size, split="train", shuffle=True, seed=seed,
                       part=(rank, world) if world > 1 else None)
+    src = limit_tokens(src, cfg.fit_tokens, cfg.batch_size)
     result = fit_stitch(src, int(cache.d_source), int(cache.d_target), cfg, seed=seed, max_steps=max_steps,
                         progress=progress, refine_iters=cfg.refine_iters, device=device)
     held = CacheSource(cache, lA, lB, 8192, split="eval", shuffle=False)

@@ -62,6 +62,30 @@ class CacheSource:
             yield torch.as_tensor(hA).float(), torch.as_tensor(hB).float()
 
 
+class FirstBatches:
+    """At most the first ``n_batches`` batches of each pass of ``source`` (whole batches, so every
+    torchrun rank, reading its share of the same global batches, stops at the same step).
+    ``n_tokens``: the global tokens read per pass, when ``source`` knows its own."""
+
+    def __init__(self, source: BatchSource, n_batches: int, batch_size: int):
+        self.source, self.n_batches = source, int(n_batches)
+        total = getattr(source, "n_tokens", None)
+        self.n_tokens = None if total is None else min(int(total), self.n_batches * int(batch_size))
+
+    def __call__(self) -> Iterator[Batch]:
+        return itertools.islice(self.source(), self.n_batches)
+
+
+def limit_tokens(source: BatchSource, fit_tokens: int | None, batch_size: int) -> BatchSource:
+    """``source`` itself when ``fit_tokens`` is None, else its first ``ceil(fit_tokens / batch_size)``
+    batches of every pass (:class:`FirstBatches`)."""
+    if fit_tokens is None:
+        return source
+    if fit_tokens < 1:
+        raise ValueError(f"fit_tokens must be positive, not {fit_tokens}")
+    return FirstBatches(source, -(-int(fit_tokens) // int(batch_size)), batch_size)
+
+
 def count_tokens(source: BatchSource) -> int:
     """``source.n_tokens`` if known, else one pass over the source."""
     n = getattr(source, "n_tokens", None)
