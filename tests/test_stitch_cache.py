@@ -73,10 +73,9 @@ def test_config_refine_iters_reaches_the_solver(root, cache_path):
 def test_fit_tokens_caps_the_training_tokens_and_flops(root, cache_path, capsys):
     """``stitch.fit_tokens`` (``--stitch-fit-tokens``) fits on whole batches of a shuffled pass: the
     sidecar records the tokens read and the smaller cost; held-out metrics are still on all of them."""
-    from stitchplug.cache.reader import open_cache as oc
     from stitchplug.cli import main
 
-    cache = oc(cache_path)
+    cache = open_cache(cache_path)
     n_train = sum(b - a for a, b in cache.ranges("train"))
     full = api.train(cache, StitchConfig(solver="lstsq", target_layer=1, refine_iters=0, batch_size=512),
                      root / "ft_full" / "s.safetensors")
