@@ -112,21 +112,30 @@ def test_bad_sweep_options_are_one_line_errors(tiny_run, capsys):
         assert exc.value.code != 0 and len(err) == 1 and err[0].startswith("Error"), (bad, err)
 
 
+def test_the_help_lists_every_warm_start(capsys):
+    from stitchplug.api import WARM_STARTS
+    from stitchplug.cli import main
+
+    main(["experiment", "init-sweep", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    listed = out.split("Comma-separated warm-start arms (")[1].split(")")[0].replace("- ", "-")
+    assert listed.split(", ") == list(WARM_STARTS)
+
+
 def test_killed_sweep_resumes_without_retraining_finished_arms(tiny_run, tmp_path):
     sweep_dir = tmp_path / "sweep"
     env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'plugins'}", "OMP_NUM_THREADS": "1"}
     code = f"from stitchplug.cli import main; main({_cli(tiny_run, '--widths', '16,32', sweep_dir=sweep_dir)!r})"
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    first = sweep_dir / "w16" / "fold.json"
     deadline = time.time() + 240
-    while not first.exists() and proc.poll() is None and time.time() < deadline:
+    while not list(sweep_dir.glob("w16/stitch_*/fold.json")) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    assert first.exists(), proc.communicate()[0].decode()[-2000:]
+    assert list(sweep_dir.glob("w16/stitch_*/fold.json")), proc.communicate()[0].decode()[-2000:]
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    done = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("w*/*.json")}
-    arms_done = [p for p in done if p.name != "source.json"]
-    assert arms_done and not (sweep_dir / "w32" / "rescale.json").exists()  # killed mid-sweep
+    done = {p: p.stat().st_mtime_ns for p in sweep_dir.rglob("*.json") if not p.parent.name.endswith("_sae")}
+    arms_done = [p for p in done if p.name not in ("source.json", "transfer.json")]
+    assert arms_done and not list(sweep_dir.glob("w32/stitch_*/rescale.json"))  # killed mid-sweep
     leftovers = list(sweep_dir.rglob("*.tmp*"))  # a kill mid-write may leave the one file being written
     assert len(leftovers) <= 1 and not any(p.with_suffix("").exists() for p in leftovers)  # of an unfinished piece
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
@@ -134,11 +143,47 @@ def test_killed_sweep_resumes_without_retraining_finished_arms(tiny_run, tmp_pat
     for p, mtime in done.items():  # finished pieces were read back, not rewritten
         assert p.stat().st_mtime_ns == mtime, p
     for p in arms_done:
-        assert f"width {p.parent.name[1:]}: reusing arm {p.stem}" in out.stdout
+        width = (p.parent if p.stem == "scratch" else p.parent.parent).name[1:]
+        assert f"width {width}: reusing arm {p.stem}" in out.stdout
     trained = out.stdout.count(": training arm ")
     assert trained == 2 * 3 - len(arms_done)
-    assert (sweep_dir / "w32" / "rescale.json").exists()
+    assert list(sweep_dir.glob("w32/stitch_*/rescale.json"))
     assert not list(sweep_dir.rglob("*.tmp*"))  # the resumed sweep removed the killed write's leftover
+
+
+def test_another_stitch_in_the_same_sweep_dir_trains_only_its_warm_start_arms(tiny_run, tmp_path, capsys):
+    """The source SAE on A and the scratch arm do not read the stitch: a sweep with another stitch in
+    the same folder reuses them (bit-identical results) and trains its own transferred SAE and warm
+    arms beside the first stitch's; going back to the first stitch trains nothing."""
+    from stitchplug.cache.reader import open_cache
+    from stitchplug.cli import main
+    from stitchplug.config import StitchConfig
+    from stitchplug.stitch import api
+
+    other = tmp_path / "other_stitch" / "stitch.safetensors"
+    with open_cache(tiny_run / "cache.h5") as cache:
+        api.train(cache, StitchConfig(solver="lstsq", target_layer=1, fit_tokens=512, batch_size=256), other)
+    sweep_dir, first = tmp_path / "sweep", tiny_run / "stitch" / "stitch.safetensors"
+    args = ["--widths", "16", "--warm-starts", "rescale", "--section", "init_sweep_stitches"]
+
+    def sweep(stitch):
+        capsys.readouterr()
+        main(_cli(tiny_run, *args, "--stitch", str(stitch), sweep_dir=sweep_dir))
+        out = capsys.readouterr().out
+        return out, json.loads((tiny_run / "metrics.json").read_text())["init_sweep_stitches"]["widths"]["16"]
+
+    out1, m1 = sweep(first)
+    assert out1.count(": training arm ") == 2 and "training the source SAE" in out1
+    out2, m2 = sweep(other)
+    assert "reusing the source SAE" in out2 and "reusing arm scratch" in out2
+    assert out2.count(": training arm ") == 1 and "training arm rescale" in out2
+    assert m2["arms"]["scratch"]["curve"] == m1["arms"]["scratch"]["curve"]
+    assert m2["arms"]["rescale"]["curve"] != m1["arms"]["rescale"]["curve"]  # another transferred SAE
+    assert m2["ledger"]["stitch_flops"] < m1["ledger"]["stitch_flops"]  # fitted on fewer tokens
+    folders = sorted(p.name for p in (sweep_dir / "w16").glob("stitch_*"))
+    assert len(folders) == 2 and all((sweep_dir / "w16" / f / "rescale.json").exists() for f in folders)
+    out3, m3 = sweep(first)
+    assert ": training arm " not in out3 and m3["arms"]["rescale"]["curve"] == m1["arms"]["rescale"]["curve"]
 
 
 def test_sweep_plot_points_keep_lower_bounds_and_drop_missing_crossings(tmp_path):

@@ -103,7 +103,7 @@ def add_sweep_command(group: click.Group) -> None:
     Its settings' flags are generated from :class:`~.config.InitExperimentConfig` as ``init``'s are
     (less :data:`SWEEP_EXCLUDE`); the sweep's own options (widths, budgets, warm starts, k, paths) are
     the command's."""
-    from stitchplug.api import config_options
+    from stitchplug.api import WARM_STARTS, config_options
 
     from .config import InitExperimentConfig
 
@@ -117,7 +117,7 @@ def add_sweep_command(group: click.Group) -> None:
     @click.option("--budgets", default="500000,1800000", show_default=True,
                   help="Comma-separated token budgets per arm (smaller ones are read from the largest run's prefix).")
     @click.option("--warm-starts", default="fold,rescale", show_default=True,
-                  help="Comma-separated warm-start arms (fold, fold-rank, preserve, rescale).")
+                  help=f"Comma-separated warm-start arms ({', '.join(WARM_STARTS)}).")
     @click.option("--k", type=int, default=None, help="TopK k [default: the recipe's].")
     @click.option("--recipe", type=click.Choice(["paper", "tuned"]), default="paper", show_default=True,
                   help="paper: k 64, lr 1e-4, no AuxK, scratch b_dec zeros; tuned: k 32, lr 4e-4, scratch b_dec mean "

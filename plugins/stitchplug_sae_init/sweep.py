@@ -3,10 +3,12 @@
 Per width: the source SAE is trained on A on the run folder's cache (single epoch by default; its
 FLOPs reported, not charged, as in the paper), transferred through the run's stitch (Eq. 6), then the
 scratch arm and one arm per warm start (:data:`stitchplug.api.WARM_STARTS`) train on B with the
-same data order. Every finished piece is written atomically under ``RUN/init_sweep/w<width>/`` (the
-source and transferred SAE folders + ``source.json``, one ``<arm>.json`` per arm), so a killed sweep
-resumes without redoing finished pieces; a piece written with other settings is refused, naming the
-setting, never mixed in.
+same data order. Every finished piece is written atomically under ``RUN/init_sweep/w<width>/``, so a
+killed sweep resumes without redoing finished pieces; a piece written with other settings is refused,
+naming the setting, never mixed in. The pieces that do not read the stitch (``source_sae/`` +
+``source.json``, ``scratch.json``) sit in the width's folder; the transferred SAE and the warm-start
+arms sit in ``stitch_<digest>/`` beside them, one per stitch file, so a sweep with another stitch in
+the same folder trains only its warm-start arms.
 
 Budgets: every arm trains once, to the largest budget, with a constant lr. Adam's state after ``s``
 steps depends only on the first ``s`` batches, and the data order of a smaller budget is the prefix of
@@ -81,6 +83,15 @@ B_ARMS_ONLY = ("resample_every", "resample_pool", "recipe")
 the label, which names them; the fields it stands for stay in the key)."""
 
 
+def _file_digest(path: Path) -> str:
+    """Short content digest of the stitch file: names its folder of stitch-dependent pieces."""
+    h = hashlib.blake2b(digest_size=6)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def _source_key(key: dict) -> dict:
     return {k: v for k, v in key.items() if k not in B_ARMS_ONLY}
 
@@ -138,8 +149,10 @@ def run_sweep(run: Path, sweep: SweepConfig, cfg: InitExperimentConfig, *, cache
         if x_eval.shape[0] < 16:
             raise StageError(f"the cache's eval split has only {x_eval.shape[0]} target rows at layer {lB}")
         exclude = massive_dims(x_eval)
-        extra = {"cache_tokens": int(cache.n_tokens), "stitch_flops": int(s_flops), "source_layer": lA,
-                 "target_layer": lB, "n_eval": int(x_eval.shape[0])}
+        extra = {"cache_tokens": int(cache.n_tokens), "source_layer": lA, "target_layer": lB,
+                 "n_eval": int(x_eval.shape[0])}
+        s_digest = _file_digest(stitch_path)
+        stitch_key = {"stitch_flops": int(s_flops), "stitch_digest": s_digest}
 
         def stream(side: str, layer: int) -> Callable[[], Iterator[torch.Tensor]]:
             def factory():
@@ -161,21 +174,26 @@ def run_sweep(run: Path, sweep: SweepConfig, cfg: InitExperimentConfig, *, cache
                     decode=cfg.decode, seed=cfg.seed, progress=False, model_name=meta.get("source_model"),
                     hook_name=resid_hook(lA))
                 save_sae(sae_a, wdir / "source_sae")
-                save_sae(transfer_sae(sae_a, stitch, "up"), wdir / "transferred_sae")
                 src = {"key": _source_key(key), "train_flops": summary["train_flops"], "steps": summary["steps"],
                        "tokens": summary["tokens"], "explained_variance_final": summary["explained_variance_final"]}
                 write_json_atomic(wdir / "source.json", src)
             else:
                 log(f"init sweep: width {width}: reusing the source SAE ({wdir / 'source.json'})")
-            weights, _ = load_transferred_weights(wdir / "transferred_sae")
-            if hook_layer(load_sae_folder(wdir / "transferred_sae").cfg.metadata.get("hook_name")) not in (None, lB):
-                raise StageError(f"{wdir / 'transferred_sae'} does not read target layer {lB}")
+            sdir = wdir / f"stitch_{s_digest}"
+            transferred = sdir / "transferred_sae"
+            if _load_piece(sdir / "transfer.json", stitch_key) is None:
+                save_sae(transfer_sae(load_sae_folder(wdir / "source_sae"), stitch, "up"), transferred)
+                write_json_atomic(sdir / "transfer.json", {"key": stitch_key, "stitch": str(stitch_path)})
+            weights, _ = load_transferred_weights(transferred)
+            if hook_layer(load_sae_folder(transferred).cfg.metadata.get("hook_name")) not in (None, lB):
+                raise StageError(f"{transferred} does not read target layer {lB}")
             d, k = int(weights["W_dec"].shape[1]), int(weights["k"])
             costs = step_costs(d, width, k, cfg)
             arms = {}
             for arm in ("scratch", *sweep.warm_starts):
-                path = wdir / f"{arm}.json"
-                done = _load_piece(path, key)
+                path, arm_key = (wdir / "scratch.json", key) if arm == "scratch" else (sdir / f"{arm}.json",
+                                                                                     {**key, **stitch_key})
+                done = _load_piece(path, arm_key)
                 if done is not None:
                     log(f"init sweep: width {width}: reusing arm {arm}")
                     arms[arm] = done
@@ -192,7 +210,7 @@ def run_sweep(run: Path, sweep: SweepConfig, cfg: InitExperimentConfig, *, cache
                 r = train_arm(sae, factory(), x_eval, cfg, ledger, exclude, eval_at=budget_steps.values())
                 digests = r.pop("batch_digests")
                 tokens = len(digests) * batch
-                r.update({"key": key, "init": init, "tokens": tokens, "passes": tokens / max(n_train, 1),
+                r.update({"key": arm_key, "init": init, "tokens": tokens, "passes": tokens / max(n_train, 1),
                           "single_epoch": sweep.epochs == 1,
                           "data_digest": hashlib.blake2b("".join(digests).encode(), digest_size=8).hexdigest()})
                 write_json_atomic(path, r)
