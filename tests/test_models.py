@@ -373,20 +373,24 @@ def test_default_model_loss_matches_hf(request, name, window):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["smollm2-135m", "gemma-3-270m"])
-def test_second_load_is_fast(tmp_path, name):
-    start = time.perf_counter()
+def test_second_load_reads_the_saved_copy(tmp_path, monkeypatch, name):
+    """The first load dequantises the GGUF and saves a float32 copy; the second reads that copy (it
+    never rebuilds) and computes the same logits bit for bit. The speed-up is measured by
+    ``bench/load.py``, not asserted here."""
+    from stitchplug_models import gguf_models
+
     first = load_model(name, cache_dir=str(tmp_path))
-    t_first = time.perf_counter() - start
     ids = first.encode("The Eiffel Tower is in Paris.").ids[None]
     ref = first.logits(ids)
     del first
     assert (tmp_path / "models" / name / "stitchplug.json").exists()
-    start = time.perf_counter()
+
+    def rebuild(*args, **kwargs):
+        raise AssertionError("the second load rebuilt the saved copy")
+
+    monkeypatch.setattr(gguf_models, "_build", rebuild)
     second = load_model(name, cache_dir=str(tmp_path))
-    t_second = time.perf_counter() - start
-    print(f"{name}: first load {t_first:.1f} s, second {t_second:.1f} s ({t_first / t_second:.1f}x)")
     torch.testing.assert_close(second.logits(ids), ref, rtol=0, atol=0)
-    assert t_first >= 5 * t_second
     shutil.rmtree(tmp_path / "models")
 
 
