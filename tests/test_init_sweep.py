@@ -227,8 +227,9 @@ def test_a_piece_is_keyed_without_the_configs_warm_start(tmp_path):
 
 
 def test_a_source_piece_is_reused_across_settings_only_the_b_arms_use(tmp_path):
-    """Resampling acts on the arms on B, not on the source SAE on A: a sweep that adds it reuses the
-    finished source SAE but refuses the finished arms, naming the setting."""
+    """Resampling (or the evaluation cadence, or b_dec handling) acts on the arms on B, not on the
+    source SAE on A: a sweep that changes it reuses the finished source SAE but refuses the finished
+    arms, naming the setting."""
     from stitchplug.api import StageError
     from stitchplug_sae_init.config import InitExperimentConfig
     from stitchplug_sae_init.sweep import SweepConfig, _key, _load_piece, _source_key
@@ -244,6 +245,9 @@ def test_a_source_piece_is_reused_across_settings_only_the_b_arms_use(tmp_path):
     with pytest.raises(StageError, match=r"resample_every \(None -> 100\)"):
         _load_piece(tmp_path / "rescale.json", key_r)
     assert _source_key(key) != _source_key(_key(16, sweep, InitExperimentConfig(lr=4e-4), {"cache_tokens": 1}))
+    for b_only in ({"eval_every": 5}, {"apply_b_dec_to_input": False}, {"scratch_b_dec": "mean"}):
+        other = _key(16, sweep, InitExperimentConfig(recipe="tuned", **b_only), {"cache_tokens": 1})
+        assert other != key and _source_key(other) == _source_key(key), b_only
 
 
 def test_sweep_resamples_dead_latents_on_request(tiny_run, tmp_path):

@@ -78,9 +78,11 @@ def _key(width: int, sweep: SweepConfig, cfg: InitExperimentConfig, extra: dict)
     return {"width": width, "k": sweep.k, "epochs": sweep.epochs, **arm_cfg, **extra}
 
 
-B_ARMS_ONLY = ("resample_every", "resample_pool", "recipe")
-"""Arm settings the source SAE on A does not use: a source piece is reused across them (``recipe`` is
-the label, which names them; the fields it stands for stay in the key)."""
+SOURCE_KEY = ("width", "k", "epochs", "steps", "lr", "batch_size", "aux_k_coef", "decode", "seed", "cache_tokens",
+              "source_layer")
+"""The settings the source SAE on A is trained with (the arguments of its ``train_topk_sae`` call and
+its data stream): a source piece is reused across every other setting, which only the arms on B use
+(resampling, evaluation cadence, ``b_dec`` handling, the recipe's label, the stitch)."""
 
 
 def _file_digest(path: Path) -> str:
@@ -93,7 +95,7 @@ def _file_digest(path: Path) -> str:
 
 
 def _source_key(key: dict) -> dict:
-    return {k: v for k, v in key.items() if k not in B_ARMS_ONLY}
+    return {k: key[k] for k in SOURCE_KEY if k in key}
 
 
 def _check_key(path: Path, stored: dict, want: dict) -> None:
