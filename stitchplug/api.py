@@ -62,6 +62,7 @@ _EXPORTS = {
     "command_group": "stitchplug.cli",
     "write_text_atomic": "stitchplug.atomic",
     "write_json_atomic": "stitchplug.atomic",
+    "content_fingerprint": "stitchplug.fingerprints",
     "save_safetensors": "stitchplug.atomic",
     "disk_errors": "stitchplug.atomic",
     "lock_run_folder": "stitchplug.runfolder",

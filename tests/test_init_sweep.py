@@ -186,6 +186,21 @@ def test_another_stitch_in_the_same_sweep_dir_trains_only_its_warm_start_arms(ti
     assert ": training arm " not in out3 and m3["arms"]["rescale"]["curve"] == m1["arms"]["rescale"]["curve"]
 
 
+def test_a_transferred_sae_for_another_layer_is_refused_in_one_line(tiny_run, tmp_path, capsys):
+    from stitchplug.cli import main
+
+    sweep_dir = tmp_path / "sweep"
+    args = ["--widths", "16", "--warm-starts", "rescale", "--section", "init_sweep_layer"]
+    main(_cli(tiny_run, *args, sweep_dir=sweep_dir))
+    (side,) = sweep_dir.glob("w16/stitch_*/transferred_sae/stitchplug.json")
+    side.write_text(json.dumps({**json.loads(side.read_text()), "hook_name": "blocks.0.hook_resid_pre"}))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(_cli(tiny_run, *args, sweep_dir=sweep_dir))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 1 and len(err) == 1 and "does not read target layer 1" in err[0], err
+
+
 def test_sweep_plot_points_keep_lower_bounds_and_drop_missing_crossings(tmp_path):
     """The saving plots draw an exact saving as a point, a lower bound (scratch never crossed) as a
     flagged point, and nothing where the warm start itself never crossed; every threshold gets a panel."""

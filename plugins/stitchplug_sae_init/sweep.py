@@ -85,15 +85,6 @@ its data stream): a source piece is reused across every other setting, which onl
 (resampling, evaluation cadence, ``b_dec`` handling, the recipe's label, the stitch)."""
 
 
-def _file_digest(path: Path) -> str:
-    """Short content digest of the stitch file: names its folder of stitch-dependent pieces."""
-    h = hashlib.blake2b(digest_size=6)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _source_key(key: dict) -> dict:
     return {k: key[k] for k in SOURCE_KEY if k in key}
 
@@ -119,7 +110,7 @@ def _load_piece(path: Path, want: dict) -> dict | None:
 def run_sweep(run: Path, sweep: SweepConfig, cfg: InitExperimentConfig, *, cache_path: Path, stitch_path: Path,
               eval_tokens: int = 8192, sweep_dir: Path | None = None, log: Callable[[str], None] = print) -> dict:
     """Run (or resume) the sweep; returns the ``init_experiment`` result (also written to the run folder)."""
-    from stitchplug.api import Stitch, hook_layer, open_cache, resid_hook
+    from stitchplug.api import Stitch, content_fingerprint, hook_layer, open_cache, resid_hook
     from stitchplug.api import load_sae_folder, save_sae, train_topk_sae, transfer_sae
 
     from .weights import load_transferred_weights
@@ -153,7 +144,7 @@ def run_sweep(run: Path, sweep: SweepConfig, cfg: InitExperimentConfig, *, cache
         exclude = massive_dims(x_eval)
         extra = {"cache_tokens": int(cache.n_tokens), "source_layer": lA, "target_layer": lB,
                  "n_eval": int(x_eval.shape[0])}
-        s_digest = _file_digest(stitch_path)
+        s_digest = content_fingerprint(stitch_path)[:12]  # names the folder of this stitch's pieces
         stitch_key = {"stitch_flops": int(s_flops), "stitch_digest": s_digest}
 
         def stream(side: str, layer: int) -> Callable[[], Iterator[torch.Tensor]]:
@@ -186,8 +177,8 @@ def run_sweep(run: Path, sweep: SweepConfig, cfg: InitExperimentConfig, *, cache
             if _load_piece(sdir / "transfer.json", stitch_key) is None:
                 save_sae(transfer_sae(load_sae_folder(wdir / "source_sae"), stitch, "up"), transferred)
                 write_json_atomic(sdir / "transfer.json", {"key": stitch_key, "stitch": str(stitch_path)})
-            weights, _ = load_transferred_weights(transferred)
-            if hook_layer(load_sae_folder(transferred).cfg.metadata.get("hook_name")) not in (None, lB):
+            weights, side = load_transferred_weights(transferred)
+            if hook_layer(side.get("hook_name")) not in (None, lB):
                 raise StageError(f"{transferred} does not read target layer {lB}")
             d, k = int(weights["W_dec"].shape[1]), int(weights["k"])
             costs = step_costs(d, width, k, cfg)
